@@ -1,0 +1,36 @@
+# The kit's two commands: `make test` (the suite) and `make demo` (the whole encrypted job, locally).
+PYTHON ?= python3.11
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+LOCK   := requirements/lock.txt
+STAMP  := $(VENV)/.installed
+
+.PHONY: venv test lint demo demo-digits bench clean
+
+venv: $(STAMP)
+
+# Reinstall only when the lock or the project metadata changes.
+$(STAMP): $(LOCK) pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r $(LOCK)
+	$(PY) -m pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+test: venv
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff check .
+
+demo: venv
+	$(PY) -m client.demo $(DEMO_ARGS)
+
+demo-digits: venv
+	$(PY) -m client.demo --case digits $(DEMO_ARGS)
+
+bench: venv
+	$(PY) -m bench $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Serving half of the kit: the FHE inference container, its wire contract and local runtime."""

@@ -1,0 +1,59 @@
+"""Fixtures shared by the whole suite: a real moto S3 server over HTTP, tiny model artefacts."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import pytest
+
+from inference.local.s3_server import LOCAL_CREDENTIALS, LOCAL_REGION, LocalS3Server
+from tests.fixtures.models import FixtureModel, build_fixture_model
+
+# No test may reach real AWS: fake credentials and a fixed region for every test process,
+# and the SageMaker SDK's telemetry/config lookups switched off.
+os.environ.update(LOCAL_CREDENTIALS)
+os.environ["AWS_DEFAULT_REGION"] = LOCAL_REGION
+os.environ.setdefault("SAGEMAKER_USER_CONFIG_OVERRIDE", str(Path(__file__).parent / "sagemaker_config.yaml"))
+os.environ.pop("AWS_PROFILE", None)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalS3Server]:
+    """One moto S3 server process on loopback for the whole session."""
+    log = tmp_path_factory.mktemp("s3") / "moto.log"
+    with LocalS3Server(log_path=log) as server:
+        yield server
+
+
+@pytest.fixture
+def s3_env(s3_server: LocalS3Server, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Point boto3 in this process (and subprocesses given os.environ) at the S3 server."""
+    env = s3_server.env()
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return env
+
+
+@pytest.fixture
+def s3_client(s3_server: LocalS3Server):  # noqa: ANN201 - boto3 client type is dynamic
+    """A boto3 S3 client talking HTTP to the moto server."""
+    return boto3.client("s3", endpoint_url=s3_server.endpoint_url, region_name=LOCAL_REGION)
+
+
+@pytest.fixture
+def bucket(s3_client) -> str:  # noqa: ANN001
+    """A fresh, empty bucket."""
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    s3_client.create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture(scope="session")
+def fixture_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, FixtureModel]:
+    """Tiny compiled breast-cancer models, built once per session: {"linear", "tree"}."""
+    root = tmp_path_factory.mktemp("models")
+    return {kind: build_fixture_model(kind, root / kind) for kind in ("linear", "tree")}
