@@ -1,0 +1,275 @@
+"""Fetch the client half of a model (client.zip + manifest.json) and check it can be used here.
+
+``model.tar.gz`` is downloaded once into a cache directory keyed by its S3 ETag (or, for a
+local archive, its sha256). Only ``client.zip`` and ``manifest.json`` are taken out of the
+archive, read as bytes and written under fixed names: member paths are never used as file
+paths, so a crafted archive cannot write outside the cache. Before concrete-ml ever opens
+client.zip, the versions recorded in the manifest are compared with this interpreter and the
+sha256 of client.zip with the manifest's fingerprint.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tarfile
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from client.errors import FingerprintMismatchError, ModelArtifactError, VersionMismatchError
+from client.storage import S3Storage
+from inference.atomic import atomic_write_bytes
+from inference.contract import ContractError, parse_s3_uri, sha256_hex
+from training.artifact import (
+    CLIENT_ZIP,
+    MANIFEST_NAME,
+    ArtifactError,
+    Manifest,
+    file_sha256,
+    read_manifest,
+    runtime_versions,
+)
+
+CLIENT_FILES = (CLIENT_ZIP, MANIFEST_NAME)
+MAX_MEMBER_BYTES = {CLIENT_ZIP: 256 << 20, MANIFEST_NAME: 4 << 20}
+EXACT_PACKAGES = ("concrete-python", "concrete-ml")
+
+
+@dataclass(frozen=True)
+class ClientModel:
+    """The client half of a model, on local disk and checked.
+
+    Attributes:
+        source: Where it came from (an ``s3://`` URI or a local path).
+        model_dir: Directory holding ``client.zip`` and ``manifest.json``.
+        manifest: The parsed manifest.
+    """
+
+    source: str
+    model_dir: Path
+    manifest: Manifest
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 of client.zip (the model fingerprint sent with every request)."""
+        return self.manifest.client_fingerprint
+
+
+def check_versions(recorded: Mapping[str, str], *, source: str,
+                   current: Mapping[str, str] | None = None) -> None:
+    """Compare the versions a model was built with against this environment.
+
+    Raises:
+        VersionMismatchError: naming every mismatch at once, and how to fix it.
+    """
+    current = dict(runtime_versions() if current is None else current)
+    problems: list[str] = []
+    want_py = _major_minor(recorded.get("python"))
+    have_py = _major_minor(current.get("python"))
+    if want_py is None or want_py != have_py:
+        problems.append(f"Python: model built with {recorded.get('python', 'an unrecorded version')},"
+                        f" this interpreter is {current.get('python')} (major.minor must match)")
+    for package in EXACT_PACKAGES:
+        if recorded.get(package) != current.get(package):
+            problems.append(f"{package}: model built with {recorded.get(package, 'an unrecorded version')},"
+                            f" installed here {current.get(package, 'none')}")
+    if not problems:
+        return
+    pins = " ".join(f"{p}=={recorded[p]}" for p in EXACT_PACKAGES if p in recorded)
+    raise VersionMismatchError(
+        f"model {source} cannot be used from this environment:\n  - " + "\n  - ".join(problems)
+        + f"\nFix: run the client with Python {want_py or '<as the training image>'} and"
+        f" `pip install {pins or 'the pinned concrete-python and concrete-ml'}`"
+        " (requirements/lock.txt pins them), or retrain with an image built for this environment"
+        f" (Dockerfile build argument PYTHON_VERSION={have_py})."
+    )
+
+
+def _major_minor(version: str | None) -> str | None:
+    if not version:
+        return None
+    parts = version.split(".")
+    return ".".join(parts[:2]) if len(parts) >= 2 else None
+
+
+def check_fingerprint(model_dir: Path, manifest: Manifest, *, source: str,
+                      expected: str | None = None) -> None:
+    """Verify sha256(client.zip) against the manifest (and against ``expected`` if given).
+
+    Raises:
+        FingerprintMismatchError: the file on disk is not the one the manifest describes.
+    """
+    try:
+        recorded = manifest.client_fingerprint
+    except KeyError as exc:
+        raise ModelArtifactError(f"{source}: manifest.json has no fingerprint for {CLIENT_ZIP};"
+                                 " retrain with this kit's training script") from exc
+    actual = file_sha256(model_dir / CLIENT_ZIP)
+    if actual != recorded:
+        raise FingerprintMismatchError(
+            f"{source}: sha256({CLIENT_ZIP}) is {actual} but manifest.json records {recorded};"
+            " the archive is corrupt or was modified: download the model again or retrain")
+    if expected is not None and expected != recorded:
+        raise FingerprintMismatchError(
+            f"{source}: model fingerprint is {recorded} but {expected} was expected;"
+            " point at the model the endpoint serves (its model.tar.gz)")
+
+
+def load_client_model(source: str | os.PathLike[str], *, storage: S3Storage | None,
+                      cache_dir: Path, expected_fingerprint: str | None = None,
+                      current_versions: Mapping[str, str] | None = None) -> ClientModel:
+    """Get client.zip + manifest.json from ``source`` and check them.
+
+    Args:
+        source: ``s3://…/model.tar.gz``, a local ``model.tar.gz``, or a model directory.
+        storage: S3 access, required for ``s3://`` sources.
+        cache_dir: Where downloaded archives are extracted (one subdirectory per archive).
+        expected_fingerprint: Refuse a model whose client.zip sha256 differs.
+        current_versions: Override of this environment's versions (for tests).
+
+    Raises:
+        ModelArtifactError, VersionMismatchError, FingerprintMismatchError, StorageError.
+    """
+    text = os.fspath(source)
+    if text.startswith("s3://"):
+        if storage is None:
+            raise ModelArtifactError(f"{text}: an S3 model needs S3 access (pass a boto3 session)")
+        model_dir = _fetch_s3_archive(text, storage=storage, cache_dir=cache_dir)
+    elif Path(text).is_dir():
+        model_dir = Path(text)
+    elif Path(text).is_file():
+        model_dir = _extract_cached(Path(text), cache_key=f"file-{file_sha256(text)}",
+                                    cache_dir=cache_dir, source=text)
+    else:
+        raise ModelArtifactError(f"model {text!r} not found: give s3://…/model.tar.gz,"
+                                 " a local model.tar.gz or a directory holding client.zip")
+    if not (model_dir / CLIENT_ZIP).is_file():
+        raise ModelArtifactError(f"{text}: {CLIENT_ZIP} is missing; the model directory must hold"
+                                 f" {CLIENT_ZIP} and {MANIFEST_NAME} (written by training)")
+    try:
+        manifest = read_manifest(model_dir)
+    except ArtifactError as exc:
+        raise ModelArtifactError(f"{text}: {exc}") from exc
+    check_versions(manifest.versions, source=text, current=current_versions)
+    check_fingerprint(model_dir, manifest, source=text, expected=expected_fingerprint)
+    return ClientModel(text, model_dir, manifest)
+
+
+def _fetch_s3_archive(uri: str, *, storage: S3Storage, cache_dir: Path) -> Path:
+    try:
+        location = parse_s3_uri(uri, field="model")
+    except ContractError as exc:
+        raise ModelArtifactError(str(exc)) from exc
+    etag = storage.etag(location)
+    key = sha256_hex(f"{uri}\n{etag}".encode())[:32]
+    final = cache_dir / "models" / key
+    if _complete(final):
+        return final
+    with tempfile.TemporaryDirectory(dir=_ensure_dir(cache_dir)) as tmp:
+        archive = Path(tmp) / "model.tar.gz"
+        storage.download_file(location, archive)
+        return _extract_cached(archive, cache_key=key, cache_dir=cache_dir, source=uri)
+
+
+def _complete(model_dir: Path) -> bool:
+    return all((model_dir / name).is_file() for name in CLIENT_FILES)
+
+
+def _ensure_dir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return path
+
+
+def _extract_cached(archive: Path, *, cache_key: str, cache_dir: Path, source: str) -> Path:
+    """Extract client.zip + manifest.json into ``cache_dir/models/<cache_key>`` (atomically)."""
+    final = cache_dir / "models" / cache_key
+    if _complete(final):
+        return final
+    members = read_client_members(archive, source=source)
+    staging = Path(tempfile.mkdtemp(dir=_ensure_dir(final.parent), prefix=f".{cache_key}."))
+    try:
+        for name, data in members.items():
+            atomic_write_bytes(staging / name, data)
+        try:
+            os.rename(staging, final)
+        except OSError:  # another process finished first, or a stale partial dir is in the way
+            if not _complete(final):
+                shutil.rmtree(final, ignore_errors=True)
+                os.rename(staging, final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return final
+
+
+def read_client_members(archive: Path, *, source: str) -> dict[str, bytes]:
+    """Read client.zip and manifest.json out of a model.tar.gz (see :func:`read_members`)."""
+    return read_members(archive, MAX_MEMBER_BYTES, source=source)
+
+
+def read_members(archive: Path, wanted: Mapping[str, int], *, source: str) -> dict[str, bytes]:
+    """Read top-level regular files out of a tar archive as bytes, ignoring member paths.
+
+    Args:
+        wanted: File name -> size limit in bytes. Members match by name (``x`` or ``./x``);
+            links, devices, directories and every other member are skipped, never extracted.
+
+    Raises:
+        ModelArtifactError: not a tar archive, a file missing, duplicated, or too large.
+    """
+    found: dict[str, bytes] = {}
+    try:
+        with tarfile.open(archive, mode="r:*") as tar:
+            for member in tar:
+                name = member.name.removeprefix("./")
+                if name not in wanted or not member.isreg():
+                    continue
+                if name in found:
+                    raise ModelArtifactError(f"{source}: archive holds {name} twice")
+                if member.size > wanted[name]:
+                    raise ModelArtifactError(f"{source}: {name} is {member.size} bytes,"
+                                             f" over the {wanted[name]} byte limit")
+                found[name] = _read_member(tar.extractfile(member), name, source)
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise ModelArtifactError(f"{source}: not a readable tar.gz archive ({exc})") from exc
+    missing = [name for name in wanted if name not in found]
+    if missing:
+        raise ModelArtifactError(f"{source}: archive lacks {', '.join(missing)} at its top level;"
+                                 " is this the archive written by the training job?")
+    return found
+
+
+def _read_member(handle: IO[bytes] | None, name: str, source: str) -> bytes:
+    if handle is None:
+        raise ModelArtifactError(f"{source}: {name} in the archive is not a regular file")
+    with handle:
+        return handle.read()
+
+
+def load_fhe_client(model: ClientModel) -> Any:
+    """Open concrete-ml's FHEModelClient on a checked model (call only after the checks).
+
+    Raises:
+        ModelArtifactError: concrete-ml cannot load client.zip.
+    """
+    from concrete.ml.deployment import FHEModelClient
+
+    try:
+        return FHEModelClient(str(model.model_dir))
+    except (ValueError, RuntimeError, OSError, KeyError) as exc:
+        raise ModelArtifactError(f"{model.source}: concrete-ml cannot load {CLIENT_ZIP}: {exc}") from exc
+
+
+def describe(model: ClientModel) -> dict[str, Any]:
+    """A JSON-ready summary of a model (for ``python -m client info``)."""
+    m = model.manifest
+    return {
+        "source": model.source, "model_dir": str(model.model_dir), "model_class": m.model_class,
+        "task": m.task, "n_features": m.n_features, "classes": list(m.classes),
+        "feature_names": list(m.feature_names), "hyperparameters": m.hyperparameters,
+        "versions": m.versions, "fingerprints": m.fingerprints,
+        "this_python": f"{sys.version_info.major}.{sys.version_info.minor}",
+    }

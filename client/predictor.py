@@ -1,0 +1,405 @@
+"""EncryptedPredictor: scikit-learn-style predictions computed by an FHE endpoint on ciphertexts.
+
+One ``predict`` call: validate X -> scale with the shipped scaler -> encrypt each row ->
+pack each batch into one S3 object (``inference.contract.pack_batch``) -> write the request
+JSON -> ``invoke_endpoint_async`` -> poll the output and failure objects -> download ->
+decrypt -> dequantise. Keys are generated once per model and kept in the key directory;
+evaluation keys are uploaded once, under their sha256.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import boto3
+import numpy as np
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError, NoRegionError
+from tqdm.auto import tqdm
+
+from client.errors import (
+    EncryptedInferenceError,
+    InferenceFailedError,
+    InvalidInputError,
+    StorageError,
+    UnsupportedOperationError,
+)
+from client.keys import KeySet, KeyStore, default_cache_dir
+from client.model import ClientModel, load_client_model, load_fhe_client
+from client.storage import Backoff, S3Storage, translate, wait_for_result
+from inference.contract import (
+    CONTENT_TYPE_BATCH,
+    CONTENT_TYPE_JSON,
+    ContractError,
+    S3Uri,
+    build_request,
+    pack_batch,
+    parse_s3_uri,
+    sha256_hex,
+    unpack_batch,
+)
+
+STAGES = ("keygen", "encrypt", "upload", "invoke", "wait", "download", "decrypt", "cleanup")
+_BOTO_CONFIG = Config(retries={"mode": "standard", "max_attempts": 5}, connect_timeout=10,
+                      read_timeout=60)
+
+
+@dataclass
+class Timings:
+    """Seconds spent per stage, plus counters; ``predictor.last_timings`` / ``.timings``.
+
+    ``wait`` is the time spent polling for results (the server's FHE compute plus queueing);
+    ``download`` the final read of the result; ``cleanup`` deleting the per-request objects.
+    """
+
+    keygen: float = 0.0
+    encrypt: float = 0.0
+    upload: float = 0.0
+    invoke: float = 0.0
+    wait: float = 0.0
+    download: float = 0.0
+    decrypt: float = 0.0
+    cleanup: float = 0.0
+    rows: int = 0
+    requests: int = 0
+    keygens: int = 0
+    evaluation_key_uploads: int = 0
+    bytes_uploaded: int = 0
+    bytes_downloaded: int = 0
+
+    def add(self, other: Timings) -> None:
+        """Accumulate ``other`` into this record."""
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+    @property
+    def total(self) -> float:
+        """Sum of all stages, in seconds."""
+        return sum(getattr(self, stage) for stage in STAGES)
+
+    def as_dict(self) -> dict[str, float | int]:
+        """All fields as a plain dict."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def __str__(self) -> str:
+        stages = ", ".join(f"{s} {getattr(self, s):.3f}s" for s in STAGES)
+        return f"{self.rows} rows in {self.requests} request(s): {stages} (total {self.total:.3f}s)"
+
+
+@dataclass
+class _Pending:
+    """A request sent and not yet collected."""
+
+    inference_id: str
+    n_rows: int
+    objects: list[S3Uri]
+    output: S3Uri
+    failure: S3Uri | None
+    sent_at: float = field(default_factory=time.monotonic)
+
+
+def parse_prefix(uri: str) -> S3Uri:
+    """Parse ``s3://bucket`` or ``s3://bucket/prefix`` (trailing slash optional).
+
+    Raises:
+        InvalidInputError: not an S3 URI.
+    """
+    text = uri.rstrip("/")
+    try:
+        if text.count("/") == 2:  # s3://bucket
+            return S3Uri(parse_s3_uri(f"{text}/x", field="s3_prefix").bucket, "")
+        return parse_s3_uri(text, field="s3_prefix")
+    except ContractError as exc:
+        raise InvalidInputError(str(exc)) from exc
+
+
+def _join(prefix: S3Uri, *parts: str) -> S3Uri:
+    return S3Uri(prefix.bucket, "/".join(p for p in (prefix.key, *parts) if p))
+
+
+def validate_features(x: Any, n_features: int) -> np.ndarray:
+    """Return ``x`` as a finite float64 array of shape (rows, n_features).
+
+    Raises:
+        InvalidInputError: naming the problem (type, shape, feature count, NaN/inf rows).
+    """
+    try:
+        arr = np.asarray(x, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInputError(f"X must be numeric (a numpy array, list or DataFrame of numbers):"
+                                f" {exc}") from exc
+    if arr.ndim == 1:
+        arr = arr.reshape(1, -1)
+    if arr.ndim != 2:
+        raise InvalidInputError(f"X must be 2-D (rows x {n_features} features) or one 1-D row;"
+                                f" got shape {arr.shape}")
+    if arr.shape[0] == 0:
+        raise InvalidInputError("X has no rows")
+    if arr.shape[1] != n_features:
+        raise InvalidInputError(f"X has {arr.shape[1]} features per row but the model expects"
+                                f" {n_features}")
+    bad_rows = np.unique(np.nonzero(~np.isfinite(arr))[0])
+    if bad_rows.size:
+        shown = ", ".join(map(str, bad_rows[:10].tolist())) + (" …" if bad_rows.size > 10 else "")
+        raise InvalidInputError(f"X has NaN or infinite values in {bad_rows.size} row(s) ({shown});"
+                                " impute or drop them before encrypting")
+    return arr
+
+
+class EncryptedPredictor:
+    """Predict with a SageMaker async FHE endpoint; features never leave this process in clear.
+
+    Args:
+        endpoint_name: The SageMaker (or local) endpoint.
+        model: ``s3://…/model.tar.gz``, a local model.tar.gz, or a model directory.
+        s3_prefix: ``s3://bucket/prefix`` for evaluation keys, queries and requests.
+        key_dir: Key directory (default: the user's cache dir); one subdirectory per model.
+        cache_dir: Where downloaded model archives are kept (default: the user's cache dir).
+        session: A boto3 session (credentials, region). Default: a new default session.
+        s3_endpoint_url: S3 endpoint override (local stack); boto3 also honours AWS_ENDPOINT_URL_S3.
+        runtime_endpoint_url: sagemaker-runtime endpoint override (local stack); boto3 also
+            honours AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME.
+        region_name: Region, when the session has none.
+        batch_size: Rows per request (one packed ciphertext object each).
+        timeout: Seconds to wait for each request's result, counted from when it was sent or
+            from the previous result, whichever is later.
+        backoff: Poll intervals (default 10 ms doubling to a 1 s cap).
+        keep_objects: Leave queries, requests and outputs in S3 (default: delete after reading).
+        progress: Show tqdm progress bars.
+        expected_fingerprint: Refuse a model whose client.zip sha256 differs.
+    """
+
+    def __init__(
+        self, endpoint_name: str, model: str | os.PathLike[str], s3_prefix: str, *,
+        key_dir: str | os.PathLike[str] | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        session: boto3.session.Session | None = None,
+        s3_endpoint_url: str | None = None, runtime_endpoint_url: str | None = None,
+        region_name: str | None = None, batch_size: int = 16, timeout: float = 600.0,
+        backoff: Backoff | None = None, keep_objects: bool = False, progress: bool = True,
+        expected_fingerprint: str | None = None,
+    ) -> None:
+        if batch_size < 1:
+            raise InvalidInputError(f"batch_size must be at least 1, got {batch_size}")
+        if timeout <= 0:
+            raise InvalidInputError(f"timeout must be positive, got {timeout}")
+        self.endpoint_name = endpoint_name
+        self.s3_prefix = parse_prefix(s3_prefix)
+        self.batch_size = batch_size
+        self.timeout = float(timeout)
+        self.backoff = backoff or Backoff()
+        self.keep_objects = keep_objects
+        self.progress = progress
+        self.key_store = KeyStore(key_dir)
+        self.timings = Timings()
+        self.last_timings = Timings()
+        self._closed = False
+        self._fhe: Any = None
+        self._keys: KeySet | None = None
+        self._uploaded_keys: S3Uri | None = None
+        session = session or boto3.session.Session(region_name=region_name)
+        try:
+            self._s3 = session.client("s3", endpoint_url=s3_endpoint_url, region_name=region_name,
+                                      config=_BOTO_CONFIG)
+            self._runtime = session.client("sagemaker-runtime", endpoint_url=runtime_endpoint_url,
+                                           region_name=region_name, config=_BOTO_CONFIG)
+        except NoRegionError as exc:
+            raise StorageError("no AWS region configured: pass region_name=… or set"
+                               " AWS_DEFAULT_REGION") from exc
+        self.storage = S3Storage(self._s3)
+        self.model: ClientModel = load_client_model(
+            model, storage=self.storage,
+            cache_dir=Path(cache_dir) if cache_dir is not None else default_cache_dir(),
+            expected_fingerprint=expected_fingerprint)
+
+    def __repr__(self) -> str:
+        m = self.model.manifest
+        return (f"EncryptedPredictor(endpoint_name={self.endpoint_name!r}, model={self.model.source!r},"
+                f" model_class={m.model_class!r}, task={m.task!r}, n_features={m.n_features},"
+                f" s3_prefix='{self.s3_prefix}', key_dir='{self.key_store.root}',"
+                f" batch_size={self.batch_size}, timeout={self.timeout}"
+                f"{', closed' if self._closed else ''})")
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def close(self) -> None:
+        """Release the boto3 clients; the key directory stays for the next predictor."""
+        if not self._closed:
+            self._closed = True
+            self._s3.close()
+            self._runtime.close()
+
+    def __enter__(self) -> EncryptedPredictor:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    # -- keys ------------------------------------------------------------------------------
+    @property
+    def fingerprint(self) -> str:
+        """The model fingerprint (sha256 of client.zip)."""
+        return self.model.fingerprint
+
+    def ensure_keys(self) -> KeySet:
+        """Load this model's keys from the key directory, generating them the first time."""
+        if self._keys is None:
+            self._keys = self.key_store.load_or_generate(self._fhe_client(), self.fingerprint,
+                                                         progress=self.progress)
+            if self._keys.generated:
+                self.timings.keygens += 1
+                self.timings.keygen += self._keys.seconds
+        return self._keys
+
+    def evaluation_keys_uri(self) -> S3Uri:
+        """Where this key set's evaluation keys live in S3 (content-addressed)."""
+        return _join(self.s3_prefix, "keys", f"{self.ensure_keys().evaluation_keys_sha256}.ekl")
+
+    def upload_evaluation_keys(self) -> S3Uri:
+        """Upload the evaluation keys unless S3 already has them (HEAD first); return their URI."""
+        uri = self.evaluation_keys_uri()
+        if self._uploaded_keys == uri:
+            return uri
+        start = time.perf_counter()
+        if not self.storage.exists(uri):
+            self.storage.put(uri, self.ensure_keys().read_evaluation_keys())
+            self.timings.evaluation_key_uploads += 1
+        self.timings.upload += time.perf_counter() - start
+        self.key_store.record_upload(self.fingerprint, str(uri))
+        self._uploaded_keys = uri
+        return uri
+
+    def _fhe_client(self) -> Any:
+        if self._fhe is None:
+            self._fhe = load_fhe_client(self.model)
+        return self._fhe
+
+    # -- predictions -----------------------------------------------------------------------
+    def predict(self, x: Any) -> np.ndarray:
+        """Class labels (classifiers) or values (regressors) for each row of ``x``."""
+        out = self._run(x)
+        if self.model.manifest.task == "regression":
+            return out[:, 0] if out.ndim == 2 and out.shape[1] == 1 else out
+        index = np.argmax(out, axis=1)
+        classes = self.model.manifest.classes
+        return np.asarray(classes)[index] if classes else index
+
+    def predict_proba(self, x: Any) -> np.ndarray:
+        """Class probabilities, shape (rows, classes), as the clear quantised model computes them.
+
+        Raises:
+            UnsupportedOperationError: the model is a regressor.
+        """
+        if self.model.manifest.task != "classification":
+            raise UnsupportedOperationError(f"{self.model.manifest.model_class} is a regressor:"
+                                            " use predict()")
+        return self._run(x)
+
+    def _run(self, x: Any) -> np.ndarray:
+        if self._closed:
+            raise EncryptedInferenceError("this EncryptedPredictor is closed; create a new one")
+        features = validate_features(x, self.model.manifest.n_features)
+        before = Timings(**self.timings.as_dict())
+        up0, down0 = self.storage.bytes_uploaded, self.storage.bytes_downloaded
+        scaled = self.model.manifest.scaler.transform(features)
+        keys = self.ensure_keys()
+        keys_uri = self.upload_evaluation_keys()
+        starts = range(0, len(scaled), self.batch_size)
+        pending = [self._submit(scaled[i : i + self.batch_size], keys, keys_uri)
+                   for i in tqdm(starts, desc="encrypt + send", unit="batch",
+                                 disable=not self.progress, leave=False)]
+        results, last = [], time.monotonic()
+        for request in tqdm(pending, desc="wait + decrypt", unit="batch",
+                            disable=not self.progress, leave=False):
+            results.append(self._collect(request, deadline=max(request.sent_at, last) + self.timeout))
+            last = time.monotonic()
+        self.timings.rows += len(scaled)
+        self.timings.bytes_uploaded += self.storage.bytes_uploaded - up0
+        self.timings.bytes_downloaded += self.storage.bytes_downloaded - down0
+        self.last_timings = Timings(**{k: v - getattr(before, k)
+                                       for k, v in self.timings.as_dict().items()})
+        return np.concatenate(results, axis=0)
+
+    def _submit(self, rows: np.ndarray, keys: KeySet, keys_uri: S3Uri) -> _Pending:
+        start = time.perf_counter()
+        fhe = self._fhe_client()
+        ciphertexts = [fhe.quantize_encrypt_serialize(row.reshape(1, -1)) for row in rows]
+        batch = pack_batch(ciphertexts)
+        self.timings.encrypt += time.perf_counter() - start
+        inference_id = uuid.uuid4().hex
+        query = _join(self.s3_prefix, "queries", f"{inference_id}.fheb")
+        request = _join(self.s3_prefix, "requests", f"{inference_id}.json")
+        body = build_request(
+            evaluation_keys_uri=str(keys_uri), encrypted_batch_uri=str(query),
+            model_fingerprint=self.fingerprint, evaluation_keys_sha256=keys.evaluation_keys_sha256,
+            encrypted_query_sha256=sha256_hex(batch))
+        start = time.perf_counter()
+        self.storage.put(query, batch, content_type=CONTENT_TYPE_BATCH)
+        self.storage.put(request, body, content_type=CONTENT_TYPE_JSON)
+        self.timings.upload += time.perf_counter() - start
+        start = time.perf_counter()
+        response = self._invoke(request, inference_id)
+        self.timings.invoke += time.perf_counter() - start
+        self.timings.requests += 1
+        output = parse_s3_uri(response["OutputLocation"], field="OutputLocation")
+        failure = response.get("FailureLocation")
+        return _Pending(inference_id, len(rows), [query, request], output,
+                        parse_s3_uri(failure, field="FailureLocation") if failure else None)
+
+    def _invoke(self, request: S3Uri, inference_id: str) -> dict[str, Any]:
+        try:
+            return self._runtime.invoke_endpoint_async(
+                EndpointName=self.endpoint_name, InputLocation=str(request),
+                ContentType=CONTENT_TYPE_JSON, InferenceId=inference_id)
+        except ClientError as exc:
+            err = exc.response.get("Error", {})
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if status is not None and (status >= 500 or status == 429):
+                raise translate(exc, action=f"invoking endpoint {self.endpoint_name}") from exc
+            raise InferenceFailedError(
+                str(err.get("Message", exc)), status=status, code=str(err.get("Code", "Unknown")),
+                location=f"endpoint {self.endpoint_name}") from exc
+        except BotoCoreError as exc:
+            raise translate(exc, action=f"invoking endpoint {self.endpoint_name}") from exc
+
+    def _collect(self, request: _Pending, *, deadline: float) -> np.ndarray:
+        start = time.perf_counter()
+        result = wait_for_result(self.storage, output=request.output, failure=request.failure,
+                                 deadline=deadline, backoff=self.backoff)
+        self.timings.wait += time.perf_counter() - start - result.download_seconds
+        self.timings.download += result.download_seconds
+        body = result.body
+        start = time.perf_counter()
+        try:
+            items = unpack_batch(body)
+        except ContractError as exc:
+            raise InferenceFailedError(f"malformed batch result: {exc}", code="BadResponse",
+                                       location=str(request.output)) from exc
+        if len(items) != request.n_rows:
+            raise InferenceFailedError(f"{len(items)} results for {request.n_rows} rows",
+                                       code="BadResponse", location=str(request.output))
+        try:
+            values = np.concatenate([self._fhe_client().deserialize_decrypt_dequantize(item)
+                                     for item in items], axis=0)
+        except (RuntimeError, ValueError) as exc:
+            raise InferenceFailedError(f"cannot decrypt the result ({exc}); is the endpoint"
+                                       " serving this model?", code="DecryptionFailed",
+                                       location=str(request.output)) from exc
+        self.timings.decrypt += time.perf_counter() - start
+        if not self.keep_objects:
+            start = time.perf_counter()
+            self.storage.delete([*request.objects, request.output])
+            self.timings.cleanup += time.perf_counter() - start
+        return values
+
+    def clean_up_keys(self) -> None:
+        """Delete this key set's evaluation keys from S3 (the local key directory stays)."""
+        self.storage.delete([self.evaluation_keys_uri()])
+        self._uploaded_keys = None
+

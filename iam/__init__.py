@@ -1,0 +1,1 @@
+"""Least-privilege IAM policy templates and their renderer (``python -m iam.render``)."""

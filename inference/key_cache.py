@@ -1,0 +1,111 @@
+"""Evaluation keys cached by their sha256: on disk (shared by workers) and deserialised in memory."""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from inference.atomic import atomic_write_bytes
+
+logger = logging.getLogger(__name__)
+
+_SHA_RE = re.compile(r"^[0-9a-f]{64}$")
+KEY_SUFFIX = ".ekl"
+
+
+@dataclass
+class KeyCacheStats:
+    """Counters of one process's key cache (served by ``GET /metrics``)."""
+
+    memory_hits: int = 0
+    disk_hits: int = 0
+    downloads: int = 0
+    deserializations: int = 0
+    evictions: int = 0
+
+
+class KeyCache:
+    """A bounded LRU of deserialised evaluation keys over an atomic on-disk cache.
+
+    Keys are content-addressed: the name is the sha256 of the serialized bytes, so a file in
+    the cache directory is either absent or complete and right (written with a temp file and
+    ``os.replace``, verified before writing). Several worker processes may share the folder.
+
+    Args:
+        directory: On-disk cache folder (created on first write).
+        max_bytes: Bound of the in-memory LRU, counted in serialized bytes. A key set bigger
+            than the bound is still used for its request, then dropped.
+        deserialize: Turns serialized bytes into the runtime object (``fhe.EvaluationKeys``).
+    """
+
+    def __init__(self, directory: Path, *, max_bytes: int,
+                 deserialize: Callable[[bytes], Any]) -> None:
+        self._dir = Path(directory)
+        self._max_bytes = max_bytes
+        self._deserialize = deserialize
+        self._memory: OrderedDict[str, tuple[Any, int]] = OrderedDict()
+        self._memory_bytes = 0
+        self._lock = threading.Lock()
+        self.stats = KeyCacheStats()
+
+    @property
+    def memory_bytes(self) -> int:
+        """Serialized size of the key sets held in memory."""
+        return self._memory_bytes
+
+    def path_for(self, sha256: str) -> Path:
+        """Where the key set named ``sha256`` is (or would be) stored on disk."""
+        if not _SHA_RE.match(sha256):
+            raise ValueError(f"not a sha256: {sha256!r}")
+        return self._dir / f"{sha256}{KEY_SUFFIX}"
+
+    def get(self, sha256: str) -> Any | None:
+        """The deserialised keys named ``sha256`` from memory or disk, or None."""
+        with self._lock:
+            hit = self._memory.get(sha256)
+            if hit is not None:
+                self._memory.move_to_end(sha256)
+                self.stats.memory_hits += 1
+                return hit[0]
+        path = self.path_for(sha256)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        self.stats.disk_hits += 1
+        return self._remember(sha256, data)
+
+    def put(self, sha256: str, data: bytes) -> Any:
+        """Store verified bytes named ``sha256`` on disk; return them deserialised.
+
+        Raises:
+            Whatever ``deserialize`` raises for bytes it cannot read (nothing is stored then).
+        """
+        keys = self._remember(sha256, data)
+        try:
+            atomic_write_bytes(self.path_for(sha256), data, mode=0o600)
+        except OSError:
+            logger.warning("could not write key cache file for %s", sha256[:12], exc_info=True)
+        return keys
+
+    def _remember(self, sha256: str, data: bytes) -> Any:
+        keys = self._deserialize(data)
+        self.stats.deserializations += 1
+        size = len(data)
+        with self._lock:
+            if sha256 in self._memory:
+                self._memory_bytes -= self._memory.pop(sha256)[1]
+            if size <= self._max_bytes:
+                self._memory[sha256] = (keys, size)
+                self._memory_bytes += size
+            while self._memory_bytes > self._max_bytes and self._memory:
+                _, (_, evicted) = self._memory.popitem(last=False)
+                self._memory_bytes -= evicted
+                self.stats.evictions += 1
+        return keys

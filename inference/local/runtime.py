@@ -1,0 +1,290 @@
+"""A local stand-in for SageMaker's asynchronous inference front end.
+
+:class:`LocalAsyncRuntime` serves ``InvokeEndpointAsync``
+(``POST /endpoints/{EndpointName}/async-invocations``, the ``X-Amzn-SageMaker-*`` headers, a 202
+with ``InferenceId`` and the ``OutputLocation``/``FailureLocation`` headers, AWS-style JSON
+errors), so ``boto3.client("sagemaker-runtime", endpoint_url=runtime.url)`` works unchanged.
+Like SageMaker it queues requests, runs at most ``max_concurrency`` at a time against the
+container's ``POST /invocations``, and writes the response body to
+``<output_path>/<InferenceId>.out`` or the error to ``<failure_path>/<InferenceId>-error.out``,
+honouring the request TTL and the invocation timeout.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import re
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any
+
+import requests
+
+from inference.contract import CONTENT_TYPE_JSON, ContractError, error_body, parse_s3_uri
+
+logger = logging.getLogger(__name__)
+
+_PATH_RE = re.compile(r"^/endpoints/(?P<name>[^/]+)/async-invocations/?$")
+DEFAULT_REQUEST_TTL = 21600
+DEFAULT_INVOCATION_TIMEOUT = 900
+MAX_INVOCATION_TIMEOUT = 3600
+_H = "X-Amzn-SageMaker-"
+
+
+@dataclass(frozen=True)
+class AsyncJob:
+    """One queued invocation."""
+
+    inference_id: str
+    input_location: str
+    content_type: str
+    accept: str | None
+    custom_attributes: str | None
+    output_key: tuple[str, str]
+    failure_key: tuple[str, str]
+    enqueued: float
+    ttl_seconds: int
+    timeout_seconds: int
+
+
+class RuntimeRequestError(ValueError):
+    """An InvokeEndpointAsync call the runtime rejects (an AWS-style ValidationError)."""
+
+    def __init__(self, message: str, *, status: int = 400, code: str = "ValidationError") -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+class LocalAsyncRuntime:
+    """SageMaker's async invocation front end for one endpoint, on loopback.
+
+    Args:
+        endpoint_name: The only endpoint name accepted.
+        container_url: Base URL of the serving container (``http://127.0.0.1:8080``).
+        output_path: ``s3://bucket/prefix`` for responses.
+        failure_path: ``s3://bucket/prefix`` for errors.
+        s3_client: A boto3 S3 client (reused for every job).
+        max_concurrency: Invocations sent to the container at once.
+        invocation_timeout: Upper bound of seconds per invocation (requests may ask for less).
+        host: Address to bind.
+        port: Port to bind (0 = any free port).
+    """
+
+    def __init__(self, *, endpoint_name: str, container_url: str, output_path: str,
+                 failure_path: str, s3_client: Any, max_concurrency: int = 1,
+                 invocation_timeout: int = DEFAULT_INVOCATION_TIMEOUT,
+                 host: str = "127.0.0.1", port: int = 0) -> None:
+        self.endpoint_name = endpoint_name
+        self.container_url = container_url.rstrip("/")
+        self._output = parse_s3_uri(output_path.rstrip("/") + "/x", field="output_path")
+        self._failure = parse_s3_uri(failure_path.rstrip("/") + "/x", field="failure_path")
+        self._s3 = s3_client
+        self._max_concurrency = max_concurrency
+        self.invocation_timeout = invocation_timeout
+        self._queue: queue.Queue[AsyncJob | None] = queue.Queue()
+        self._http = requests.Session()
+        self._server = ThreadingHTTPServer((host, port), _handler_for(self))
+        self._server.daemon_threads = True
+        self._threads: list[threading.Thread] = []
+
+    @property
+    def url(self) -> str:
+        """``http://host:port`` for ``boto3.client("sagemaker-runtime", endpoint_url=...)``."""
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def start(self) -> LocalAsyncRuntime:
+        """Start the HTTP front end and the workers."""
+        self._threads = [threading.Thread(target=self._server.serve_forever,
+                                          name="async-runtime-http", daemon=True)]
+        self._threads += [threading.Thread(target=self._work, name=f"async-runtime-worker-{i}",
+                                           daemon=True) for i in range(self._max_concurrency)]
+        for thread in self._threads:
+            thread.start()
+        logger.info("async runtime for %s on %s -> %s", self.endpoint_name, self.url,
+                    self.container_url)
+        return self
+
+    def stop(self) -> None:
+        """Stop accepting requests; let running invocations finish; drop queued ones."""
+        self._server.shutdown()
+        self._server.server_close()
+        while True:
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                break
+        for _ in range(self._max_concurrency):
+            self._queue.put(None)
+        for thread in self._threads:
+            thread.join(timeout=self.invocation_timeout)
+        self._http.close()
+
+    def __enter__(self) -> LocalAsyncRuntime:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    # -- front end -------------------------------------------------------------------------
+
+    def submit(self, path: str, headers: Any) -> AsyncJob:
+        """Validate an InvokeEndpointAsync call and queue it.
+
+        Raises:
+            RuntimeRequestError: unknown endpoint, missing or bad headers.
+        """
+        match = _PATH_RE.match(path.split("?", 1)[0])
+        if match is None:
+            raise RuntimeRequestError(f"unknown operation {path!r}", status=404,
+                                      code="UnknownOperationException")
+        name = requests.utils.unquote(match["name"])
+        if name != self.endpoint_name:
+            raise RuntimeRequestError(f"Endpoint {name} not found (this local runtime serves"
+                                      f" {self.endpoint_name}).")
+        location = headers.get(_H + "InputLocation")
+        if not location:
+            raise RuntimeRequestError("InputLocation is required: upload the request JSON to S3"
+                                      " and pass its s3:// URI")
+        try:
+            parse_s3_uri(location, field="InputLocation")
+        except ContractError as exc:
+            raise RuntimeRequestError(str(exc)) from exc
+        inference_id = headers.get(_H + "Inference-Id") or str(uuid.uuid4())
+        filename = headers.get(_H + "Filename") or f"{inference_id}.out"
+        extension = (headers.get(_H + "S3OutputPathExtension") or "").strip("/")
+        out_prefix = "/".join(p for p in (self._output.key[:-2], extension) if p)
+        job = AsyncJob(
+            inference_id=inference_id,
+            input_location=location,
+            content_type=headers.get(_H + "Content-Type") or CONTENT_TYPE_JSON,
+            accept=headers.get(_H + "Accept"),
+            custom_attributes=headers.get(_H + "Custom-Attributes"),
+            output_key=(self._output.bucket, f"{out_prefix}/{filename}".lstrip("/")),
+            failure_key=(self._failure.bucket,
+                         f"{self._failure.key[:-2]}/{inference_id}-error.out".lstrip("/")),
+            enqueued=time.monotonic(),
+            ttl_seconds=_int_header(headers, "RequestTTLSeconds", DEFAULT_REQUEST_TTL, 60, 21600),
+            timeout_seconds=min(self.invocation_timeout, _int_header(
+                headers, "InvocationTimeoutSeconds", self.invocation_timeout, 1,
+                MAX_INVOCATION_TIMEOUT)),
+        )
+        self._queue.put(job)
+        return job
+
+    # -- workers ---------------------------------------------------------------------------
+
+    def _work(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job is None:
+                return
+            try:
+                self._process(job)
+            except Exception:  # noqa: BLE001 - a worker must survive any job
+                logger.exception("async job %s failed unexpectedly", job.inference_id)
+                self._fail(job, 500, "InternalFailure", "the local runtime failed; see its log")
+
+    def _process(self, job: AsyncJob) -> None:
+        waited = time.monotonic() - job.enqueued
+        if waited > job.ttl_seconds:
+            self._fail(job, 408, "RequestExpired",
+                       f"the request waited {waited:.0f} s in the queue, over its TTL of"
+                       f" {job.ttl_seconds} s")
+            return
+        source = parse_s3_uri(job.input_location)
+        try:
+            body = self._s3.get_object(Bucket=source.bucket, Key=source.key)["Body"].read()
+        except Exception as exc:  # noqa: BLE001 - reported in the failure object
+            self._fail(job, 400, "InputUnavailable",
+                       f"cannot read InputLocation {job.input_location}: {exc}")
+            return
+        headers = {"Content-Type": job.content_type, _H + "Inference-Id": job.inference_id}
+        if job.accept:
+            headers["Accept"] = job.accept
+        if job.custom_attributes:
+            headers[_H + "Custom-Attributes"] = job.custom_attributes
+        started = time.perf_counter()
+        try:
+            response = self._http.post(f"{self.container_url}/invocations", data=body,
+                                       headers=headers, timeout=(5, job.timeout_seconds))
+        except requests.Timeout:
+            self._fail(job, 408, "InvocationTimeout",
+                       f"the model did not answer within {job.timeout_seconds} s")
+            return
+        except requests.RequestException as exc:
+            self._fail(job, 502, "ContainerUnreachable",
+                       f"the model container failed to answer ({type(exc).__name__})")
+            return
+        logger.info("async job %s -> %d in %.1f ms", job.inference_id, response.status_code,
+                    1000 * (time.perf_counter() - started))
+        if response.status_code == 200:
+            self._put(job.output_key, response.content,
+                      response.headers.get("Content-Type", "application/octet-stream"))
+            return
+        self._put(job.failure_key, response.content, CONTENT_TYPE_JSON)
+
+    def _fail(self, job: AsyncJob, status: int, code: str, message: str) -> None:
+        logger.warning("async job %s failed: %s", job.inference_id, code)
+        self._put(job.failure_key, error_body(status, code, message), CONTENT_TYPE_JSON)
+
+    def _put(self, target: tuple[str, str], body: bytes, content_type: str) -> None:
+        self._s3.put_object(Bucket=target[0], Key=target[1], Body=body, ContentType=content_type,
+                            ServerSideEncryption="AES256")
+
+
+def _int_header(headers: Any, name: str, default: int, low: int, high: int) -> int:
+    raw = headers.get(_H + name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise RuntimeRequestError(f"{name} must be an integer, got {raw!r}") from exc
+    if not low <= value <= high:
+        raise RuntimeRequestError(f"{name} must be between {low} and {high}, got {value}")
+    return value
+
+
+def _handler_for(runtime: LocalAsyncRuntime) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # headers and body go out as separate writes
+
+        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            length = int(self.headers.get("Content-Length") or 0)
+            if length:
+                self.rfile.read(length)
+            try:
+                job = runtime.submit(self.path, self.headers)
+            except RuntimeRequestError as exc:
+                self._send(exc.status, {"message": str(exc)}, {"x-amzn-ErrorType": exc.code})
+                return
+            self._send(202, {"InferenceId": job.inference_id}, {
+                _H + "OutputLocation": f"s3://{job.output_key[0]}/{job.output_key[1]}",
+                _H + "FailureLocation": f"s3://{job.failure_key[0]}/{job.failure_key[1]}",
+            })
+
+        def _send(self, status: int, doc: dict[str, str], headers: dict[str, str]) -> None:
+            body = json.dumps(doc).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("x-amzn-RequestId", str(uuid.uuid4()))
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            logger.debug("runtime http: " + format, *args)
+
+    return Handler

@@ -1,0 +1,252 @@
+"""The Flask app SageMaker talks to: ``GET /ping``, ``POST /invocations``, ``GET /metrics``.
+
+Build it with :func:`create_app`; nothing happens at import. See the README (serving) for the
+wire contract; :mod:`inference.contract` implements it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+import uuid
+from collections import Counter
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from flask import Flask, Response, request
+from werkzeug.exceptions import HTTPException
+
+from inference import contract
+from inference.errors import BadRequest, NotReady, PayloadTooLarge, ServingError
+from inference.key_cache import KeyCache
+from inference.model import FheModel
+from inference.s3_store import S3Store, make_s3_client
+from inference.settings import ENV_MAX_BATCH_SIZE, ENV_MAX_REQUEST_BYTES, Settings
+
+logger = logging.getLogger(__name__)
+
+INFERENCE_ID_HEADER = "X-Amzn-SageMaker-Inference-Id"
+REQUEST_ID_HEADER = "X-Fhe-Request-Id"
+
+
+class ModelSlot:
+    """Holds the model once it is loaded (possibly by a background thread)."""
+
+    def __init__(self) -> None:
+        self._model: FheModel | None = None
+        self._error: BaseException | None = None
+        self._ready = threading.Event()
+
+    def load(self, settings: Settings) -> None:
+        """Load the model from ``settings.model_dir``; remember a failure instead of raising."""
+        try:
+            self._model = FheModel.load(settings.model_dir)
+        except Exception as exc:  # noqa: BLE001 - reported by /ping and every invocation
+            logger.exception("model load failed")
+            self._error = exc
+        finally:
+            self._ready.set()
+
+    @property
+    def loaded(self) -> bool:
+        """True once the model is ready to run."""
+        return self._model is not None
+
+    @property
+    def model(self) -> FheModel | None:
+        """The model if loaded, else None."""
+        return self._model
+
+    def get(self) -> FheModel:
+        """The model.
+
+        Raises:
+            NotReady: still loading, or loading failed.
+        """
+        if self._model is not None:
+            return self._model
+        if self._error is not None:
+            raise NotReady(f"the model failed to load: {self._error}")
+        raise NotReady("the model is still loading; retry after GET /ping answers 200")
+
+
+@dataclass
+class Services:
+    """What a request handler needs; one per app (per worker process)."""
+
+    settings: Settings
+    slot: ModelSlot
+    store: S3Store
+    keys: KeyCache
+    counters: Counter[str]
+
+
+def create_app(settings: Settings, *, background_load: bool = False,
+               s3_client: Any | None = None) -> Flask:
+    """Build the server app and load the model.
+
+    Args:
+        settings: The server's configuration.
+        background_load: Load the model in a thread so the worker answers ``/ping`` (503)
+            while concrete compiles the circuit; otherwise load before returning.
+        s3_client: A boto3 S3 client to use instead of one built from ``settings``.
+    """
+    slot = ModelSlot()
+    services = Services(
+        settings=settings,
+        slot=slot,
+        store=S3Store(s3_client or make_s3_client(settings),
+                      allowed_prefixes=settings.allowed_prefixes,
+                      max_object_bytes=settings.max_object_bytes),
+        keys=KeyCache(settings.key_cache_dir, max_bytes=settings.key_cache_max_bytes,
+                      deserialize=lambda data: slot.get().deserialize_keys(data)),
+        counters=Counter(),
+    )
+    app = Flask("inference")
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
+    app.extensions["fhe"] = services
+    _register_routes(app, services)
+    if background_load:
+        threading.Thread(target=slot.load, args=(settings,), name="model-load", daemon=True).start()
+    else:
+        slot.load(settings)
+    return app
+
+
+def _register_routes(app: Flask, services: Services) -> None:
+    @app.get("/ping")
+    def ping() -> Response:
+        try:
+            services.slot.get()
+        except NotReady as exc:
+            return _error_response(exc)
+        return Response(b"", status=200)
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        return Response(_metrics_json(services), status=200, mimetype=contract.CONTENT_TYPE_JSON)
+
+    @app.post("/invocations")
+    def invocations() -> Response:
+        request_id = request.headers.get(INFERENCE_ID_HEADER) or uuid.uuid4().hex
+        started = time.perf_counter()
+        try:
+            response = _invoke(services, request_id)
+        except ServingError as exc:
+            services.counters[f"errors_{exc.status}"] += 1
+            logger.info("request %s -> %d %s in %.1f ms", request_id, exc.status, exc.code,
+                        1000 * (time.perf_counter() - started))
+            response = _error_response(exc)
+        response.headers[REQUEST_ID_HEADER] = request_id
+        return response
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> Response:
+        if exc.code == 413:
+            return _error_response(PayloadTooLarge(
+                f"request body is over {services.settings.max_request_bytes} bytes: send S3 URIs,"
+                f" not data (or raise {ENV_MAX_REQUEST_BYTES})"
+            ))
+        error = ServingError(exc.description or exc.name)
+        error.status, error.code = exc.code or 500, (exc.name or "Error").replace(" ", "")
+        return _error_response(error)
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception) -> Response:
+        logger.exception("unexpected error")
+        services.counters["errors_500"] += 1
+        return _error_response(ServingError("internal error; the server log has the details"))
+
+
+def _invoke(services: Services, request_id: str) -> Response:
+    services.counters["requests"] += 1
+    model = services.slot.get()
+    body = request.get_data(cache=False)
+    try:
+        req = contract.parse_request(body)
+    except contract.ContractError as exc:
+        raise BadRequest(str(exc)) from exc
+    model.check_fingerprint(req.model_fingerprint)
+    limit = services.settings.max_batch_size
+    if len(req.query_uris) > limit:
+        raise PayloadTooLarge(
+            f"the request names {len(req.query_uris)} ciphertexts; the limit is {limit}"
+            f" (split the batch or raise {ENV_MAX_BATCH_SIZE})"
+        )
+    services.store.check_allowed([req.evaluation_keys_uri, *req.query_uris])
+    timings: dict[str, float] = {}
+    mark = time.perf_counter()
+    keys = _evaluation_keys(services, req)
+    timings["keys"] = time.perf_counter() - mark
+    mark = time.perf_counter()
+    queries = _ciphertexts(services, req)
+    timings["fetch"] = time.perf_counter() - mark
+    mark = time.perf_counter()
+    results = [model.run(query, keys, index=i) for i, query in enumerate(queries)]
+    timings["fhe"] = time.perf_counter() - mark
+    services.counters["fhe_runs"] += len(results)
+    services.counters["ok"] += 1
+    logger.info(
+        "request %s ok: %d ciphertext(s), %d bytes in, %d bytes out; keys %.1f ms, fetch %.1f ms,"
+        " fhe %.1f ms", request_id, len(queries), sum(map(len, queries)), sum(map(len, results)),
+        *(1000 * timings[k] for k in ("keys", "fetch", "fhe")),
+    )
+    if req.batch:
+        return Response(contract.pack_batch(results), status=200,
+                        mimetype=contract.CONTENT_TYPE_BATCH)
+    return Response(results[0], status=200, mimetype=contract.CONTENT_TYPE_RESULT)
+
+
+def _evaluation_keys(services: Services, req: contract.InferenceRequest) -> Any:
+    """The deserialised keys: from the cache when possible, else downloaded and cached."""
+    cache = services.keys
+    if req.evaluation_keys_sha256 is not None:
+        keys = cache.get(req.evaluation_keys_sha256)
+        if keys is not None:
+            return keys
+        data = services.store.read(req.evaluation_keys_uri, what="evaluation keys",
+                                   expected_sha256=req.evaluation_keys_sha256)
+        cache.stats.downloads += 1
+        return cache.put(req.evaluation_keys_sha256, data)
+    data = services.store.read(req.evaluation_keys_uri, what="evaluation keys")
+    cache.stats.downloads += 1
+    sha = contract.sha256_hex(data)
+    keys = cache.get(sha)
+    return cache.put(sha, data) if keys is None else keys
+
+
+def _ciphertexts(services: Services, req: contract.InferenceRequest) -> list[bytes]:
+    """Download (and verify) the ciphertexts of a request, one per row."""
+    hashes = req.query_sha256 or (None,) * len(req.query_uris)
+    objects = [
+        services.store.read(uri, expected_sha256=sha, what=f"ciphertext {i}")
+        for i, (uri, sha) in enumerate(zip(req.query_uris, hashes, strict=True))
+    ]
+    if not req.packed:
+        return objects
+    try:
+        return contract.unpack_batch(objects[0], max_items=services.settings.max_batch_size)
+    except contract.ContractError as exc:
+        if "limit" in str(exc):
+            raise PayloadTooLarge(f"{exc} (split the batch or raise {ENV_MAX_BATCH_SIZE})") from exc
+        raise BadRequest(f"the encrypted batch object is not in the batch framing: {exc}") from exc
+
+
+def _error_response(exc: ServingError) -> Response:
+    return Response(contract.error_body(exc.status, exc.code, exc.message), status=exc.status,
+                    mimetype=contract.CONTENT_TYPE_JSON)
+
+
+def _metrics_json(services: Services) -> bytes:
+    model = services.slot.model
+    doc = {
+        "pid": os.getpid(),
+        "model_loaded": model is not None,
+        "model_load_seconds": None if model is None else round(model.load_seconds, 3),
+        "key_cache": {**asdict(services.keys.stats), "memory_bytes": services.keys.memory_bytes},
+        "counters": dict(services.counters),
+    }
+    return json.dumps(doc).encode()

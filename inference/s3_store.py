@@ -1,0 +1,126 @@
+"""Bounded, allow-listed, verified S3 reads for the server."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError, ConnectionError, HTTPClientError
+
+from inference.contract import S3Uri, sha256_hex
+from inference.errors import (
+    AccessDenied,
+    IntegrityError,
+    ObjectNotFound,
+    PayloadTooLarge,
+    ServingError,
+    StorageUnavailable,
+)
+from inference.settings import ENV_ALLOWED_PREFIXES, AllowedPrefix, Settings
+
+_NOT_FOUND = frozenset({"NoSuchKey", "NoSuchBucket", "404", "NotFound"})
+_DENIED = frozenset({"AccessDenied", "403", "Forbidden", "AllAccessDisabled", "InvalidAccessKeyId",
+                     "SignatureDoesNotMatch", "ExpiredToken"})
+_UNAVAILABLE = frozenset({"SlowDown", "ServiceUnavailable", "InternalError", "503", "500",
+                          "RequestTimeout"})
+
+
+def make_s3_client(settings: Settings) -> Any:
+    """A boto3 S3 client with the server's timeouts and a short retry budget."""
+    config = Config(
+        connect_timeout=settings.s3_connect_timeout,
+        read_timeout=settings.s3_read_timeout,
+        retries={"max_attempts": 2, "mode": "standard"},
+        max_pool_connections=16,
+    )
+    return boto3.client("s3", endpoint_url=settings.s3_endpoint_url, config=config)
+
+
+class S3Store:
+    """Reads S3 objects the server is allowed to read, within a size limit.
+
+    Args:
+        client: A boto3 S3 client.
+        allowed_prefixes: Readable ``s3://bucket/prefix`` locations; empty = nothing is readable.
+        max_object_bytes: Largest object read; bigger ones raise :class:`PayloadTooLarge`.
+    """
+
+    def __init__(self, client: Any, *, allowed_prefixes: Iterable[AllowedPrefix],
+                 max_object_bytes: int) -> None:
+        self._client = client
+        self._allowed = tuple(allowed_prefixes)
+        self._max_bytes = max_object_bytes
+
+    def check_allowed(self, uris: Iterable[S3Uri]) -> None:
+        """Refuse, in one error, every URI outside the allow-list.
+
+        Raises:
+            AccessDenied: at least one URI is not under an allowed prefix.
+        """
+        refused = sorted({str(u) for u in uris if not any(p.allows(u) for p in self._allowed)})
+        if not refused:
+            return
+        allowed = ", ".join(map(str, self._allowed)) or "nothing (the list is empty)"
+        raise AccessDenied(
+            f"the server may not read {', '.join(refused)}: upload under one of the allowed "
+            f"prefixes ({allowed}) or add the location to {ENV_ALLOWED_PREFIXES}"
+        )
+
+    def read(self, uri: S3Uri, *, expected_sha256: str | None = None, what: str = "object") -> bytes:
+        """Read one allowed object, verifying its sha256 when given.
+
+        Raises:
+            AccessDenied, ObjectNotFound, PayloadTooLarge, IntegrityError, StorageUnavailable.
+        """
+        self.check_allowed([uri])
+        data = self._get(uri, what)
+        if expected_sha256 is not None and sha256_hex(data) != expected_sha256:
+            raise IntegrityError(
+                f"{what} {uri} has sha256 {sha256_hex(data)}, the request says {expected_sha256}:"
+                " re-upload the object or send the sha256 of the bytes you uploaded"
+            )
+        return data
+
+    def _get(self, uri: S3Uri, what: str) -> bytes:
+        try:
+            response = self._client.get_object(Bucket=uri.bucket, Key=uri.key)
+            length = int(response.get("ContentLength", 0))
+            if length > self._max_bytes:
+                response["Body"].close()
+                raise self._too_large(uri, what, length)
+            data = response["Body"].read(self._max_bytes + 1)
+            response["Body"].close()
+        except ClientError as exc:
+            raise _translate_client_error(exc, uri, what) from exc
+        except (ConnectionError, HTTPClientError) as exc:
+            raise StorageUnavailable(
+                f"S3 is unreachable while reading {what} {uri} ({type(exc).__name__}); retry later"
+            ) from exc
+        except BotoCoreError as exc:
+            raise StorageUnavailable(f"S3 read of {what} {uri} failed: {exc}; retry later") from exc
+        if len(data) > self._max_bytes:
+            raise self._too_large(uri, what, len(data))
+        return data
+
+    def _too_large(self, uri: S3Uri, what: str, size: int) -> PayloadTooLarge:
+        return PayloadTooLarge(
+            f"{what} {uri} has {size} bytes; the server reads at most {self._max_bytes}"
+            " (raise FHE_MAX_OBJECT_BYTES on the endpoint to accept it)"
+        )
+
+
+def _translate_client_error(exc: ClientError, uri: S3Uri, what: str) -> ServingError:
+    code = str(exc.response.get("Error", {}).get("Code", ""))
+    status = str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
+    if code in _NOT_FOUND or status == "404":
+        return ObjectNotFound(f"{what} {uri} does not exist: upload it first, then retry")
+    if code in _DENIED or status == "403":
+        return AccessDenied(
+            f"S3 refused to let the endpoint read {what} {uri} ({code}): grant the endpoint's"
+            " execution role s3:GetObject on it (and kms:Decrypt if it is KMS-encrypted)"
+        )
+    if code in _UNAVAILABLE or status.startswith("5"):
+        return StorageUnavailable(f"S3 could not serve {what} {uri} ({code}); retry later")
+    return ServingError(f"S3 error {code} reading {what} {uri}")

@@ -1,0 +1,160 @@
+"""``serve``: the container entry point SageMaker runs (``docker run IMAGE serve``).
+
+Starts nginx in front of gunicorn (``inference.wsgi:build_app()``) on
+``SAGEMAKER_BIND_TO_PORT``; without nginx on PATH (or with ``--no-nginx``) gunicorn binds the
+port itself, and says so. SIGTERM/SIGINT stop both gracefully and exit 0; if either child dies
+the other is stopped and ``serve`` exits non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+from string import Template
+
+from inference.settings import Settings, SettingsError
+from inference.wsgi import LOG_FORMAT
+
+logger = logging.getLogger("inference.serve")
+
+NGINX_EXTRA_TIMEOUT = 10  # nginx waits this much longer than gunicorn, so gunicorn times out first
+GRACEFUL_SECONDS = 30
+
+
+class _NginxTemplate(Template):
+    delimiter = "@"
+
+
+def render_nginx_conf(settings: Settings, *, runtime_dir: Path, socket_path: Path) -> str:
+    """Fill the packaged nginx.conf template from ``settings``."""
+    template = resources.files("inference").joinpath("nginx.conf").read_text()
+    return _NginxTemplate(template).substitute(
+        runtime_dir=runtime_dir,
+        socket_path=socket_path,
+        listen=f"{settings.host}:{settings.port}",
+        max_body_bytes=settings.max_request_bytes,
+        timeout=settings.timeout,
+        proxy_timeout=settings.timeout + NGINX_EXTRA_TIMEOUT,
+    )
+
+
+def gunicorn_command(settings: Settings, *, bind: str) -> list[str]:
+    """The gunicorn command line for ``settings``, binding ``bind``."""
+    return [
+        sys.executable, "-m", "gunicorn",
+        "--bind", bind,
+        "--workers", str(settings.workers),
+        "--worker-class", "sync",
+        "--timeout", str(settings.timeout),
+        "--graceful-timeout", str(GRACEFUL_SECONDS),
+        "--keep-alive", "75",
+        "--log-level", "info",
+        "--no-control-socket",
+        "--error-logfile", "-",
+        "inference.wsgi:build_app()",
+    ]
+
+
+class Supervisor:
+    """Owns the child processes; stops them all on exit."""
+
+    def __init__(self) -> None:
+        self.children: dict[str, subprocess.Popen[bytes]] = {}
+        self.stopping = False
+
+    def start(self, name: str, argv: list[str], env: dict[str, str]) -> None:
+        """Start a child process."""
+        logger.info("starting %s", name)
+        self.children[name] = subprocess.Popen(argv, env=env)
+
+    def wait(self) -> int:
+        """Block until a stop signal (exit 0) or a child exits (its code, at least 1)."""
+        while not self.stopping:
+            for name, child in self.children.items():
+                code = child.poll()
+                if code is not None:
+                    logger.error("%s exited with code %s; stopping", name, code)
+                    return code or 1
+            time.sleep(0.2)
+        return 0
+
+    def stop(self) -> None:
+        """Stop children gracefully (nginx: SIGQUIT, gunicorn: SIGTERM), then kill stragglers."""
+        signals = {"nginx": signal.SIGQUIT, "gunicorn": signal.SIGTERM}
+        for name, child in self.children.items():
+            if child.poll() is None:
+                child.send_signal(signals.get(name, signal.SIGTERM))
+        deadline = time.monotonic() + GRACEFUL_SECONDS + 5
+        for child in self.children.values():
+            try:
+                child.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse ``serve``'s flags (SageMaker passes none)."""
+    parser = argparse.ArgumentParser(prog="serve", description=__doc__.splitlines()[0])
+    parser.add_argument("--no-nginx", action="store_true",
+                        help="let gunicorn bind the port itself (also the fallback without nginx)")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the server until SIGTERM/SIGINT; see the module docstring."""
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    args = parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        logger.error("%s", exc)
+        return 2
+    supervisor = Supervisor()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        logger.info("received %s; shutting down", signal.Signals(signum).name)
+        supervisor.stopping = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    nginx = None if args.no_nginx else shutil.which("nginx")
+    env = {**os.environ, **settings.to_env()}
+    with tempfile.TemporaryDirectory(prefix="fhe-serve-") as runtime:
+        runtime_dir = Path(runtime)
+        runtime_dir.chmod(0o711)  # nginx workers (another user when started as root) reach the socket
+        try:
+            if nginx is None:
+                logger.warning("nginx %s: gunicorn binds %s:%d directly",
+                               "disabled" if args.no_nginx else "not found on PATH",
+                               settings.host, settings.port)
+                supervisor.start("gunicorn", gunicorn_command(
+                    settings, bind=f"{settings.host}:{settings.port}"), env)
+            else:
+                socket_path = runtime_dir / "gunicorn.sock"
+                conf = runtime_dir / "nginx.conf"
+                conf.write_text(render_nginx_conf(settings, runtime_dir=runtime_dir,
+                                                  socket_path=socket_path))
+                supervisor.start("gunicorn", gunicorn_command(
+                    settings, bind=f"unix:{socket_path}"), env)
+                supervisor.start("nginx", [nginx, "-c", str(conf), "-p", str(runtime_dir),
+                                           "-e", "stderr"], env)
+            logger.info("serving %s on %s:%d (workers=%d, timeout=%d s)", settings.model_dir,
+                        settings.host, settings.port, settings.workers, settings.timeout)
+            return supervisor.wait()
+        finally:
+            supervisor.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

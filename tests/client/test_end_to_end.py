@@ -1,0 +1,138 @@
+"""The client against the real local stack: start_training.py --local, deploy_endpoint.py --local.
+
+FHE results are checked against the clear quantised model from the training job's
+output.tar.gz (``reference_model.json``, ``fhe="disable"``).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+
+import numpy as np
+import psutil
+import pytest
+
+from client.demo import LocalStack, load_case, local_stack, main
+from client.errors import InferenceFailedError, InferenceTimeoutError
+from inference.contract import parse_s3_uri
+
+pytestmark = pytest.mark.slow
+TREE = {"model": "DecisionTreeClassifier", "max_depth": 2, "n_bits": 3}
+
+
+@pytest.fixture(scope="module")
+def breast_cancer() -> tuple[np.ndarray, ...]:
+    """``x_train, x_held, y_train, y_held``."""
+    return load_case("breast-cancer")[:4]
+
+
+@pytest.fixture(scope="module")
+def linear_stack(breast_cancer, tmp_path_factory) -> Iterator[LocalStack]:
+    x_train, _, y_train, _ = breast_cancer
+    with local_stack(x_train, y_train, work_dir=tmp_path_factory.mktemp("linear")) as stack:
+        yield stack
+
+
+@pytest.fixture(scope="module")
+def tree_stack(breast_cancer, tmp_path_factory) -> Iterator[LocalStack]:
+    x_train, _, y_train, _ = breast_cancer
+    with local_stack(x_train, y_train, hyperparameters=TREE,
+                     work_dir=tmp_path_factory.mktemp("tree")) as stack:
+        yield stack
+
+
+def _keys(stack: LocalStack, prefix: str) -> list[str]:
+    listing = stack.s3_client().list_objects_v2(Bucket=stack.bucket, Prefix=prefix)
+    return sorted(o["Key"] for o in listing.get("Contents", []))
+
+
+def _assert_matches_reference(stack: LocalStack, x: np.ndarray, proba: np.ndarray,
+                              labels: np.ndarray, scaler) -> None:
+    reference, metrics = stack.reference()
+    scaled = scaler.transform(x)
+    np.testing.assert_array_equal(labels, reference.predict(scaled, fhe="disable"))
+    np.testing.assert_allclose(proba, reference.predict_proba(scaled, fhe="disable"),
+                               rtol=0, atol=1e-12)
+    assert metrics["n_train"] > 0
+
+
+def test_demo_main_agrees_with_the_clear_model(tmp_path, capsys) -> None:
+    assert main(["--n-patients", "4", "--batch-size", "3", "--work-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "agreement FHE vs clear quantised      : 100.0%" in out
+    assert "OK: encrypted predictions match the clear quantised model on every row" in out
+    for stage in ("keygen", "encrypt", "upload", "wait", "download", "decrypt"):
+        assert f"{stage} " in out
+
+
+def test_linear_predictions_equal_the_clear_quantised_model(linear_stack, breast_cancer) -> None:
+    x = breast_cancer[1][:7]
+    with linear_stack.predictor(batch_size=3, progress=False) as model:
+        proba = model.predict_proba(x)
+        labels = model.predict(x)
+        single = model.predict(x[0])
+        scaler = model.model.manifest.scaler
+        assert model.last_timings.requests == 1 and model.last_timings.rows == 1
+        assert model.timings.rows == 15
+    _assert_matches_reference(linear_stack, x, proba, labels, scaler)
+    assert single.tolist() == labels[:1].tolist()
+    assert _keys(linear_stack, "client/queries/") == _keys(linear_stack, "client/requests/") == []
+    assert _keys(linear_stack, "async-out/") == []
+
+
+def test_keep_objects_leaves_the_request_objects(linear_stack, breast_cancer) -> None:
+    before = len(_keys(linear_stack, "async-out/"))
+    with linear_stack.predictor(keep_objects=True, batch_size=2, progress=False) as model:
+        model.predict(breast_cancer[1][:3])
+    assert len(_keys(linear_stack, "async-out/")) == before + 2
+    assert len(_keys(linear_stack, "client/queries/")) >= 2
+
+
+def test_server_failure_carries_the_server_message(linear_stack, fixture_models,
+                                                   breast_cancer, tmp_path) -> None:
+    """A client holding another model's client.zip: the container refuses, the client says why."""
+    other = fixture_models["tree"].model_dir
+    with LocalStack.predictor(linear_stack, progress=False, key_dir=tmp_path) as model:
+        model.model = type(model.model)(str(other), other, fixture_models["tree"].manifest)
+        model._fhe = None
+        with pytest.raises(InferenceFailedError, match=r"\[422 ModelMismatch\]") as info:
+            model.predict(breast_cancer[1][:2])
+    assert info.value.status == 422
+    assert "fingerprint" in info.value.message
+    assert parse_s3_uri(info.value.location).key.startswith("async-fail/")
+
+
+def test_hung_server_ends_in_a_timeout(linear_stack, breast_cancer) -> None:
+    """The container stops answering (SIGSTOP): predict gives up after its timeout."""
+    serving = psutil.Process(linear_stack.endpoint_pid).children(recursive=True)
+    assert serving, "deploy_endpoint.py --local should run the serve stack as child processes"
+    with linear_stack.predictor(timeout=1.5, progress=False) as model:
+        model.ensure_keys()
+        for proc in serving:
+            os.kill(proc.pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(InferenceTimeoutError, match="no result at s3://fhe-demo/async-out/"):
+                model.predict(breast_cancer[1][:1])
+        finally:
+            for proc in serving:
+                os.kill(proc.pid, signal.SIGCONT)
+
+
+def test_tree_keys_are_reused_and_predictions_match(tree_stack, breast_cancer) -> None:
+    x = breast_cancer[1][:4]
+    with tree_stack.predictor(batch_size=4, progress=False) as first:
+        proba = first.predict_proba(x)
+        labels = first.predict(x)
+        scaler = first.model.manifest.scaler
+        assert (first.timings.keygens, first.timings.evaluation_key_uploads) == (1, 1)
+        keys = first.ensure_keys()
+    _assert_matches_reference(tree_stack, x, proba, labels, scaler)
+    assert keys.evaluation_keys_bytes > 1_000_000
+    with tree_stack.predictor(progress=False) as second:
+        again = second.predict(x)
+        assert (second.timings.keygens, second.timings.evaluation_key_uploads) == (0, 0)
+        assert second.storage.bytes_downloaded > 0
+    np.testing.assert_array_equal(again, labels)
+    assert _keys(tree_stack, "client/keys/") == [f"client/keys/{keys.evaluation_keys_sha256}.ekl"]

@@ -1,0 +1,219 @@
+"""Each script's real AWS calls (recorded under moto) are allowed by its role, and nothing more.
+
+The calls are recorded from the code itself (tests/iam/recorder.py), mapped to the IAM
+requests AWS authorises for them, and evaluated against the policies rendered from
+iam/config.example.json by tests/iam/evaluator.py. Each test also shows the evaluator rejects
+out-of-scope variants of the same calls, so it can fail.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import io
+import json
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import boto3
+import numpy as np
+import pytest
+from moto import mock_aws
+
+from iam.render import render
+from inference.contract import pack_batch, parse_request, parse_s3_uri, unpack_batch
+from tests.iam.evaluator import Decision, Request, evaluate
+from tests.iam.recorder import RecordedCall, record_calls, required_requests
+from tests.iam.test_templates import EXAMPLE_CONFIG
+
+CONFIG = json.loads(EXAMPLE_CONFIG.read_text())
+ACCOUNT = CONFIG["account_id"]
+REGION = CONFIG["region"]
+BUCKET = "acme-fhe"
+ST, DP, CL = CONFIG["start_training"], CONFIG["deploy_endpoint"], CONFIG["client"]
+
+
+def _policy(role: str) -> list[dict[str, Any]]:
+    return [render(CONFIG, roles=[role])[f"{role}-policy.json"]]
+
+
+def _assert_all_allowed(role: str, calls: list[RecordedCall]) -> list[Request]:
+    requests = required_requests(calls, account=ACCOUNT)
+    assert requests, "no AWS call was recorded"
+    policy = _policy(role)
+    refused = [f"{evaluate(policy, r).value}: {r}" for r in requests
+               if evaluate(policy, r) is not Decision.ALLOW]
+    assert not refused, f"{role} policy refuses:\n" + "\n".join(refused)
+    return requests
+
+
+def _moved(request: Request, **changes: Any) -> Request:
+    return dataclasses.replace(request, **changes)
+
+
+@pytest.fixture
+def aws() -> Iterator[Any]:
+    """moto's in-process AWS (https endpoints, like the real one) with the example bucket."""
+    with mock_aws(), mock.patch("time.sleep"):
+        s3 = boto3.client("s3", region_name=REGION)
+        s3.create_bucket(Bucket=BUCKET)
+        yield s3
+
+
+def test_start_training_calls_are_allowed_by_the_model_trainer_policy(aws: Any) -> None:
+    import start_training
+
+    aws.put_object(Bucket=BUCKET, Key="data/breast-cancer/train.csv", Body=b"a,label\n1,0\n")
+    argv = ["--train", ST["train"], "--output-path", ST["output_path"],
+            "--code-location", ST["code_location"], "--role", ST["role"],
+            "--image-uri", ST["image_uri"], "--base-job-name", ST["base_job_name"],
+            "--region", REGION]
+    with record_calls() as calls:
+        assert start_training.main(argv, environ={}) == 0
+    requests = _assert_all_allowed("model-trainer", calls)
+    actions = {r.action for r in requests}
+    assert {"s3:PutObject", "sagemaker:CreateTrainingJob", "iam:PassRole"} <= actions
+
+    policy = _policy("model-trainer")
+    put = next(r for r in requests if r.action == "s3:PutObject")
+    assert put.context["s3:x-amz-server-side-encryption"] == "aws:kms"  # the SDK's default
+    pass_role = next(r for r in requests if r.action == "iam:PassRole")
+    create = next(r for r in requests if r.action == "sagemaker:CreateTrainingJob")
+    out_of_scope = [
+        _moved(put, resource="arn:aws:s3:::another-bucket/code/x/sourcedir.tar.gz"),
+        _moved(put, context={"aws:securetransport": True}),  # no SSE header
+        _moved(put, context={**put.context, "aws:securetransport": False}),
+        _moved(pass_role, resource=f"arn:aws:iam::{ACCOUNT}:role/admin"),
+        _moved(pass_role, context={"iam:passedtoservice": "ec2.amazonaws.com"}),
+        _moved(create, resource=f"arn:aws:sagemaker:{REGION}:{ACCOUNT}:training-job/other-1"),
+    ]
+    assert [evaluate(policy, r) for r in out_of_scope] == [
+        Decision.IMPLICIT_DENY, Decision.EXPLICIT_DENY, Decision.EXPLICIT_DENY,
+        Decision.IMPLICIT_DENY, Decision.IMPLICIT_DENY, Decision.IMPLICIT_DENY]
+
+
+def test_base_job_name_default_matches_start_training() -> None:
+    import start_training
+    from iam.render import DEFAULT_BASE_JOB_NAME
+
+    assert DEFAULT_BASE_JOB_NAME == start_training.DEFAULT_BASE_JOB_NAME
+
+
+@pytest.mark.skipif(importlib.util.find_spec("deploy_endpoint") is None,
+                    reason="deploy_endpoint.py is not in this checkout yet")
+def test_deploy_endpoint_calls_are_allowed_by_the_endpoint_creator_policy(aws: Any) -> None:
+    import deploy_endpoint
+
+    aws.put_object(Bucket=BUCKET, Key=parse_s3_uri(DP["model_data"]).key, Body=b"model",
+                   ServerSideEncryption="AES256")
+    argv = ["--model-data", DP["model_data"], "--endpoint-name", DP["endpoint_name"],
+            "--output-path", DP["output_path"], "--failure-path", DP["failure_path"],
+            "--role", DP["role"], "--image-uri", DP["image_uri"], "--region", REGION,
+            "--instance-type", "ml.c5.4xlarge"]
+    for prefix in DP["allowed_s3_prefix"]:
+        argv += ["--allowed-s3-prefix", prefix]
+    with record_calls() as calls:
+        assert deploy_endpoint.main(argv) == 0
+        assert deploy_endpoint.main([*argv, "--delete"]) == 0
+    requests = _assert_all_allowed("endpoint-creator", calls)
+    assert {"sagemaker:CreateEndpoint", "iam:PassRole"} <= {r.action for r in requests}
+    policy = _policy("endpoint-creator")
+    pass_role = next(r for r in requests if r.action == "iam:PassRole")
+    create = next(r for r in requests if r.action == "sagemaker:CreateEndpoint")
+    scale = next(r for r in requests if r.action.endswith("RegisterScalableTarget"))
+    out_of_scope = [
+        _moved(pass_role, resource=f"arn:aws:iam::{ACCOUNT}:role/admin"),
+        _moved(create, resource=f"arn:aws:sagemaker:{REGION}:{ACCOUNT}:endpoint/prod-other"),
+        _moved(scale, context={**scale.context,
+                               "application-autoscaling:service-namespace": "ecs"}),
+    ]
+    assert all(evaluate(policy, r) is Decision.IMPLICIT_DENY for r in out_of_scope)
+
+
+def _model_tar(model_dir: Path) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for path in sorted(model_dir.iterdir()):
+            tar.add(path, arcname=path.name)
+    return buffer.getvalue()
+
+
+def _serve_like_sagemaker(model_dir: Path) -> Any:
+    """moto's InvokeEndpointAsync, replaced by the real FHE computation and the async S3 layout.
+
+    Runs inside moto (no botocore call, so nothing is recorded): reads the request JSON, runs
+    the compiled circuit on every ciphertext and writes ``<output_path>/<id>.out``.
+    """
+    from concrete.ml.deployment import FHEModelServer
+    from moto.s3.models import s3_backends
+
+    server = FHEModelServer(str(model_dir))
+    server.load()
+
+    def invoke(backend: Any, endpoint_name: str, input_location: str) -> tuple[str, str]:
+        assert endpoint_name == DP["endpoint_name"]
+        s3 = s3_backends[ACCOUNT]["aws"]
+
+        def read(uri: str) -> bytes:
+            loc = parse_s3_uri(uri)
+            return bytes(s3.get_object(loc.bucket, loc.key).value)
+
+        request = parse_request(read(input_location))
+        keys = read(str(request.evaluation_keys_uri))
+        results = [server.run(item, keys)
+                   for item in unpack_batch(read(str(request.query_uris[0])))]
+        inference_id = input_location.rsplit("/", 1)[1].removesuffix(".json")
+        out, fail = parse_s3_uri(DP["output_path"] + "/x"), parse_s3_uri(DP["failure_path"] + "/x")
+        key = f"{out.key.rsplit('/', 1)[0]}/{inference_id}.out"
+        s3.put_object(out.bucket, key, pack_batch(results))
+        failure = f"s3://{fail.bucket}/{fail.key.rsplit('/', 1)[0]}/{inference_id}-error.out"
+        return f"s3://{out.bucket}/{key}", failure
+
+    return invoke
+
+
+def test_client_calls_are_allowed_by_the_inference_client_policy(
+    aws: Any, fixture_models: dict[str, Any], tmp_path: Path
+) -> None:
+    from moto.sagemakerruntime.models import SageMakerRuntimeBackend
+
+    from client.predictor import EncryptedPredictor
+
+    linear = fixture_models["linear"]
+    model_key = parse_s3_uri(DP["model_data"]).key
+    aws.put_object(Bucket=BUCKET, Key=model_key, Body=_model_tar(linear.model_dir))
+    rows = linear.raw_test[:2]
+    fake_endpoint = _serve_like_sagemaker(linear.model_dir)
+    with (mock.patch.object(SageMakerRuntimeBackend, "invoke_endpoint_async", fake_endpoint),
+          record_calls() as calls,
+          EncryptedPredictor(CL["endpoint_name"], DP["model_data"], CL["s3_prefix"],
+                             key_dir=tmp_path / "keys", cache_dir=tmp_path / "cache",
+                             region_name=REGION, progress=False) as predictor):
+        proba = predictor.predict_proba(rows)
+    expected = linear.clear_model.predict_proba(linear.scaled_test[:2], fhe="disable")
+    np.testing.assert_allclose(proba, expected)  # the recorded run really predicted
+
+    requests = _assert_all_allowed("inference-client", calls)
+    recorded = {str(c) for c in calls}
+    assert {"s3:PutObject", "s3:HeadObject", "s3:GetObject", "s3:DeleteObject",
+            "sagemaker-runtime:InvokeEndpointAsync"} <= recorded
+    puts = [r for r in requests if r.action == "s3:PutObject"]
+    assert puts and all(r.context["s3:x-amz-server-side-encryption"] == "AES256" for r in puts)
+
+    policy = _policy("inference-client")
+    invoke = next(r for r in requests if r.action == "sagemaker:InvokeEndpointAsync")
+    out_of_scope = [
+        _moved(puts[0], resource="arn:aws:s3:::another-bucket/clients/alice/keys/k.ekl"),
+        _moved(puts[0], resource=f"arn:aws:s3:::{BUCKET}/clients/bob/keys/k.ekl"),
+        _moved(puts[0], context={"aws:securetransport": True}),
+        _moved(puts[0], context={**puts[0].context, "s3:x-amz-server-side-encryption": "none"}),
+        _moved(invoke, resource=f"arn:aws:sagemaker:{REGION}:{ACCOUNT}:endpoint/other"),
+        Request("s3:GetObject", f"arn:aws:s3:::{BUCKET}/data/breast-cancer/train.csv",
+                {"aws:securetransport": True}),
+    ]
+    assert [evaluate(policy, r) for r in out_of_scope] == [
+        Decision.IMPLICIT_DENY, Decision.IMPLICIT_DENY, Decision.EXPLICIT_DENY,
+        Decision.EXPLICIT_DENY, Decision.IMPLICIT_DENY, Decision.IMPLICIT_DENY]

@@ -1,0 +1,80 @@
+"""The renderer: S3 URI splitting, list expansion, aggregated errors, the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from iam.render import RenderError, main, render, split_s3_uri
+from tests.iam.test_templates import EXAMPLE_CONFIG
+
+CONFIG = json.loads(EXAMPLE_CONFIG.read_text())
+
+
+@pytest.mark.parametrize(("uri", "objects"), [
+    ("s3://b-1/models", "b-1/models/"), ("s3://b-1/models/", "b-1/models/"),
+    ("s3://b-1", "b-1/"), ("s3://b-1/", "b-1/"), ("s3://b-1/a/b", "b-1/a/b/"),
+])
+def test_prefixes_end_with_a_slash(uri: str, objects: str) -> None:
+    assert split_s3_uri(uri, field="f").objects == objects
+
+
+def test_prefix_does_not_grant_a_sibling() -> None:
+    doc = render(CONFIG, roles=["training-execution-role"])["training-execution-role-policy.json"]
+    write = next(s for s in doc["Statement"] if s["Sid"] == "WriteModelArtefacts")
+    assert write["Resource"] == ["arn:aws:s3:::acme-fhe/models/*"]
+
+
+def test_several_client_prefixes_expand_into_several_resources() -> None:
+    config = {**CONFIG, "deploy_endpoint": {**CONFIG["deploy_endpoint"], "allowed-s3-prefix": [
+        "s3://acme-fhe/clients/alice", "s3://other-bucket/bob/"]}}
+    doc = render(config, roles=["endpoint-execution-role"])["endpoint-execution-role-policy.json"]
+    read = next(s for s in doc["Statement"] if s["Sid"] == "ReadClientKeysQueriesAndRequests")
+    assert "arn:aws:s3:::other-bucket/bob/queries/*" in read["Resource"]
+    assert "arn:aws:s3:::acme-fhe/clients/alice/keys/*" in read["Resource"]
+    assert len(read["Resource"]) == 6
+    assert "bucket-policy-other-bucket.json" in render(config)
+
+
+def test_every_missing_key_is_named_at_once() -> None:
+    config = {"account_id": "12", "start_training": {"train": "/local/dir"}}
+    with pytest.raises(RenderError) as info:
+        render(config)
+    message = str(info.value)
+    for expected in ("account_id must be 12 digits", "missing region", "start_training.train must",
+                     "missing start_training.output_path", "missing start_training.role",
+                     "missing start_training.image_uri", "missing deploy_endpoint.endpoint_name",
+                     "missing deploy_endpoint.model_data", "missing deploy_endpoint.role",
+                     "missing deploy_endpoint.output_path", "missing client.s3_prefix"):
+        assert expected in message
+
+
+def test_client_endpoint_must_match_the_deployed_one() -> None:
+    config = {**CONFIG, "client": {**CONFIG["client"], "endpoint_name": "other"}}
+    with pytest.raises(RenderError, match=r"client\.endpoint_name 'other' differs"):
+        render(config, roles=["inference-client"])
+
+
+def test_cli_writes_valid_json(tmp_path: Path) -> None:
+    assert main(["--config", str(EXAMPLE_CONFIG), "--out", str(tmp_path / "out")]) == 0
+    files = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert len(files) == 11
+    for name in files:
+        assert "${" not in (tmp_path / "out" / name).read_text()
+        json.loads((tmp_path / "out" / name).read_text())
+
+
+def test_cli_reads_the_scripts_own_config_files(tmp_path: Path, capsys) -> None:
+    (tmp_path / "train.json").write_text(json.dumps(CONFIG["start_training"]))
+    argv = ["--start-training-config", str(tmp_path / "train.json"), "--account-id", ACCOUNT,
+            "--region", "eu-west-1", "--role", "model-trainer", "--out", str(tmp_path / "o")]
+    assert main(argv) == 0
+    doc = json.loads((tmp_path / "o" / "model-trainer-policy.json").read_text())
+    assert "arn:aws:sagemaker:eu-west-1:123456789012:training-job/fhe-train*" in json.dumps(doc)
+    assert main(["--out", str(tmp_path / "x"), "--role", "model-trainer"]) == 2
+    assert "missing account_id" in capsys.readouterr().err
+
+
+ACCOUNT = CONFIG["account_id"]

@@ -1,0 +1,236 @@
+"""Local training that behaves like a SageMaker training job (``start_training.py --local``).
+
+A job folder mirrors ``/opt/ml``::
+
+    <root>/input/config/hyperparameters.json, inputdataconfig.json
+    <root>/input/data/training/     the channel (copied from a folder, or downloaded from S3)
+    <root>/model/                   SM_MODEL_DIR      -> model.tar.gz
+    <root>/output/data/             SM_OUTPUT_DATA_DIR -> output.tar.gz
+    <root>/output/failure           the failure reason when the script fails
+
+The very same training/training_script.py runs in a subprocess with the ``SM_*`` environment and
+the hyperparameters as ``--name value`` arguments, as SageMaker's toolkit runs it. Results go to
+``<output-path>/<job-name>/output/{model,output}.tar.gz`` on whichever S3 endpoint boto3 is
+configured for (AWS, or a local S3 server through ``AWS_ENDPOINT_URL_S3``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from inference.atomic import atomic_write_bytes
+from inference.contract import parse_s3_uri
+from training.errors import LaunchError
+
+logger = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TRAINING_SCRIPT = REPO_ROOT / "training" / "training_script.py"
+CHANNEL = "training"
+MODEL_TARBALL = "model.tar.gz"
+OUTPUT_TARBALL = "output.tar.gz"
+SSE = {"ServerSideEncryption": "AES256"}
+
+
+@dataclass(frozen=True)
+class JobLayout:
+    """The ``/opt/ml``-like folders of one local job."""
+
+    root: Path
+
+    @property
+    def config_dir(self) -> Path:
+        """input/config (hyperparameters.json, inputdataconfig.json)."""
+        return self.root / "input" / "config"
+
+    @property
+    def channel_dir(self) -> Path:
+        """input/data/training."""
+        return self.root / "input" / "data" / CHANNEL
+
+    @property
+    def model_dir(self) -> Path:
+        """model (SM_MODEL_DIR)."""
+        return self.root / "model"
+
+    @property
+    def output_dir(self) -> Path:
+        """output (SM_OUTPUT_DIR)."""
+        return self.root / "output"
+
+    @property
+    def output_data_dir(self) -> Path:
+        """output/data (SM_OUTPUT_DATA_DIR)."""
+        return self.output_dir / "data"
+
+    @property
+    def failure_file(self) -> Path:
+        """output/failure."""
+        return self.output_dir / "failure"
+
+    def create(self) -> JobLayout:
+        """Create every folder; returns self."""
+        for folder in (self.config_dir, self.channel_dir, self.model_dir, self.output_data_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+        return self
+
+
+@dataclass(frozen=True)
+class LocalJobResult:
+    """Where a local job's results went."""
+
+    job_name: str
+    model_data: str
+    output_data: str
+
+
+def stage_channel(source: str, channel_dir: Path, s3: Any) -> int:
+    """Fill the channel folder from an ``s3://`` prefix (like File mode) or a local path.
+
+    Returns:
+        Number of files staged.
+
+    Raises:
+        LaunchError: nothing found at ``source``.
+    """
+    if source.startswith("s3://"):
+        return _download_prefix(source, channel_dir, s3)
+    path = Path(source)
+    if path.is_dir():
+        shutil.copytree(path, channel_dir, dirs_exist_ok=True)
+        return sum(1 for p in channel_dir.rglob("*") if p.is_file())
+    if path.is_file():
+        shutil.copy2(path, channel_dir / path.name)
+        return 1
+    raise LaunchError(f"training data {source} does not exist: pass --train DIR or "
+                      "s3://bucket/prefix")
+
+
+def _download_prefix(uri: str, channel_dir: Path, s3: Any) -> int:
+    parsed = parse_s3_uri(uri, field="--train")
+    bucket, prefix = parsed.bucket, parsed.key
+    count = 0
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for item in page.get("Contents", []):
+            key = item["Key"]
+            if key.endswith("/"):
+                continue
+            relative = key[len(prefix):].lstrip("/") or PurePosixPath(key).name
+            parts = PurePosixPath(relative).parts
+            if ".." in parts:
+                raise LaunchError(f"refusing S3 key {key!r}: '..' would escape the channel folder")
+            dest = channel_dir.joinpath(*parts)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            s3.download_file(bucket, key, str(dest))
+            count += 1
+    if count == 0:
+        raise LaunchError(f"no objects under {uri}: upload the training data there first "
+                          "(features/labels .npy pair or one CSV)")
+    return count
+
+
+def hyperparameter_args(hyperparameters: Mapping[str, Any]) -> list[str]:
+    """``{"n_bits": 3}`` -> ``["--n_bits", "3"]`` (the toolkit's command line)."""
+    args: list[str] = []
+    for name, value in hyperparameters.items():
+        args += [f"--{name}", value if isinstance(value, str) else json.dumps(value)]
+    return args
+
+
+def training_env(layout: JobLayout, hyperparameters: Mapping[str, Any],
+                 base: Mapping[str, str]) -> dict[str, str]:
+    """The environment SageMaker's toolkit gives the training script."""
+    pythonpath = os.pathsep.join(filter(None, [str(REPO_ROOT), base.get("PYTHONPATH", "")]))
+    return {
+        **base,
+        "PYTHONPATH": pythonpath,
+        "SM_MODEL_DIR": str(layout.model_dir),
+        "SM_CHANNEL_TRAINING": str(layout.channel_dir),
+        "SM_CHANNELS": json.dumps([CHANNEL]),
+        "SM_INPUT_DIR": str(layout.root / "input"),
+        "SM_INPUT_CONFIG_DIR": str(layout.config_dir),
+        "SM_OUTPUT_DIR": str(layout.output_dir),
+        "SM_OUTPUT_DATA_DIR": str(layout.output_data_dir),
+        "SM_HPS": json.dumps(dict(hyperparameters)),
+        "SM_CURRENT_HOST": "algo-1",
+        "SM_HOSTS": json.dumps(["algo-1"]),
+        "SM_NUM_CPUS": str(os.cpu_count() or 1),
+    }
+
+
+def run_training_script(layout: JobLayout, hyperparameters: Mapping[str, Any], *,
+                        environ: Mapping[str, str]) -> None:
+    """Run training_script.py in a subprocess, as the toolkit does.
+
+    Raises:
+        LaunchError: the script failed; the message is the failure file's text.
+    """
+    hps = {name: value if isinstance(value, str) else json.dumps(value)
+           for name, value in hyperparameters.items()}
+    atomic_write_bytes(layout.config_dir / "hyperparameters.json", json.dumps(hps).encode())
+    atomic_write_bytes(layout.config_dir / "inputdataconfig.json",
+                       json.dumps({CHANNEL: {"TrainingInputMode": "File"}}).encode())
+    command = [sys.executable, str(TRAINING_SCRIPT), *hyperparameter_args(hps)]
+    logger.info("running %s", " ".join(command))
+    completed = subprocess.run(command, env=training_env(layout, hps, environ),
+                               cwd=layout.root, check=False)
+    if completed.returncode != 0:
+        reason = (layout.failure_file.read_text(errors="replace").strip()
+                  if layout.failure_file.is_file() else "no failure file was written")
+        raise LaunchError(f"training failed (exit code {completed.returncode}): {reason}")
+
+
+def pack_folder(folder: Path, tarball: Path) -> Path:
+    """Pack a folder's content (top level, no leading folder) as a gzip tarball, like SageMaker."""
+    tmp = tarball.with_name(f".{tarball.name}.tmp")
+    with tarfile.open(tmp, "w:gz") as archive:
+        for entry in sorted(folder.iterdir()):
+            archive.add(entry, arcname=entry.name)
+    os.replace(tmp, tarball)
+    return tarball
+
+
+def upload(s3: Any, path: Path, uri: str) -> str:
+    """Upload a file to an ``s3://`` URI with SSE-S3 encryption; returns the URI."""
+    parsed = parse_s3_uri(uri, field="--output-path")
+    s3.upload_file(str(path), parsed.bucket, parsed.key, ExtraArgs=SSE)
+    return uri
+
+
+def run_local_job(
+    *,
+    job_name: str,
+    train: str,
+    output_path: str,
+    hyperparameters: Mapping[str, Any],
+    work_dir: Path,
+    s3: Any,
+    environ: Mapping[str, str],
+) -> LocalJobResult:
+    """Stage data, train in a subprocess, pack and upload the results.
+
+    Raises:
+        LaunchError: missing data or a failed training (with the failure file's message).
+    """
+    layout = JobLayout(work_dir / job_name).create()
+    staged = stage_channel(train, layout.channel_dir, s3)
+    logger.info("staged %d file(s) from %s into %s", staged, train, layout.channel_dir)
+    run_training_script(layout, hyperparameters, environ=environ)
+    base = f"{output_path.rstrip('/')}/{job_name}/output"
+    model_tar = pack_folder(layout.model_dir, layout.output_dir / MODEL_TARBALL)
+    output_tar = pack_folder(layout.output_data_dir, layout.output_dir / OUTPUT_TARBALL)
+    return LocalJobResult(
+        job_name=job_name,
+        model_data=upload(s3, model_tar, f"{base}/{MODEL_TARBALL}"),
+        output_data=upload(s3, output_tar, f"{base}/{OUTPUT_TARBALL}"),
+    )

@@ -1,0 +1,256 @@
+"""Which concrete-ml models training can build, and their hyperparameters.
+
+SageMaker passes hyperparameters as strings (``--name value``); :func:`resolve_hyperparameters`
+parses and checks them all at once against the chosen model's table, so one failed job lists every
+mistake. :func:`build_model` turns the result into an unfitted concrete-ml estimator.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from training.errors import HyperparameterError
+
+CLASSIFICATION = "classification"
+REGRESSION = "regression"
+DEFAULT_MODEL = "LogisticRegression"
+# Hyperparameters SageMaker itself adds (sagemaker_program, sagemaker_region, ...): not ours.
+SAGEMAKER_PREFIX = "sagemaker_"
+ACTIVATIONS = ("relu", "sigmoid", "tanh", "celu", "selu", "elu", "leakyrelu", "hardtanh")
+
+
+@dataclass(frozen=True)
+class Param:
+    """One hyperparameter: its type, default, bounds and the constructor argument it feeds.
+
+    Attributes:
+        name: Hyperparameter name as given to the job (``--name value``).
+        kind: ``int``, ``float`` or ``str``.
+        default: Value used when the job does not set it.
+        low: Smallest allowed value (numbers), inclusive.
+        high: Largest allowed value (numbers), inclusive.
+        choices: Allowed values (strings).
+        target: Constructor keyword of the concrete-ml class; empty for job-level settings.
+        doc: One-line description (README table).
+    """
+
+    name: str
+    kind: type
+    default: Any
+    low: float | None = None
+    high: float | None = None
+    choices: tuple[str, ...] = ()
+    target: str = ""
+    doc: str = ""
+
+    def parse(self, raw: Any) -> Any:
+        """Convert a raw (usually string) value; raises ValueError with the allowed range."""
+        value = _unquote(raw)
+        if self.kind is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(f"must be an integer, got {raw!r}")
+            parsed: Any = int(value) if not isinstance(value, str) else int(value.strip())
+        elif self.kind is float:
+            parsed = float(value)
+            if parsed != parsed or parsed in (float("inf"), float("-inf")):
+                raise ValueError(f"must be a finite number, got {raw!r}")
+        else:
+            parsed = str(value)
+        if self.choices and parsed.lower() not in self.choices:
+            raise ValueError(f"must be one of {', '.join(self.choices)}; got {raw!r}")
+        if self.low is not None and parsed < self.low:
+            raise ValueError(f"must be >= {self.low}, got {raw!r}")
+        if self.high is not None and parsed > self.high:
+            raise ValueError(f"must be <= {self.high}, got {raw!r}")
+        return parsed.lower() if self.choices else parsed
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A concrete-ml class training can build.
+
+    Attributes:
+        class_name: Name in ``concrete.ml.sklearn`` (the ``model`` hyperparameter's value).
+        task: ``classification`` or ``regression``.
+        params: The hyperparameters it accepts besides the job-level ones.
+        seeded: The constructor takes ``random_state``.
+    """
+
+    class_name: str
+    task: str
+    params: tuple[Param, ...]
+    seeded: bool = True
+
+
+def _unquote(raw: Any) -> Any:
+    """Undo SageMaker's JSON encoding of hyperparameter values (``'"relu"'`` -> ``'relu'``)."""
+    if isinstance(raw, str) and len(raw) >= 2 and raw[0] == raw[-1] == '"':
+        try:
+            return json.loads(raw)
+        except ValueError:
+            return raw
+    return raw
+
+
+def _n_bits(default: int) -> Param:
+    return Param("n_bits", int, default, 2, 16, target="n_bits",
+                 doc="quantisation bits of inputs/weights (lower = faster FHE, less accurate)")
+
+
+_MAX_DEPTH = Param("max_depth", int, 4, 1, 10, target="max_depth",
+                   doc="tree depth (FHE cost grows ~2^depth)")
+_N_ESTIMATORS = Param("n_estimators", int, 20, 1, 500, target="n_estimators",
+                      doc="number of trees")
+_C = Param("C", float, 1.0, 1e-9, 1e9, target="C", doc="inverse regularisation strength")
+
+# The reference neural network: 2 layers, 4-bit weights and activations, hidden multiplier 0.5,
+# ReLU, 7 epochs.
+_NN_PARAMS = (
+    Param("n_layers", int, 2, 1, 10, target="module__n_layers", doc="linear layers"),
+    Param("n_w_bits", int, 4, 2, 8, target="module__n_w_bits", doc="weight bits"),
+    Param("n_a_bits", int, 4, 2, 8, target="module__n_a_bits", doc="activation bits"),
+    Param("n_accum_bits", int, 32, 4, 32, target="module__n_accum_bits",
+          doc="accumulator bits (pruning target)"),
+    Param("n_hidden_neurons_multiplier", float, 0.5, 0.01, 16.0,
+          target="module__n_hidden_neurons_multiplier", doc="hidden width = multiplier x inputs"),
+    Param("activation", str, "relu", choices=ACTIVATIONS, target="module__activation_function",
+          doc="activation function"),
+    Param("max_epochs", int, 7, 1, 1000, target="max_epochs", doc="training epochs"),
+    Param("lr", float, 0.01, 1e-9, 10.0, target="lr", doc="Adam learning rate"),
+    Param("batch_size", int, 128, 1, 65536, target="batch_size", doc="mini-batch size"),
+)
+
+MODELS: dict[str, ModelSpec] = {spec.class_name: spec for spec in (
+    ModelSpec("LogisticRegression", CLASSIFICATION, (
+        _n_bits(8), _C, Param("max_iter", int, 100, 1, 100000, target="max_iter",
+                              doc="solver iterations"))),
+    ModelSpec("LinearSVC", CLASSIFICATION, (_n_bits(8), _C), seeded=True),
+    ModelSpec("DecisionTreeClassifier", CLASSIFICATION, (_n_bits(6), _MAX_DEPTH)),
+    ModelSpec("RandomForestClassifier", CLASSIFICATION, (_n_bits(6), _MAX_DEPTH, _N_ESTIMATORS)),
+    ModelSpec("XGBClassifier", CLASSIFICATION, (
+        _n_bits(6), Param("max_depth", int, 3, 1, 10, target="max_depth", doc="tree depth"),
+        _N_ESTIMATORS)),
+    ModelSpec("NeuralNetClassifier", CLASSIFICATION, _NN_PARAMS, seeded=False),
+    ModelSpec("LinearRegression", REGRESSION, (_n_bits(8),), seeded=False),
+    ModelSpec("Ridge", REGRESSION, (
+        _n_bits(8), Param("alpha", float, 1.0, 0.0, 1e9, target="alpha",
+                          doc="L2 regularisation")), seeded=False),
+    ModelSpec("DecisionTreeRegressor", REGRESSION, (_n_bits(6), _MAX_DEPTH)),
+    ModelSpec("RandomForestRegressor", REGRESSION, (_n_bits(6), _MAX_DEPTH, _N_ESTIMATORS)),
+    ModelSpec("XGBRegressor", REGRESSION, (
+        _n_bits(6), Param("max_depth", int, 3, 1, 10, target="max_depth", doc="tree depth"),
+        _N_ESTIMATORS)),
+)}
+
+# Job-level hyperparameters, valid with every model.
+JOB_PARAMS: tuple[Param, ...] = (
+    Param("model", str, DEFAULT_MODEL, doc="concrete-ml class name (table below)"),
+    Param("label_column", str, "label", doc="CSV column holding the target"),
+    Param("test_size", float, 0.2, 0.05, 0.9, doc="held-out fraction for metrics.json"),
+    Param("random_state", int, 0, 0, 2**31 - 1, doc="seed for the split and the model"),
+)
+
+
+@dataclass(frozen=True)
+class ResolvedHyperparameters:
+    """Parsed hyperparameters of one job.
+
+    Attributes:
+        spec: The chosen model.
+        job: Job-level values (model, label_column, test_size, random_state).
+        model: The chosen model's values by hyperparameter name, defaults filled in.
+    """
+
+    spec: ModelSpec
+    job: dict[str, Any]
+    model: dict[str, Any]
+
+    def as_dict(self) -> dict[str, Any]:
+        """All values, as recorded in the manifest and metrics."""
+        return {**self.job, **self.model}
+
+
+def resolve_hyperparameters(raw: Mapping[str, Any]) -> ResolvedHyperparameters:
+    """Parse and validate every hyperparameter; fill defaults.
+
+    Raises:
+        HyperparameterError: unknown model, unknown names or invalid values (all listed).
+    """
+    raw = {name: value for name, value in raw.items() if not name.startswith(SAGEMAKER_PREFIX)}
+    model_name = str(_unquote(raw.get("model", DEFAULT_MODEL))).strip()
+    spec = MODELS.get(model_name) or _case_insensitive(model_name)
+    if spec is None:
+        raise HyperparameterError(
+            f"unknown model type {model_name!r}: set hyperparameter 'model' to one of "
+            f"{', '.join(MODELS)}"
+        )
+    problems: list[str] = []
+    job = _parse_group(JOB_PARAMS, raw, problems)
+    job["model"] = spec.class_name
+    values = _parse_group(spec.params, raw, problems)
+    known = {p.name for p in JOB_PARAMS} | {p.name for p in spec.params}
+    for name in sorted(set(raw) - known):
+        problems.append(
+            f"'{name}' is not a hyperparameter of {spec.class_name} "
+            f"(it accepts: {', '.join(sorted(known))})"
+        )
+    if problems:
+        raise HyperparameterError("bad hyperparameters: " + "; ".join(problems))
+    return ResolvedHyperparameters(spec, job, values)
+
+
+def _case_insensitive(name: str) -> ModelSpec | None:
+    matches = [spec for key, spec in MODELS.items() if key.lower() == name.lower()]
+    return matches[0] if matches else None
+
+
+def _parse_group(params: tuple[Param, ...], raw: Mapping[str, Any], problems: list[str]
+                 ) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for param in params:
+        if param.name not in raw:
+            values[param.name] = param.default
+            continue
+        try:
+            values[param.name] = param.parse(raw[param.name])
+        except (TypeError, ValueError) as exc:
+            problems.append(f"'{param.name}' {exc}")
+    return values
+
+
+def constructor_kwargs(resolved: ResolvedHyperparameters) -> dict[str, Any]:
+    """Keyword arguments for the concrete-ml constructor (activation names become torch classes)."""
+    kwargs: dict[str, Any] = {}
+    for param in resolved.spec.params:
+        value = resolved.model[param.name]
+        if param.name == "activation":
+            value = _activation_class(value)
+        kwargs[param.target] = value
+    if resolved.spec.seeded:
+        kwargs["random_state"] = resolved.job["random_state"]
+    if resolved.spec.class_name.startswith("NeuralNet"):
+        kwargs["verbose"] = 0
+        kwargs["callbacks"] = "disable"  # skorch callbacks cannot be serialised by model.dumps()
+    return kwargs
+
+
+def _activation_class(name: str) -> type:
+    from torch import nn
+
+    classes = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "celu": nn.CELU,
+               "selu": nn.SELU, "elu": nn.ELU, "leakyrelu": nn.LeakyReLU, "hardtanh": nn.Hardtanh}
+    return classes[name]
+
+
+def build_model(resolved: ResolvedHyperparameters) -> Any:
+    """Return the unfitted concrete-ml estimator for ``resolved``."""
+    from concrete.ml import sklearn as cml
+
+    if resolved.spec.class_name.startswith("NeuralNet"):
+        import torch
+
+        torch.manual_seed(resolved.job["random_state"])
+    return getattr(cml, resolved.spec.class_name)(**constructor_kwargs(resolved))

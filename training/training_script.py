@@ -1,0 +1,474 @@
+"""The training job: what runs inside the training container (and in ``start_training.py --local``).
+
+SageMaker's training toolkit runs ``python training_script.py --name value ...`` with the job's
+hyperparameters as arguments and the ``SM_*`` environment describing the folders:
+
+* ``SM_CHANNEL_TRAINING`` (``--train``): the ``training`` channel: a pair of ``.npy`` files whose
+  names contain ``features`` and ``labels``, or one CSV with a label column.
+* ``SM_MODEL_DIR`` (``--model-dir``): receives server.zip, client.zip and manifest.json
+  (packed by SageMaker into model.tar.gz).
+* ``SM_OUTPUT_DATA_DIR`` (``--output-data-dir``): receives metrics.json and reference_model.json
+  (packed into output.tar.gz). Default outside SageMaker: ``<model-dir>/../output/data``.
+* the failure file (``--failure-file``, env ``FHE_TRAINING_FAILURE_FILE``): default
+  ``$SM_OUTPUT_DIR/failure``, else ``<model-dir>/../output/failure`` (``/opt/ml/output/failure``
+  in the container). SageMaker shows its text as the job's FailureReason.
+
+Exit codes: 0 success, 1 bad input (the failure file says the fix), 2 unexpected error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NoReturn
+
+import numpy as np
+
+# Runnable both as a module and as a plain script (the toolkit's `python training_script.py`):
+# make the directory holding the `training` package importable in the latter case.
+if __package__ in (None, ""):
+    sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
+
+from inference.atomic import atomic_write_bytes
+from training.artifact import (
+    CLIENT_ZIP,
+    MANIFEST_NAME,
+    SERVER_ZIP,
+    ArtifactError,
+    Manifest,
+    Scaler,
+    file_sha256,
+    read_manifest,
+    save_artifact,
+)
+from training.data import load_dataset
+from training.errors import ConfigurationError, DataError, TrainingError
+from training.models import (
+    CLASSIFICATION,
+    ResolvedHyperparameters,
+    build_model,
+    resolve_hyperparameters,
+)
+
+logger = logging.getLogger("training")
+
+ENV_MODEL_DIR = "SM_MODEL_DIR"
+ENV_CHANNEL_TRAINING = "SM_CHANNEL_TRAINING"
+ENV_OUTPUT_DATA_DIR = "SM_OUTPUT_DATA_DIR"
+ENV_OUTPUT_DIR = "SM_OUTPUT_DIR"
+ENV_FAILURE_FILE = "FHE_TRAINING_FAILURE_FILE"
+SAGEMAKER_FAILURE_FILE = Path("/opt/ml/output/failure")
+METRICS_NAME = "metrics.json"
+REFERENCE_MODEL_NAME = "reference_model.json"
+ARTIFACT_FILES = (SERVER_ZIP, CLIENT_ZIP, MANIFEST_NAME)
+EXIT_BAD_INPUT = 1
+EXIT_INTERNAL = 2
+# SageMaker keeps the first 1024 characters of the failure file as FailureReason.
+FAILURE_MAX_CHARS = 1024
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    """Folder locations from the environment (SageMaker's ``SM_*`` names); flags override them."""
+
+    model_dir: Path | None = None
+    train_dir: Path | None = None
+    output_data_dir: Path | None = None
+    output_dir: Path | None = None
+    failure_file: Path | None = None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> TrainingSettings:
+        """Read the settings; unset or empty variables stay None (no KeyError outside SageMaker)."""
+
+        def path(name: str) -> Path | None:
+            value = environ.get(name, "").strip()
+            return Path(value) if value else None
+
+        return cls(
+            model_dir=path(ENV_MODEL_DIR),
+            train_dir=path(ENV_CHANNEL_TRAINING),
+            output_data_dir=path(ENV_OUTPUT_DATA_DIR),
+            output_dir=path(ENV_OUTPUT_DIR),
+            failure_file=path(ENV_FAILURE_FILE),
+        )
+
+
+@dataclass(frozen=True)
+class JobPaths:
+    """The resolved folders of one run."""
+
+    model_dir: Path
+    train_dir: Path
+    output_data_dir: Path
+
+
+@dataclass(frozen=True)
+class TrainingResult:
+    """What a successful run produced.
+
+    Attributes:
+        manifest: The manifest written to the model directory.
+        metrics: The content of metrics.json.
+        paths: Where everything went.
+    """
+
+    manifest: Manifest
+    metrics: dict[str, Any]
+    paths: JobPaths
+
+
+@dataclass
+class _Timer:
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        self.timings[f"{name}_s"] = round(time.perf_counter() - start, 3)
+        logger.info("%s took %.2f s", name, self.timings[f"{name}_s"])
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    """argparse that raises instead of exiting, so bad flags also reach the failure file."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ConfigurationError(f"bad command line: {message} (see --help)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _ArgumentParser(
+        description="Train, compile and package a concrete-ml model. Any other --name value "
+        "pair is a hyperparameter (see README).",
+        allow_abbrev=False,
+    )
+    parser.add_argument("--model-dir", type=Path,
+                        help=f"output model folder (env {ENV_MODEL_DIR})")
+    parser.add_argument("--train", type=Path,
+                        help=f"training data folder (env {ENV_CHANNEL_TRAINING})")
+    parser.add_argument("--output-data-dir", type=Path,
+                        help=f"metrics folder (env {ENV_OUTPUT_DATA_DIR}; "
+                        "default <model-dir>/../output/data)")
+    parser.add_argument("--failure-file", type=Path,
+                        help=f"where to write the failure reason (env {ENV_FAILURE_FILE})")
+    return parser
+
+
+def parse_hyperparameters(tokens: Sequence[str]) -> dict[str, str]:
+    """Turn ``--name value`` / ``--name=value`` tokens into a dict (dashes in names become ``_``).
+
+    Raises:
+        ConfigurationError: a stray token or a name without a value (all listed).
+    """
+    values: dict[str, str] = {}
+    problems: list[str] = []
+    index = 0
+    while index < len(tokens):
+        token = tokens[index]
+        index += 1
+        if not token.startswith("--") or token == "--":
+            problems.append(f"stray argument {token!r}")
+            continue
+        name, sep, value = token[2:].partition("=")
+        if not sep:
+            if index >= len(tokens) or tokens[index].startswith("--"):
+                problems.append(f"hyperparameter --{name} has no value")
+                continue
+            value = tokens[index]
+            index += 1
+        values[name.replace("-", "_")] = value
+    if problems:
+        raise ConfigurationError(
+            "bad command line: " + "; ".join(problems) + ": pass hyperparameters as --name value"
+        )
+    return values
+
+
+def failure_file_path(settings: TrainingSettings, *, flag: Path | None = None,
+                      model_dir: Path | None = None) -> Path:
+    """Where the failure reason goes: flag, env, ``$SM_OUTPUT_DIR/failure``, near the model dir."""
+    if flag:
+        return Path(flag)
+    if settings.failure_file:
+        return settings.failure_file
+    if settings.output_dir:
+        return settings.output_dir / "failure"
+    model_dir = model_dir or settings.model_dir
+    if model_dir:
+        return Path(model_dir).parent / "output" / "failure"
+    return SAGEMAKER_FAILURE_FILE
+
+
+def resolve_paths(args: argparse.Namespace, settings: TrainingSettings) -> JobPaths:
+    """Combine flags and environment into the run's folders.
+
+    Raises:
+        ConfigurationError: the model dir and/or the training channel are not given (both listed).
+    """
+    model_dir = args.model_dir or settings.model_dir
+    train_dir = args.train or settings.train_dir
+    missing = []
+    if model_dir is None:
+        missing.append(f"no model directory: pass --model-dir DIR or set {ENV_MODEL_DIR}")
+    if train_dir is None:
+        missing.append(f"no training data: pass --train DIR or set {ENV_CHANNEL_TRAINING} "
+                       "(in SageMaker: fit({'training': 's3://...'}))")
+    if model_dir is None or train_dir is None:
+        raise ConfigurationError("; ".join(missing))
+    output = args.output_data_dir or settings.output_data_dir
+    if output is None:
+        output = Path(model_dir).parent / "output" / "data"
+    return JobPaths(Path(model_dir), Path(train_dir), Path(output))
+
+
+def encode_labels(labels: np.ndarray, task: str) -> tuple[np.ndarray, list[Any]]:
+    """Return the fitting target and the class list (empty for regression).
+
+    Classifiers are fitted on class indices 0..k-1; the manifest keeps the original class values
+    so clients map an argmax back to a label.
+
+    Raises:
+        DataError: non-integer labels for a classifier, one class only, or a class with one row.
+    """
+    if task != CLASSIFICATION:
+        return labels.astype(np.float64), []
+    as_float = labels.astype(np.float64)
+    if not np.all(as_float == np.round(as_float)):
+        example = as_float[as_float != np.round(as_float)][0]
+        raise DataError(
+            f"labels are not whole numbers (e.g. {example!r}) but the model is a classifier: "
+            "encode classes as integers, or choose a regressor (model=LinearRegression, "
+            "DecisionTreeRegressor, ...)"
+        )
+    classes, target, counts = np.unique(as_float.astype(np.int64), return_inverse=True,
+                                        return_counts=True)
+    if len(classes) < 2:
+        raise DataError(
+            f"labels hold a single class ({classes.tolist()}): a classifier needs rows of at "
+            "least 2 classes"
+        )
+    lonely = classes[counts < 2].tolist()
+    if lonely:
+        raise DataError(
+            f"classes {lonely[:10]} have a single row: each class needs at least 2 rows (one "
+            "for training, one held out); add rows or drop those classes"
+        )
+    return target.astype(np.int64), classes.tolist()
+
+
+def prepare_model_dir(model_dir: Path) -> None:
+    """Make sure the model folder can receive a new artefact (concrete-ml needs it empty).
+
+    A previous artefact (server.zip, client.zip, manifest.json only) is removed, so re-running by
+    hand works; anything else is left alone and reported.
+
+    Raises:
+        ConfigurationError: the folder holds other files, or is a file.
+    """
+    if model_dir.exists() and not model_dir.is_dir():
+        raise ConfigurationError(f"model directory {model_dir} is a file: pass a folder")
+    model_dir.mkdir(parents=True, exist_ok=True)
+    entries = list(model_dir.iterdir())
+    foreign = sorted(p.name for p in entries if p.name not in ARTIFACT_FILES)
+    if foreign:
+        raise ConfigurationError(
+            f"model directory {model_dir} holds other files ({', '.join(foreign[:5])}): point "
+            "--model-dir / SM_MODEL_DIR at an empty folder"
+        )
+    for entry in entries:
+        entry.unlink()
+
+
+def _split(features: np.ndarray, target: np.ndarray, resolved: ResolvedHyperparameters,
+           task: str) -> list[np.ndarray]:
+    from sklearn.model_selection import train_test_split
+
+    try:
+        return train_test_split(
+            features, target, test_size=resolved.job["test_size"],
+            random_state=resolved.job["random_state"],
+            stratify=target if task == CLASSIFICATION else None,
+        )
+    except ValueError as exc:
+        raise DataError(
+            f"cannot hold out {resolved.job['test_size']:.0%} of {len(target)} rows for "
+            f"metrics ({exc}): add rows or change hyperparameter 'test_size'"
+        ) from exc
+
+
+def _score(task: str) -> Callable[[np.ndarray, np.ndarray], float]:
+    from sklearn.metrics import accuracy_score, r2_score
+
+    return accuracy_score if task == CLASSIFICATION else r2_score
+
+
+def do_training(
+    model_dir: str | Path,
+    train: str | Path,
+    *,
+    output_data_dir: str | Path | None = None,
+    hyperparameters: Mapping[str, Any] | None = None,
+) -> TrainingResult:
+    """Fit, compile, evaluate and save a concrete-ml model.
+
+    Args:
+        model_dir: Receives server.zip, client.zip, manifest.json.
+        train: The training channel folder.
+        output_data_dir: Receives metrics.json and reference_model.json
+            (default ``<model_dir>/../output/data``).
+        hyperparameters: Raw hyperparameters (strings are parsed), see README.
+
+    Raises:
+        TrainingError: bad data or hyperparameters; the message says the fix.
+    """
+    model_dir = Path(model_dir)
+    output = Path(output_data_dir) if output_data_dir else model_dir.parent / "output" / "data"
+    paths = JobPaths(model_dir, Path(train), output)
+    resolved = resolve_hyperparameters(hyperparameters or {})
+    prepare_model_dir(paths.model_dir)
+    task = resolved.spec.task
+    timer = _Timer()
+    with timer.step("load"):
+        dataset = load_dataset(paths.train_dir, label_column=resolved.job["label_column"])
+    logger.info("loaded %d rows x %d features from %s", *dataset.features.shape,
+                ", ".join(dataset.source))
+    target, classes = encode_labels(dataset.labels, task)
+    x_train, x_test, y_train, y_test = _split(dataset.features, target, resolved, task)
+    scaler = Scaler.fit(x_train)
+    x_train, x_test = scaler.transform(x_train), scaler.transform(x_test)
+    model = build_model(resolved)
+    with timer.step("fit"):
+        model, float_model = model.fit_benchmark(x_train, y_train)
+    with timer.step("compile"):
+        model.compile(x_train)
+    with timer.step("evaluate"):
+        metrics = _evaluate(model, float_model, x_test, y_test, task)
+    with timer.step("save"):
+        manifest = save_artifact(
+            paths.model_dir, model, scaler=scaler, task=task, classes=classes,
+            feature_names=dataset.feature_names, hyperparameters=resolved.as_dict(),
+        )
+    metrics.update(
+        model=resolved.spec.class_name, task=task, n_train=len(y_train), n_test=len(y_test),
+        n_features=scaler.n_features, classes=classes, hyperparameters=resolved.as_dict(),
+        fingerprints=manifest.fingerprints, timings=timer.timings,
+    )
+    write_outputs(paths.output_data_dir, metrics=metrics, reference_model=model.dumps())
+    logger.info("metrics: %s", json.dumps({k: metrics[k] for k in ("metric", "float_sklearn",
+                                                                     "clear_quantised")}))
+    return TrainingResult(manifest, metrics, paths)
+
+
+def _evaluate(model: Any, float_model: Any, x_test: np.ndarray, y_test: np.ndarray,
+              task: str) -> dict[str, Any]:
+    score = _score(task)
+    float_input = x_test.astype(np.float32) if _is_torch(model) else x_test
+    float_pred = np.asarray(float_model.predict(float_input)).reshape(len(y_test), -1)
+    quant_pred = np.asarray(model.predict(x_test, fhe="disable")).reshape(len(y_test), -1)
+    if task == CLASSIFICATION:
+        float_pred, quant_pred = float_pred.ravel(), quant_pred.ravel()
+    return {
+        "metric": "accuracy" if task == CLASSIFICATION else "r2",
+        "float_sklearn": float(score(y_test, float_pred)),
+        "clear_quantised": float(score(y_test, quant_pred)),
+    }
+
+
+def _is_torch(model: Any) -> bool:
+    return type(model).__name__.startswith("NeuralNet")
+
+
+def write_outputs(output_data_dir: Path, *, metrics: Mapping[str, Any],
+                  reference_model: str) -> None:
+    """Write metrics.json and reference_model.json atomically."""
+    doc = json.dumps(metrics, indent=2, sort_keys=True, default=_json_default)
+    atomic_write_bytes(output_data_dir / METRICS_NAME, doc.encode())
+    atomic_write_bytes(output_data_dir / REFERENCE_MODEL_NAME, reference_model.encode())
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def model_fn(model_dir: str | Path) -> Any:
+    """Load a trained model directory for serving: a loaded ``FHEModelServer``.
+
+    Raises:
+        ArtifactError: missing files, or server.zip does not match the manifest's fingerprint.
+    """
+    from concrete.ml.deployment import FHEModelServer
+
+    model_dir = Path(model_dir)
+    manifest = read_manifest(model_dir)
+    for name in (SERVER_ZIP, CLIENT_ZIP):
+        path = model_dir / name
+        if not path.is_file():
+            raise ArtifactError(f"{path} is missing: re-run training or re-extract model.tar.gz")
+        if file_sha256(path) != manifest.fingerprints.get(name):
+            raise ArtifactError(
+                f"{path} does not match the sha256 in {model_dir / 'manifest.json'}: the model "
+                "directory mixes files of two trainings; re-extract model.tar.gz"
+            )
+    server = FHEModelServer(str(model_dir))
+    server.load()
+    return server
+
+
+def write_failure(path: Path, message: str) -> None:
+    """Write SageMaker's failure file; never raises (a read-only disk must not hide the error)."""
+    try:
+        atomic_write_bytes(path, message[:FAILURE_MAX_CHARS].encode())
+    except OSError as exc:
+        logger.warning("could not write failure file %s: %s", path, exc)
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    """Entry point: parse arguments, train, and on failure write the failure file.
+
+    Returns:
+        0 on success. Failures raise SystemExit(1) (bad input) or SystemExit(2) (internal error)
+        after writing the failure file.
+    """
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = TrainingSettings.from_env(os.environ if environ is None else environ)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = _parser()
+    failure_file = failure_file_path(settings)
+    try:
+        args, rest = parser.parse_known_args(argv)
+        failure_file = failure_file_path(settings, flag=args.failure_file, model_dir=args.model_dir)
+        hyperparameters = parse_hyperparameters(rest)
+        paths = resolve_paths(args, settings)
+        result = do_training(paths.model_dir, paths.train_dir,
+                             output_data_dir=paths.output_data_dir,
+                             hyperparameters=hyperparameters)
+    except TrainingError as exc:
+        message = f"{type(exc).__name__}: {exc}"
+        logger.error("training failed: %s", message)
+        write_failure(failure_file, message)
+        raise SystemExit(EXIT_BAD_INPUT) from exc
+    except Exception as exc:
+        logger.exception("training failed with an unexpected error")
+        write_failure(failure_file, f"internal error while training ({type(exc).__name__}: {exc}); "
+                      "see the job's logs. If compilation failed, lower n_bits / max_depth / "
+                      "n_w_bits / n_a_bits")
+        raise SystemExit(EXIT_INTERNAL) from exc
+    logger.info("model written to %s (client fingerprint %s)", result.paths.model_dir,
+                result.manifest.client_fingerprint)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
