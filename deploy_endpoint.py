@@ -14,6 +14,7 @@ environment, which wins over the file.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -56,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-dir", help="--local only: a model directory instead of --model-data")
     p.add_argument("--role", help="execution role ARN of the endpoint")
     p.add_argument("--region", help="AWS region (default: the SDK's)")
-    p.add_argument("--instance-type", default="ml.c7i.4xlarge")
+    p.add_argument("--instance-type", default="ml.c5.4xlarge",
+                   help="CPU instance (FHE runs on every core of it)")
     p.add_argument("--output-path", help="s3://bucket/prefix for async results")
     p.add_argument("--failure-path", help="s3://bucket/prefix for async errors")
     p.add_argument("--allowed-s3-prefix", action="append", default=None,
@@ -109,17 +111,17 @@ def parse_args(argv: Sequence[str] | None, environ: Mapping[str, str] | None = N
         except (OSError, ValueError) as exc:
             raise DeployError(f"cannot read --config {first.config}: {exc}") from exc
         defaults.update({k.replace("-", "_"): v for k, v in doc.items()})
-    for action in parser._actions:  # noqa: SLF001 - argparse has no public list of options
+    for action in parser._actions:
         raw = env.get(ENV_PREFIX + action.dest.upper())
         if raw is None or action.dest == "help":
             continue
         if action.nargs == 0:
             defaults[action.dest] = raw.lower() in ("1", "true", "yes")
-        elif isinstance(action, argparse._AppendAction):  # noqa: SLF001
+        elif isinstance(action, argparse._AppendAction):
             defaults[action.dest] = [v for v in raw.split(",") if v]
         else:
             defaults[action.dest] = action.type(raw) if action.type else raw
-    unknown = sorted(set(defaults) - {a.dest for a in parser._actions})  # noqa: SLF001
+    unknown = sorted(set(defaults) - {a.dest for a in parser._actions})
     if unknown:
         raise DeployError(f"unknown option(s) in --config: {', '.join(unknown)}")
     parser.set_defaults(**defaults)
@@ -294,10 +296,8 @@ def delete(args: argparse.Namespace, boto_session: Any) -> list[str]:
     attempt(f"alarm {names.wake_alarm}", boto_session.client("cloudwatch").delete_alarms,
             AlarmNames=[names.wake_alarm])
     config_name = names.endpoint
-    try:
+    with contextlib.suppress(ClientError):
         config_name = sm.describe_endpoint(EndpointName=names.endpoint)["EndpointConfigName"]
-    except ClientError:
-        pass
     attempt(f"endpoint {names.endpoint}", sm.delete_endpoint, EndpointName=names.endpoint)
     attempt(f"endpoint config {config_name}", sm.delete_endpoint_config,
             EndpointConfigName=config_name)
@@ -469,7 +469,10 @@ def run_local(args: argparse.Namespace, *, stop_event: threading.Event | None = 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: deploy, delete, or run locally."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from botocore.exceptions import ClientError
+
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         args = parse_args(argv)
         if args.local:
@@ -485,7 +488,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DeployError as exc:
         logger.error("%s", exc)
         return 2
-    print(json.dumps(summary, indent=2))
+    except ClientError as exc:
+        logger.error("AWS refused: %s", exc)
+        return 1
+    print(f"\ndeployed {json.dumps(summary)}")
     return 0
 
 

@@ -135,7 +135,11 @@ class LaunchSettings:
             if not self.image_uri:
                 problems.append(f"--image-uri is required (the Dockerfile.training image; env "
                                 f"{ENV_IMAGE_URI})")
-        if self.instance_count < 1:
+        for item in fields(self):
+            value, default = getattr(self, item.name), item.default
+            if isinstance(default, bool | int) and type(value) is not type(default):
+                problems.append(f"{item.name} must be {type(default).__name__}, got {value!r}")
+        if isinstance(self.instance_count, int) and self.instance_count < 1:
             problems.append("--instance-count must be >= 1")
         try:
             resolve_hyperparameters(self.hyperparameters)

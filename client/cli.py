@@ -64,7 +64,9 @@ def _read_csv(path: Path, drop_columns: Sequence[str]) -> np.ndarray:
     frame = pd.read_csv(path, header=0 if has_header else None)
     missing = [c for c in drop_columns if c not in frame.columns]
     if missing:
-        raise InvalidInputError(f"{path}: no column(s) {missing} to drop (header: {list(frame.columns)})")
+        raise InvalidInputError(
+            f"{path}: no column(s) {missing} to drop (header: {list(frame.columns)})"
+        )
     return frame.drop(columns=list(drop_columns)).to_numpy()
 
 
@@ -91,12 +93,23 @@ def write_predictions(path: Path, values: np.ndarray) -> None:
 
 
 def _common(parser: argparse.ArgumentParser, settings: ClientSettings) -> None:
-    parser.add_argument("--key-dir", type=Path, default=settings.key_dir,
-                        help="key directory (env FHE_CLIENT_KEY_DIR; default: user cache dir)")
-    parser.add_argument("--cache-dir", type=Path, default=settings.cache_dir,
-                        help="model archive cache (env FHE_CLIENT_CACHE_DIR)")
-    parser.add_argument("--s3-endpoint-url", default=settings.s3_endpoint_url,
-                        help="S3 endpoint (env AWS_ENDPOINT_URL_S3)")
+    parser.add_argument(
+        "--key-dir",
+        type=Path,
+        default=settings.key_dir,
+        help="key directory (env FHE_CLIENT_KEY_DIR; default: user cache dir)",
+    )
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=settings.cache_dir,
+        help="model archive cache (env FHE_CLIENT_CACHE_DIR)",
+    )
+    parser.add_argument(
+        "--s3-endpoint-url",
+        default=settings.s3_endpoint_url,
+        help="S3 endpoint (env AWS_ENDPOINT_URL_S3)",
+    )
     parser.add_argument("--region", default=settings.region_name, help="AWS region")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
@@ -111,16 +124,25 @@ def build_parser(settings: ClientSettings) -> argparse.ArgumentParser:
     predict.add_argument("--s3-prefix", required=True, help="s3://bucket/prefix for keys/queries")
     predict.add_argument("--input", required=True, type=Path, help=".npy or .csv features")
     predict.add_argument("--output", required=True, type=Path, help=".npy or .csv predictions")
-    predict.add_argument("--drop-column", action="append", default=[],
-                         help="CSV column to ignore (e.g. the label); repeatable")
+    predict.add_argument(
+        "--drop-column",
+        action="append",
+        default=[],
+        help="CSV column to ignore (e.g. the label); repeatable",
+    )
     predict.add_argument("--proba", action="store_true", help="write class probabilities")
     predict.add_argument("--batch-size", type=int, default=16)
-    predict.add_argument("--timeout", type=float, default=600.0,
-                         help="seconds to wait for each request's result")
-    predict.add_argument("--keep-objects", action="store_true",
-                         help="leave queries/requests/outputs in S3")
-    predict.add_argument("--runtime-endpoint-url", default=settings.runtime_endpoint_url,
-                         help="sagemaker-runtime endpoint (env AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME)")
+    predict.add_argument(
+        "--timeout", type=float, default=600.0, help="seconds to wait for each request's result"
+    )
+    predict.add_argument(
+        "--keep-objects", action="store_true", help="leave queries/requests/outputs in S3"
+    )
+    predict.add_argument(
+        "--runtime-endpoint-url",
+        default=settings.runtime_endpoint_url,
+        help="sagemaker-runtime endpoint (env AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME)",
+    )
     _common(predict, settings)
     keys = sub.add_parser("keys", help="generate a model's keys now, or list stored key sets")
     keys.add_argument("--model", help="generate keys for this model (else: list key sets)")
@@ -134,30 +156,43 @@ def build_parser(settings: ClientSettings) -> argparse.ArgumentParser:
 def _storage(args: argparse.Namespace) -> S3Storage:
     import boto3
 
-    return S3Storage(boto3.session.Session(region_name=args.region).client(
-        "s3", endpoint_url=args.s3_endpoint_url))
+    return S3Storage(
+        boto3.session.Session(region_name=args.region).client(
+            "s3", endpoint_url=args.s3_endpoint_url
+        )
+    )
 
 
 def _load_model(args: argparse.Namespace) -> Any:
     storage = _storage(args) if str(args.model).startswith("s3://") else None
-    return load_client_model(args.model, storage=storage,
-                             cache_dir=args.cache_dir or default_cache_dir())
+    return load_client_model(
+        args.model, storage=storage, cache_dir=args.cache_dir or default_cache_dir()
+    )
 
 
 def cmd_predict(args: argparse.Namespace) -> dict[str, Any]:
     """Run ``predict`` / ``predict_proba`` on a file and write the results."""
     features = read_features(args.input, drop_columns=args.drop_column)
     with EncryptedPredictor(
-        args.endpoint_name, args.model, args.s3_prefix, key_dir=args.key_dir,
-        cache_dir=args.cache_dir, s3_endpoint_url=args.s3_endpoint_url,
-        runtime_endpoint_url=args.runtime_endpoint_url, region_name=args.region,
-        batch_size=args.batch_size, timeout=args.timeout, keep_objects=args.keep_objects,
+        args.endpoint_name,
+        args.model,
+        args.s3_prefix,
+        key_dir=args.key_dir,
+        cache_dir=args.cache_dir,
+        s3_endpoint_url=args.s3_endpoint_url,
+        runtime_endpoint_url=args.runtime_endpoint_url,
+        region_name=args.region,
+        batch_size=args.batch_size,
+        timeout=args.timeout,
+        keep_objects=args.keep_objects,
         progress=not args.no_progress,
     ) as predictor:
         values = predictor.predict_proba(features) if args.proba else predictor.predict(features)
         write_predictions(args.output, values)
         summary: dict[str, Any] = {
-            "output": str(args.output), "rows": len(values), "model": predictor.model.source,
+            "output": str(args.output),
+            "rows": len(values),
+            "model": predictor.model.source,
             "model_class": predictor.model.manifest.model_class,
             "evaluation_keys_bytes": predictor.ensure_keys().evaluation_keys_bytes,
             "timings": predictor.last_timings.as_dict(),
@@ -174,11 +209,15 @@ def cmd_keys(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {"key_dir": str(store.root)}
     if args.model:
         model = _load_model(args)
-        keys = store.load_or_generate(load_fhe_client(model), model.fingerprint,
-                                      progress=not args.no_progress)
-        result["model"] = {"fingerprint": model.fingerprint, "generated_now": keys.generated,
-                           "keygen_seconds": round(keys.seconds, 3),
-                           "evaluation_keys_bytes": keys.evaluation_keys_bytes}
+        keys = store.load_or_generate(
+            load_fhe_client(model), model.fingerprint, progress=not args.no_progress
+        )
+        result["model"] = {
+            "fingerprint": model.fingerprint,
+            "generated_now": keys.generated,
+            "keygen_seconds": round(keys.seconds, 3),
+            "evaluation_keys_bytes": keys.evaluation_keys_bytes,
+        }
     result["key_sets"] = store.summary()
     return result
 

@@ -49,10 +49,18 @@ METRICS = "metrics.json"
 READY_TIMEOUT = 300.0
 TRAIN_TIMEOUT = 1800.0
 CASES: dict[str, dict[str, Any]] = {
-    "breast-cancer": {"loader": "load_breast_cancer", "hyperparameters": {},
-                      "n_rows": 20, "what": "patients"},
-    "digits": {"loader": "load_digits", "hyperparameters": {"model": "NeuralNetClassifier"},
-               "n_rows": 3, "what": "images"},
+    "breast-cancer": {
+        "loader": "load_breast_cancer",
+        "hyperparameters": {},
+        "n_rows": 20,
+        "what": "patients",
+    },
+    "digits": {
+        "loader": "load_digits",
+        "hyperparameters": {"model": "NeuralNetClassifier"},
+        "n_rows": 3,
+        "what": "images",
+    },
 }
 
 
@@ -93,9 +101,13 @@ class LocalStack:
     def predictor(self, **options: Any) -> EncryptedPredictor:
         """An :class:`EncryptedPredictor` wired to this stack (keys under ``work_dir/keys``)."""
         settings: dict[str, Any] = {
-            "key_dir": self.work_dir / "keys", "cache_dir": self.work_dir / "cache",
-            "session": self.session(), "s3_endpoint_url": self.s3_endpoint_url,
-            "runtime_endpoint_url": self.runtime_url, **options}
+            "key_dir": self.work_dir / "keys",
+            "cache_dir": self.work_dir / "cache",
+            "session": self.session(),
+            "s3_endpoint_url": self.s3_endpoint_url,
+            "runtime_endpoint_url": self.runtime_url,
+            **options,
+        }
         return EncryptedPredictor(self.endpoint_name, self.model_data, self.s3_prefix, **settings)
 
     def s3_client(self) -> Any:
@@ -111,8 +123,9 @@ class LocalStack:
         with tempfile.TemporaryDirectory() as tmp:
             archive = Path(tmp) / "output.tar.gz"
             archive.write_bytes(body)
-            members = read_members(archive, {REFERENCE_MODEL: 256 << 20, METRICS: 1 << 20},
-                                   source=self.output_data)
+            members = read_members(
+                archive, {REFERENCE_MODEL: 256 << 20, METRICS: 1 << 20}, source=self.output_data
+            )
         return loads(members[REFERENCE_MODEL].decode()), json.loads(members[METRICS])
 
 
@@ -121,11 +134,14 @@ def local_session() -> boto3.session.Session:
     return boto3.session.Session(
         aws_access_key_id=LOCAL_CREDENTIALS["AWS_ACCESS_KEY_ID"],
         aws_secret_access_key=LOCAL_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-        aws_session_token=LOCAL_CREDENTIALS["AWS_SESSION_TOKEN"], region_name=LOCAL_REGION)
+        aws_session_token=LOCAL_CREDENTIALS["AWS_SESSION_TOKEN"],
+        region_name=LOCAL_REGION,
+    )
 
 
-def training_csv(features: np.ndarray, labels: np.ndarray,
-                 feature_names: Sequence[str] | None = None) -> bytes:
+def training_csv(
+    features: np.ndarray, labels: np.ndarray, feature_names: Sequence[str] | None = None
+) -> bytes:
     """Rows as CSV with a header and a ``label`` column (the training channel's format)."""
     names = list(feature_names or [f"f{i}" for i in range(features.shape[1])])
     out = io.StringIO()
@@ -136,11 +152,15 @@ def training_csv(features: np.ndarray, labels: np.ndarray,
 
 @contextlib.contextmanager
 def local_stack(
-    train_x: np.ndarray, train_y: np.ndarray, *,
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    *,
     hyperparameters: Mapping[str, Any] | None = None,
     feature_names: Sequence[str] | None = None,
-    work_dir: str | os.PathLike[str] | None = None, keep: bool = False,
-    endpoint_name: str = "fhe-demo", job_name: str = "fhe-demo-job",
+    work_dir: str | os.PathLike[str] | None = None,
+    keep: bool = False,
+    endpoint_name: str = "fhe-demo",
+    job_name: str = "fhe-demo-job",
 ) -> Iterator[LocalStack]:
     """Start S3, train on (``train_x``, ``train_y``), deploy; tear it all down on exit.
 
@@ -166,14 +186,25 @@ def local_stack(
             env = {**os.environ, **s3.env()}
             s3_client = local_session().client("s3", endpoint_url=s3.endpoint_url)
             s3_client.create_bucket(Bucket=BUCKET)
-            s3_client.put_object(Bucket=BUCKET, Key="data/train/train.csv",
-                                 Body=training_csv(train_x, train_y, feature_names),
-                                 ServerSideEncryption="AES256")
+            s3_client.put_object(
+                Bucket=BUCKET,
+                Key="data/train/train.csv",
+                Body=training_csv(train_x, train_y, feature_names),
+                ServerSideEncryption="AES256",
+            )
             result = _train(root, env, job_name, hyperparameters or {})
             endpoint, ready = _deploy(root, env, endpoint_name, result["model_data"])
-            yield LocalStack(root, s3.endpoint_url, ready["runtime_url"], endpoint_name, BUCKET,
-                             f"s3://{BUCKET}/client", result["model_data"], result["output_data"],
-                             endpoint.pid)
+            yield LocalStack(
+                root,
+                s3.endpoint_url,
+                ready["runtime_url"],
+                endpoint_name,
+                BUCKET,
+                f"s3://{BUCKET}/client",
+                result["model_data"],
+                result["output_data"],
+                endpoint.pid,
+            )
     finally:
         if endpoint is not None:
             _stop(endpoint)
@@ -181,13 +212,18 @@ def local_stack(
             shutil.rmtree(root, ignore_errors=True)
 
 
-def _run_logged(command: list[str], *, log: Path, env: Mapping[str, str],
-                timeout: float) -> None:
+def _run_logged(command: list[str], *, log: Path, env: Mapping[str, str], timeout: float) -> None:
     logger.info("running %s (log: %s)", " ".join(command[2:4]), log)
     with open(log, "wb") as out:
         try:
-            code = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, env=dict(env),
-                                  timeout=timeout, check=False).returncode
+            code = subprocess.run(
+                command,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=dict(env),
+                timeout=timeout,
+                check=False,
+            ).returncode
         except subprocess.TimeoutExpired as exc:
             raise DemoError(f"{command[2]} did not finish in {timeout:.0f} s; see {log}") from exc
     if code != 0:
@@ -201,37 +237,63 @@ def _tail(log: Path, lines: int = 15) -> str:
         return ""
 
 
-def _train(root: Path, env: Mapping[str, str], job_name: str,
-           hyperparameters: Mapping[str, Any]) -> dict[str, str]:
+def _train(
+    root: Path, env: Mapping[str, str], job_name: str, hyperparameters: Mapping[str, Any]
+) -> dict[str, str]:
     result_file = root / "training-result.json"
-    command = [sys.executable, "-m", "start_training", "--local",
-               "--train", f"s3://{BUCKET}/data/train/", "--output-path", f"s3://{BUCKET}/models",
-               "--job-name", job_name, "--result-file", str(result_file)]
+    command = [
+        sys.executable,
+        "-m",
+        "start_training",
+        "--local",
+        "--train",
+        f"s3://{BUCKET}/data/train/",
+        "--output-path",
+        f"s3://{BUCKET}/models",
+        "--job-name",
+        job_name,
+        "--result-file",
+        str(result_file),
+    ]
     for key, value in hyperparameters.items():
         command += ["--hyperparameter", f"{key}={value}"]
     _run_logged(command, log=root / "logs" / "training.log", env=env, timeout=TRAIN_TIMEOUT)
     return dict(json.loads(result_file.read_text()))
 
 
-def _deploy(root: Path, env: Mapping[str, str], endpoint_name: str,
-            model_data: str) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
+def _deploy(
+    root: Path, env: Mapping[str, str], endpoint_name: str, model_data: str
+) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
     ready_file = root / "endpoint-ready.json"
     ready_file.unlink(missing_ok=True)
     log = root / "logs" / "endpoint.log"
-    command = [sys.executable, "-m", "deploy_endpoint", "--local", "--model-data", model_data,
-               "--endpoint-name", endpoint_name,
-               "--output-path", f"s3://{BUCKET}/async-out",
-               "--failure-path", f"s3://{BUCKET}/async-fail",
-               "--allowed-s3-prefix", f"s3://{BUCKET}/client",
-               "--ready-file", str(ready_file)]
+    command = [
+        sys.executable,
+        "-m",
+        "deploy_endpoint",
+        "--local",
+        "--model-data",
+        model_data,
+        "--endpoint-name",
+        endpoint_name,
+        "--output-path",
+        f"s3://{BUCKET}/async-out",
+        "--failure-path",
+        f"s3://{BUCKET}/async-fail",
+        "--allowed-s3-prefix",
+        f"s3://{BUCKET}/client",
+        "--ready-file",
+        str(ready_file),
+    ]
     logger.info("starting deploy_endpoint.py --local (log: %s)", log)
     with open(log, "wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=dict(env))
     deadline = time.monotonic() + READY_TIMEOUT
     while not ready_file.is_file():
         if process.poll() is not None:
-            raise DemoError(f"deploy_endpoint.py exited with {process.returncode}; see {log}:\n"
-                            f"{_tail(log)}")
+            raise DemoError(
+                f"deploy_endpoint.py exited with {process.returncode}; see {log}:\n{_tail(log)}"
+            )
         if time.monotonic() > deadline:
             _stop(process)
             raise DemoError(f"endpoint not ready after {READY_TIMEOUT:.0f} s; see {log}")
@@ -270,8 +332,9 @@ class DemoReport:
         return self.agreement == 1.0
 
 
-def load_case(case: str, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray,
-                                                      np.ndarray, list[str]]:
+def load_case(
+    case: str, *, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str]]:
     """Split a scikit-learn dataset: ``x_train, x_held, y_train, y_held, feature_names``."""
     import sklearn.datasets
     from sklearn.model_selection import train_test_split
@@ -279,14 +342,22 @@ def load_case(case: str, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.n
     data = getattr(sklearn.datasets, CASES[case]["loader"])()
     names = [str(n) for n in getattr(data, "feature_names", [])]
     x_train, x_held, y_train, y_held = train_test_split(
-        data.data, data.target, test_size=0.2, random_state=seed, stratify=data.target)
+        data.data, data.target, test_size=0.2, random_state=seed, stratify=data.target
+    )
     return x_train, x_held, y_train, y_held, names
 
 
-def run_demo(*, case: str = "breast-cancer", n_rows: int | None = None, batch_size: int = 8,
-             work_dir: Path | None = None, keep: bool = False,
-             hyperparameters: Mapping[str, Any] | None = None,
-             timeout: float = 600.0, progress: bool = True) -> DemoReport:
+def run_demo(
+    *,
+    case: str = "breast-cancer",
+    n_rows: int | None = None,
+    batch_size: int = 8,
+    work_dir: Path | None = None,
+    keep: bool = False,
+    hyperparameters: Mapping[str, Any] | None = None,
+    timeout: float = 600.0,
+    progress: bool = True,
+) -> DemoReport:
     """Run the whole flow and return what it measured (see the module docstring)."""
     from sklearn.linear_model import LogisticRegression
 
@@ -294,8 +365,9 @@ def run_demo(*, case: str = "breast-cancer", n_rows: int | None = None, batch_si
     n = min(n_rows or CASES[case]["n_rows"], len(x_held))
     x_rows, y_rows = x_held[:n], y_held[:n]
     params = {**CASES[case]["hyperparameters"], **(hyperparameters or {})}
-    with local_stack(x_train, y_train, hyperparameters=params, feature_names=names,
-                     work_dir=work_dir, keep=keep) as stack:
+    with local_stack(
+        x_train, y_train, hyperparameters=params, feature_names=names, work_dir=work_dir, keep=keep
+    ) as stack:
         with stack.predictor(batch_size=batch_size, timeout=timeout, progress=progress) as model:
             proba = model.predict_proba(x_rows)
             labels = np.asarray(model.model.manifest.classes or range(proba.shape[1]))
@@ -309,21 +381,26 @@ def run_demo(*, case: str = "breast-cancer", n_rows: int | None = None, batch_si
     clear_proba = reference.predict_proba(x_scaled, fhe="disable")
     float_model = LogisticRegression(max_iter=5000).fit(scaler.transform(x_train), y_train)
     return DemoReport(
-        n_rows=n, fhe_accuracy=float(np.mean(fhe_pred == y_rows)),
+        n_rows=n,
+        fhe_accuracy=float(np.mean(fhe_pred == y_rows)),
         clear_accuracy=float(np.mean(clear_pred == y_rows)),
         float_accuracy=float(float_model.score(x_scaled, y_rows)),
         agreement=float(np.mean(fhe_pred == clear_pred)),
         max_proba_gap=float(np.max(np.abs(proba - clear_proba))),
-        evaluation_keys_bytes=keys_bytes, timings=timings, training_metrics=metrics)
+        evaluation_keys_bytes=keys_bytes,
+        timings=timings,
+        training_metrics=metrics,
+    )
 
 
 def format_report(report: DemoReport, *, case: str) -> str:
     """Human-readable summary of a :class:`DemoReport`."""
     what = CASES[case]["what"]
     t = report.timings
-    stages = "  ".join(f"{s} {t[s]:.2f}s" for s in
-                       ("keygen", "encrypt", "upload", "invoke", "wait", "download", "decrypt",
-                        "cleanup"))
+    stages = "  ".join(
+        f"{s} {t[s]:.2f}s"
+        for s in ("keygen", "encrypt", "upload", "invoke", "wait", "download", "decrypt", "cleanup")
+    )
     per_row = t["wait"] / max(report.n_rows, 1)
     lines = [
         f"== encrypted inference on {report.n_rows} held-out {what} ({case}) ==",
@@ -351,8 +428,11 @@ def _size(n_bytes: int) -> str:
 
 
 def _metrics_line(metrics: Mapping[str, Any]) -> str:
-    shown = {k: metrics[k] for k in ("model", "metric", "float_sklearn", "clear_quantised",
-                                     "n_train", "n_test") if k in metrics}
+    shown = {
+        k: metrics[k]
+        for k in ("model", "metric", "float_sklearn", "clear_quantised", "n_train", "n_test")
+        if k in metrics
+    }
     return json.dumps(shown, default=str)
 
 
@@ -372,23 +452,41 @@ def _sigterm_to_interrupt(signum: int, frame: FrameType | None) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``make demo``: 0 when FHE agrees with the clear model on every row."""
-    parser = argparse.ArgumentParser(prog="python -m client.demo", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m client.demo", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--case", choices=sorted(CASES), default="breast-cancer")
-    parser.add_argument("--n-patients", "--n-rows", dest="n_rows", type=int, default=None,
-                        help="held-out rows to predict encrypted (default: 20, digits: 3)")
+    parser.add_argument(
+        "--n-patients",
+        "--n-rows",
+        dest="n_rows",
+        type=int,
+        default=None,
+        help="held-out rows to predict encrypted (default: 20, digits: 3)",
+    )
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--timeout", type=float, default=600.0)
-    parser.add_argument("--hyperparameter", action="append", default=[],
-                        help="extra training hyperparameter KEY=VALUE; repeatable")
+    parser.add_argument(
+        "--hyperparameter",
+        action="append",
+        default=[],
+        help="extra training hyperparameter KEY=VALUE; repeatable",
+    )
     parser.add_argument("--work-dir", type=Path, default=None)
     parser.add_argument("--keep", action="store_true", help="leave the work dir in place")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
     try:
-        report = run_demo(case=args.case, n_rows=args.n_rows, batch_size=args.batch_size,
-                          work_dir=args.work_dir, keep=args.keep, timeout=args.timeout,
-                          hyperparameters=_parse_hyperparameters(args.hyperparameter))
+        report = run_demo(
+            case=args.case,
+            n_rows=args.n_rows,
+            batch_size=args.batch_size,
+            work_dir=args.work_dir,
+            keep=args.keep,
+            timeout=args.timeout,
+            hyperparameters=_parse_hyperparameters(args.hyperparameter),
+        )
     except KeyboardInterrupt:
         print("interrupted: local stack torn down", file=sys.stderr)
         return 130
@@ -397,8 +495,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     print(format_report(report, case=args.case))
     if not report.ok:
-        print(f"FAIL: encrypted predictions disagree with the clear quantised model on"
-              f" {1 - report.agreement:.1%} of rows", file=sys.stderr)
+        print(
+            f"FAIL: encrypted predictions disagree with the clear quantised model on"
+            f" {1 - report.agreement:.1%} of rows",
+            file=sys.stderr,
+        )
         return 1
     print("OK: encrypted predictions match the clear quantised model on every row")
     return 0

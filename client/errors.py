@@ -5,16 +5,16 @@ built-in exception a caller would naturally catch (``ValueError`` for bad input,
 ``TimeoutError`` for waiting too long, ``ConnectionError`` for an unreachable service)::
 
     EncryptedInferenceError(Exception)
-    ├── VersionMismatchError(RuntimeError)      the model was built with other Python/concrete versions
-    ├── FingerprintMismatchError(ValueError)    client.zip is not the file the manifest describes
-    ├── ModelArtifactError(ValueError)          model.tar.gz / model dir unreadable or incomplete
-    ├── InvalidInputError(ValueError)           X has the wrong shape, type or non-finite values
-    ├── UnsupportedOperationError(TypeError)    e.g. predict_proba on a regressor
-    ├── KeyStoreError(OSError)                  the key directory cannot be read or written
-    ├── InferenceFailedError                    the endpoint answered with an error (status/code/message)
-    ├── InferenceTimeoutError(TimeoutError)     no result within the configured bound
-    └── StorageError                            an S3 call failed
-        └── ServiceUnavailableError(ConnectionError)   S3/SageMaker unreachable or throttling: retry later
+    ├── VersionMismatchError(RuntimeError)     built with another Python/concrete version
+    ├── FingerprintMismatchError(ValueError)   client.zip is not the file the manifest describes
+    ├── ModelArtifactError(ValueError)         model.tar.gz / model dir unreadable or incomplete
+    ├── InvalidInputError(ValueError)          X has the wrong shape, type or non-finite values
+    ├── UnsupportedOperationError(TypeError)   e.g. predict_proba on a regressor
+    ├── KeyStoreError(OSError)                 the key directory cannot be read or written
+    ├── InferenceFailedError                   the endpoint reported an error (status/code/message)
+    ├── InferenceTimeoutError(TimeoutError)    no result within the configured bound
+    └── StorageError                           an S3 call failed
+        └── ServiceUnavailableError(ConnectionError)   unreachable or throttled: retry later
 
 Every error has a ``retryable`` attribute: True when the same call may succeed later unchanged.
 """
@@ -63,8 +63,13 @@ class InferenceFailedError(EncryptedInferenceError):
     """
 
     def __init__(
-        self, message: str, *, status: int | None = None, code: str = "Unknown",
-        location: str | None = None, retryable: bool = False,
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        code: str = "Unknown",
+        location: str | None = None,
+        retryable: bool = False,
     ) -> None:
         where = f" ({location})" if location else ""
         super().__init__(f"inference failed [{status or '?'} {code}]{where}: {message}")

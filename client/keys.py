@@ -93,7 +93,9 @@ class KeyStore:
         """The key directory of one model."""
         return self.root / fingerprint
 
-    def load_or_generate(self, fhe_client: Any, fingerprint: str, *, progress: bool = True) -> KeySet:
+    def load_or_generate(
+        self, fhe_client: Any, fingerprint: str, *, progress: bool = True
+    ) -> KeySet:
         """Load this model's keys into ``fhe_client`` (a concrete-ml FHEModelClient) or create them.
 
         Raises:
@@ -105,8 +107,9 @@ class KeyStore:
         try:
             return self._generate(fhe_client, final, progress=progress)
         except OSError as exc:
-            raise KeyStoreError(f"cannot write keys under {self.root}: {exc}; pass a writable"
-                                " key_dir") from exc
+            raise KeyStoreError(
+                f"cannot write keys under {self.root}: {exc}; pass a writable key_dir"
+            ) from exc
 
     def _load(self, fhe_client: Any, directory: Path) -> KeySet:
         try:
@@ -114,11 +117,15 @@ class KeyStore:
             fhe_client.client.keys.load_from_bytes((directory / KEYSET_FILE).read_bytes())
             actual = sha256_hex((directory / EVAL_KEYS_FILE).read_bytes())
         except (OSError, ValueError, RuntimeError) as exc:
-            raise KeyStoreError(f"key set in {directory} is unreadable ({exc}); delete that"
-                                " directory to generate new keys") from exc
+            raise KeyStoreError(
+                f"key set in {directory} is unreadable ({exc}); delete that"
+                " directory to generate new keys"
+            ) from exc
         if actual != meta.get("evaluation_keys_sha256"):
-            raise KeyStoreError(f"{directory / EVAL_KEYS_FILE} does not match {META_FILE};"
-                                " delete that directory to generate new keys")
+            raise KeyStoreError(
+                f"{directory / EVAL_KEYS_FILE} does not match {META_FILE};"
+                " delete that directory to generate new keys"
+            )
         return KeySet(directory, actual, int(meta["evaluation_keys_bytes"]), generated=False)
 
     def _generate(self, fhe_client: Any, final: Path, *, progress: bool) -> KeySet:
@@ -129,8 +136,11 @@ class KeyStore:
             keyset = fhe_client.client.keys.serialize()
             eval_keys = fhe_client.get_serialized_evaluation_keys()
         seconds = time.perf_counter() - start
-        meta = {"evaluation_keys_sha256": sha256_hex(eval_keys),
-                "evaluation_keys_bytes": len(eval_keys), "created": time.time()}
+        meta = {
+            "evaluation_keys_sha256": sha256_hex(eval_keys),
+            "evaluation_keys_bytes": len(eval_keys),
+            "created": time.time(),
+        }
         staging = Path(tempfile.mkdtemp(dir=self.root, prefix=f".{final.name[:16]}."))
         try:
             os.chmod(staging, DIR_MODE)
@@ -145,15 +155,18 @@ class KeyStore:
                 raise
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        return KeySet(final, meta["evaluation_keys_sha256"], len(eval_keys), generated=True,
-                      seconds=seconds)
+        return KeySet(
+            final, meta["evaluation_keys_sha256"], len(eval_keys), generated=True, seconds=seconds
+        )
 
     def record_upload(self, fingerprint: str, uri: str) -> None:
         """Remember that this model's evaluation keys were uploaded to ``uri``."""
         uploads = self.uploads(fingerprint)
         if uri not in uploads:
             path = self.directory(fingerprint) / UPLOADS_FILE
-            atomic_write_bytes(path, json.dumps([*uploads, uri], indent=1).encode(), mode=SECRET_MODE)
+            atomic_write_bytes(
+                path, json.dumps([*uploads, uri], indent=1).encode(), mode=SECRET_MODE
+            )
 
     def uploads(self, fingerprint: str) -> list[str]:
         """S3 URIs this model's evaluation keys were uploaded to."""
@@ -170,8 +183,14 @@ class KeyStore:
         entries = []
         for directory in sorted(p for p in self.root.iterdir() if (p / META_FILE).is_file()):
             files = {p.name: p.stat().st_size for p in directory.iterdir() if p.is_file()}
-            entries.append({"fingerprint": directory.name, "directory": str(directory),
-                            "files": files, "uploads": self.uploads(directory.name)})
+            entries.append(
+                {
+                    "fingerprint": directory.name,
+                    "directory": str(directory),
+                    "files": files,
+                    "uploads": self.uploads(directory.name),
+                }
+            )
         return entries
 
 

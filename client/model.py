@@ -59,8 +59,9 @@ class ClientModel:
         return self.manifest.client_fingerprint
 
 
-def check_versions(recorded: Mapping[str, str], *, source: str,
-                   current: Mapping[str, str] | None = None) -> None:
+def check_versions(
+    recorded: Mapping[str, str], *, source: str, current: Mapping[str, str] | None = None
+) -> None:
     """Compare the versions a model was built with against this environment.
 
     Raises:
@@ -71,17 +72,22 @@ def check_versions(recorded: Mapping[str, str], *, source: str,
     want_py = _major_minor(recorded.get("python"))
     have_py = _major_minor(current.get("python"))
     if want_py is None or want_py != have_py:
-        problems.append(f"Python: model built with {recorded.get('python', 'an unrecorded version')},"
-                        f" this interpreter is {current.get('python')} (major.minor must match)")
+        problems.append(
+            f"Python: model built with {recorded.get('python', 'an unrecorded version')},"
+            f" this interpreter is {current.get('python')} (major.minor must match)"
+        )
     for package in EXACT_PACKAGES:
         if recorded.get(package) != current.get(package):
-            problems.append(f"{package}: model built with {recorded.get(package, 'an unrecorded version')},"
-                            f" installed here {current.get(package, 'none')}")
+            problems.append(
+                f"{package}: model built with {recorded.get(package, 'an unrecorded version')},"
+                f" installed here {current.get(package, 'none')}"
+            )
     if not problems:
         return
     pins = " ".join(f"{p}=={recorded[p]}" for p in EXACT_PACKAGES if p in recorded)
     raise VersionMismatchError(
-        f"model {source} cannot be used from this environment:\n  - " + "\n  - ".join(problems)
+        f"model {source} cannot be used from this environment:\n  - "
+        + "\n  - ".join(problems)
         + f"\nFix: run the client with Python {want_py or '<as the training image>'} and"
         f" `pip install {pins or 'the pinned concrete-python and concrete-ml'}`"
         " (requirements/lock.txt pins them), or retrain with an image built for this environment"
@@ -96,8 +102,9 @@ def _major_minor(version: str | None) -> str | None:
     return ".".join(parts[:2]) if len(parts) >= 2 else None
 
 
-def check_fingerprint(model_dir: Path, manifest: Manifest, *, source: str,
-                      expected: str | None = None) -> None:
+def check_fingerprint(
+    model_dir: Path, manifest: Manifest, *, source: str, expected: str | None = None
+) -> None:
     """Verify sha256(client.zip) against the manifest (and against ``expected`` if given).
 
     Raises:
@@ -106,22 +113,31 @@ def check_fingerprint(model_dir: Path, manifest: Manifest, *, source: str,
     try:
         recorded = manifest.client_fingerprint
     except KeyError as exc:
-        raise ModelArtifactError(f"{source}: manifest.json has no fingerprint for {CLIENT_ZIP};"
-                                 " retrain with this kit's training script") from exc
+        raise ModelArtifactError(
+            f"{source}: manifest.json has no fingerprint for {CLIENT_ZIP};"
+            " retrain with this kit's training script"
+        ) from exc
     actual = file_sha256(model_dir / CLIENT_ZIP)
     if actual != recorded:
         raise FingerprintMismatchError(
             f"{source}: sha256({CLIENT_ZIP}) is {actual} but manifest.json records {recorded};"
-            " the archive is corrupt or was modified: download the model again or retrain")
+            " the archive is corrupt or was modified: download the model again or retrain"
+        )
     if expected is not None and expected != recorded:
         raise FingerprintMismatchError(
             f"{source}: model fingerprint is {recorded} but {expected} was expected;"
-            " point at the model the endpoint serves (its model.tar.gz)")
+            " point at the model the endpoint serves (its model.tar.gz)"
+        )
 
 
-def load_client_model(source: str | os.PathLike[str], *, storage: S3Storage | None,
-                      cache_dir: Path, expected_fingerprint: str | None = None,
-                      current_versions: Mapping[str, str] | None = None) -> ClientModel:
+def load_client_model(
+    source: str | os.PathLike[str],
+    *,
+    storage: S3Storage | None,
+    cache_dir: Path,
+    expected_fingerprint: str | None = None,
+    current_versions: Mapping[str, str] | None = None,
+) -> ClientModel:
     """Get client.zip + manifest.json from ``source`` and check them.
 
     Args:
@@ -142,14 +158,19 @@ def load_client_model(source: str | os.PathLike[str], *, storage: S3Storage | No
     elif Path(text).is_dir():
         model_dir = Path(text)
     elif Path(text).is_file():
-        model_dir = _extract_cached(Path(text), cache_key=f"file-{file_sha256(text)}",
-                                    cache_dir=cache_dir, source=text)
+        model_dir = _extract_cached(
+            Path(text), cache_key=f"file-{file_sha256(text)}", cache_dir=cache_dir, source=text
+        )
     else:
-        raise ModelArtifactError(f"model {text!r} not found: give s3://…/model.tar.gz,"
-                                 " a local model.tar.gz or a directory holding client.zip")
+        raise ModelArtifactError(
+            f"model {text!r} not found: give s3://…/model.tar.gz,"
+            " a local model.tar.gz or a directory holding client.zip"
+        )
     if not (model_dir / CLIENT_ZIP).is_file():
-        raise ModelArtifactError(f"{text}: {CLIENT_ZIP} is missing; the model directory must hold"
-                                 f" {CLIENT_ZIP} and {MANIFEST_NAME} (written by training)")
+        raise ModelArtifactError(
+            f"{text}: {CLIENT_ZIP} is missing; the model directory must hold"
+            f" {CLIENT_ZIP} and {MANIFEST_NAME} (written by training)"
+        )
     try:
         manifest = read_manifest(model_dir)
     except ArtifactError as exc:
@@ -230,15 +251,19 @@ def read_members(archive: Path, wanted: Mapping[str, int], *, source: str) -> di
                 if name in found:
                     raise ModelArtifactError(f"{source}: archive holds {name} twice")
                 if member.size > wanted[name]:
-                    raise ModelArtifactError(f"{source}: {name} is {member.size} bytes,"
-                                             f" over the {wanted[name]} byte limit")
+                    raise ModelArtifactError(
+                        f"{source}: {name} is {member.size} bytes,"
+                        f" over the {wanted[name]} byte limit"
+                    )
                 found[name] = _read_member(tar.extractfile(member), name, source)
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise ModelArtifactError(f"{source}: not a readable tar.gz archive ({exc})") from exc
     missing = [name for name in wanted if name not in found]
     if missing:
-        raise ModelArtifactError(f"{source}: archive lacks {', '.join(missing)} at its top level;"
-                                 " is this the archive written by the training job?")
+        raise ModelArtifactError(
+            f"{source}: archive lacks {', '.join(missing)} at its top level;"
+            " is this the archive written by the training job?"
+        )
     return found
 
 
@@ -260,16 +285,24 @@ def load_fhe_client(model: ClientModel) -> Any:
     try:
         return FHEModelClient(str(model.model_dir))
     except (ValueError, RuntimeError, OSError, KeyError) as exc:
-        raise ModelArtifactError(f"{model.source}: concrete-ml cannot load {CLIENT_ZIP}: {exc}") from exc
+        raise ModelArtifactError(
+            f"{model.source}: concrete-ml cannot load {CLIENT_ZIP}: {exc}"
+        ) from exc
 
 
 def describe(model: ClientModel) -> dict[str, Any]:
     """A JSON-ready summary of a model (for ``python -m client info``)."""
     m = model.manifest
     return {
-        "source": model.source, "model_dir": str(model.model_dir), "model_class": m.model_class,
-        "task": m.task, "n_features": m.n_features, "classes": list(m.classes),
-        "feature_names": list(m.feature_names), "hyperparameters": m.hyperparameters,
-        "versions": m.versions, "fingerprints": m.fingerprints,
+        "source": model.source,
+        "model_dir": str(model.model_dir),
+        "model_class": m.model_class,
+        "task": m.task,
+        "n_features": m.n_features,
+        "classes": list(m.classes),
+        "feature_names": list(m.feature_names),
+        "hyperparameters": m.hyperparameters,
+        "versions": m.versions,
+        "fingerprints": m.fingerprints,
         "this_python": f"{sys.version_info.major}.{sys.version_info.minor}",
     }

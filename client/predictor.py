@@ -46,8 +46,9 @@ from inference.contract import (
 )
 
 STAGES = ("keygen", "encrypt", "upload", "invoke", "wait", "download", "decrypt", "cleanup")
-_BOTO_CONFIG = Config(retries={"mode": "standard", "max_attempts": 5}, connect_timeout=10,
-                      read_timeout=60)
+_BOTO_CONFIG = Config(
+    retries={"mode": "standard", "max_attempts": 5}, connect_timeout=10, read_timeout=60
+)
 
 
 @dataclass
@@ -132,23 +133,28 @@ def validate_features(x: Any, n_features: int) -> np.ndarray:
     try:
         arr = np.asarray(x, dtype=np.float64)
     except (TypeError, ValueError) as exc:
-        raise InvalidInputError(f"X must be numeric (a numpy array, list or DataFrame of numbers):"
-                                f" {exc}") from exc
+        raise InvalidInputError(
+            f"X must be numeric (a numpy array, list or DataFrame of numbers): {exc}"
+        ) from exc
     if arr.ndim == 1:
         arr = arr.reshape(1, -1)
     if arr.ndim != 2:
-        raise InvalidInputError(f"X must be 2-D (rows x {n_features} features) or one 1-D row;"
-                                f" got shape {arr.shape}")
+        raise InvalidInputError(
+            f"X must be 2-D (rows x {n_features} features) or one 1-D row; got shape {arr.shape}"
+        )
     if arr.shape[0] == 0:
         raise InvalidInputError("X has no rows")
     if arr.shape[1] != n_features:
-        raise InvalidInputError(f"X has {arr.shape[1]} features per row but the model expects"
-                                f" {n_features}")
+        raise InvalidInputError(
+            f"X has {arr.shape[1]} features per row but the model expects {n_features}"
+        )
     bad_rows = np.unique(np.nonzero(~np.isfinite(arr))[0])
     if bad_rows.size:
         shown = ", ".join(map(str, bad_rows[:10].tolist())) + (" …" if bad_rows.size > 10 else "")
-        raise InvalidInputError(f"X has NaN or infinite values in {bad_rows.size} row(s) ({shown});"
-                                " impute or drop them before encrypting")
+        raise InvalidInputError(
+            f"X has NaN or infinite values in {bad_rows.size} row(s) ({shown});"
+            " impute or drop them before encrypting"
+        )
     return arr
 
 
@@ -176,13 +182,22 @@ class EncryptedPredictor:
     """
 
     def __init__(
-        self, endpoint_name: str, model: str | os.PathLike[str], s3_prefix: str, *,
+        self,
+        endpoint_name: str,
+        model: str | os.PathLike[str],
+        s3_prefix: str,
+        *,
         key_dir: str | os.PathLike[str] | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
         session: boto3.session.Session | None = None,
-        s3_endpoint_url: str | None = None, runtime_endpoint_url: str | None = None,
-        region_name: str | None = None, batch_size: int = 16, timeout: float = 600.0,
-        backoff: Backoff | None = None, keep_objects: bool = False, progress: bool = True,
+        s3_endpoint_url: str | None = None,
+        runtime_endpoint_url: str | None = None,
+        region_name: str | None = None,
+        batch_size: int = 16,
+        timeout: float = 600.0,
+        backoff: Backoff | None = None,
+        keep_objects: bool = False,
+        progress: bool = True,
         expected_fingerprint: str | None = None,
     ) -> None:
         if batch_size < 1:
@@ -205,26 +220,36 @@ class EncryptedPredictor:
         self._uploaded_keys: S3Uri | None = None
         session = session or boto3.session.Session(region_name=region_name)
         try:
-            self._s3 = session.client("s3", endpoint_url=s3_endpoint_url, region_name=region_name,
-                                      config=_BOTO_CONFIG)
-            self._runtime = session.client("sagemaker-runtime", endpoint_url=runtime_endpoint_url,
-                                           region_name=region_name, config=_BOTO_CONFIG)
+            self._s3 = session.client(
+                "s3", endpoint_url=s3_endpoint_url, region_name=region_name, config=_BOTO_CONFIG
+            )
+            self._runtime = session.client(
+                "sagemaker-runtime",
+                endpoint_url=runtime_endpoint_url,
+                region_name=region_name,
+                config=_BOTO_CONFIG,
+            )
         except NoRegionError as exc:
-            raise StorageError("no AWS region configured: pass region_name=… or set"
-                               " AWS_DEFAULT_REGION") from exc
+            raise StorageError(
+                "no AWS region configured: pass region_name=… or set AWS_DEFAULT_REGION"
+            ) from exc
         self.storage = S3Storage(self._s3)
         self.model: ClientModel = load_client_model(
-            model, storage=self.storage,
+            model,
+            storage=self.storage,
             cache_dir=Path(cache_dir) if cache_dir is not None else default_cache_dir(),
-            expected_fingerprint=expected_fingerprint)
+            expected_fingerprint=expected_fingerprint,
+        )
 
     def __repr__(self) -> str:
         m = self.model.manifest
-        return (f"EncryptedPredictor(endpoint_name={self.endpoint_name!r}, model={self.model.source!r},"
-                f" model_class={m.model_class!r}, task={m.task!r}, n_features={m.n_features},"
-                f" s3_prefix='{self.s3_prefix}', key_dir='{self.key_store.root}',"
-                f" batch_size={self.batch_size}, timeout={self.timeout}"
-                f"{', closed' if self._closed else ''})")
+        return (
+            f"EncryptedPredictor(endpoint_name={self.endpoint_name!r}, model={self.model.source!r},"
+            f" model_class={m.model_class!r}, task={m.task!r}, n_features={m.n_features},"
+            f" s3_prefix='{self.s3_prefix}', key_dir='{self.key_store.root}',"
+            f" batch_size={self.batch_size}, timeout={self.timeout}"
+            f"{', closed' if self._closed else ''})"
+        )
 
     # -- lifecycle -------------------------------------------------------------------------
     def close(self) -> None:
@@ -237,8 +262,12 @@ class EncryptedPredictor:
     def __enter__(self) -> EncryptedPredictor:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.close()
 
     # -- keys ------------------------------------------------------------------------------
@@ -250,8 +279,9 @@ class EncryptedPredictor:
     def ensure_keys(self) -> KeySet:
         """Load this model's keys from the key directory, generating them the first time."""
         if self._keys is None:
-            self._keys = self.key_store.load_or_generate(self._fhe_client(), self.fingerprint,
-                                                         progress=self.progress)
+            self._keys = self.key_store.load_or_generate(
+                self._fhe_client(), self.fingerprint, progress=self.progress
+            )
             if self._keys.generated:
                 self.timings.keygens += 1
                 self.timings.keygen += self._keys.seconds
@@ -297,8 +327,9 @@ class EncryptedPredictor:
             UnsupportedOperationError: the model is a regressor.
         """
         if self.model.manifest.task != "classification":
-            raise UnsupportedOperationError(f"{self.model.manifest.model_class} is a regressor:"
-                                            " use predict()")
+            raise UnsupportedOperationError(
+                f"{self.model.manifest.model_class} is a regressor: use predict()"
+            )
         return self._run(x)
 
     def _run(self, x: Any) -> np.ndarray:
@@ -311,19 +342,26 @@ class EncryptedPredictor:
         keys = self.ensure_keys()
         keys_uri = self.upload_evaluation_keys()
         starts = range(0, len(scaled), self.batch_size)
-        pending = [self._submit(scaled[i : i + self.batch_size], keys, keys_uri)
-                   for i in tqdm(starts, desc="encrypt + send", unit="batch",
-                                 disable=not self.progress, leave=False)]
+        pending = [
+            self._submit(scaled[i : i + self.batch_size], keys, keys_uri)
+            for i in tqdm(
+                starts, desc="encrypt + send", unit="batch", disable=not self.progress, leave=False
+            )
+        ]
         results, last = [], time.monotonic()
-        for request in tqdm(pending, desc="wait + decrypt", unit="batch",
-                            disable=not self.progress, leave=False):
-            results.append(self._collect(request, deadline=max(request.sent_at, last) + self.timeout))
+        for request in tqdm(
+            pending, desc="wait + decrypt", unit="batch", disable=not self.progress, leave=False
+        ):
+            results.append(
+                self._collect(request, deadline=max(request.sent_at, last) + self.timeout)
+            )
             last = time.monotonic()
         self.timings.rows += len(scaled)
         self.timings.bytes_uploaded += self.storage.bytes_uploaded - up0
         self.timings.bytes_downloaded += self.storage.bytes_downloaded - down0
-        self.last_timings = Timings(**{k: v - getattr(before, k)
-                                       for k, v in self.timings.as_dict().items()})
+        self.last_timings = Timings(
+            **{k: v - getattr(before, k) for k, v in self.timings.as_dict().items()}
+        )
         return np.concatenate(results, axis=0)
 
     def _submit(self, rows: np.ndarray, keys: KeySet, keys_uri: S3Uri) -> _Pending:
@@ -336,9 +374,12 @@ class EncryptedPredictor:
         query = _join(self.s3_prefix, "queries", f"{inference_id}.fheb")
         request = _join(self.s3_prefix, "requests", f"{inference_id}.json")
         body = build_request(
-            evaluation_keys_uri=str(keys_uri), encrypted_batch_uri=str(query),
-            model_fingerprint=self.fingerprint, evaluation_keys_sha256=keys.evaluation_keys_sha256,
-            encrypted_query_sha256=sha256_hex(batch))
+            evaluation_keys_uri=str(keys_uri),
+            encrypted_batch_uri=str(query),
+            model_fingerprint=self.fingerprint,
+            evaluation_keys_sha256=keys.evaluation_keys_sha256,
+            encrypted_query_sha256=sha256_hex(batch),
+        )
         start = time.perf_counter()
         self.storage.put(query, batch, content_type=CONTENT_TYPE_BATCH)
         self.storage.put(request, body, content_type=CONTENT_TYPE_JSON)
@@ -349,29 +390,45 @@ class EncryptedPredictor:
         self.timings.requests += 1
         output = parse_s3_uri(response["OutputLocation"], field="OutputLocation")
         failure = response.get("FailureLocation")
-        return _Pending(inference_id, len(rows), [query, request], output,
-                        parse_s3_uri(failure, field="FailureLocation") if failure else None)
+        return _Pending(
+            inference_id,
+            len(rows),
+            [query, request],
+            output,
+            parse_s3_uri(failure, field="FailureLocation") if failure else None,
+        )
 
     def _invoke(self, request: S3Uri, inference_id: str) -> dict[str, Any]:
         try:
             return self._runtime.invoke_endpoint_async(
-                EndpointName=self.endpoint_name, InputLocation=str(request),
-                ContentType=CONTENT_TYPE_JSON, InferenceId=inference_id)
+                EndpointName=self.endpoint_name,
+                InputLocation=str(request),
+                ContentType=CONTENT_TYPE_JSON,
+                InferenceId=inference_id,
+            )
         except ClientError as exc:
             err = exc.response.get("Error", {})
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
             if status is not None and (status >= 500 or status == 429):
                 raise translate(exc, action=f"invoking endpoint {self.endpoint_name}") from exc
             raise InferenceFailedError(
-                str(err.get("Message", exc)), status=status, code=str(err.get("Code", "Unknown")),
-                location=f"endpoint {self.endpoint_name}") from exc
+                str(err.get("Message", exc)),
+                status=status,
+                code=str(err.get("Code", "Unknown")),
+                location=f"endpoint {self.endpoint_name}",
+            ) from exc
         except BotoCoreError as exc:
             raise translate(exc, action=f"invoking endpoint {self.endpoint_name}") from exc
 
     def _collect(self, request: _Pending, *, deadline: float) -> np.ndarray:
         start = time.perf_counter()
-        result = wait_for_result(self.storage, output=request.output, failure=request.failure,
-                                 deadline=deadline, backoff=self.backoff)
+        result = wait_for_result(
+            self.storage,
+            output=request.output,
+            failure=request.failure,
+            deadline=deadline,
+            backoff=self.backoff,
+        )
         self.timings.wait += time.perf_counter() - start - result.download_seconds
         self.timings.download += result.download_seconds
         body = result.body
@@ -379,18 +436,25 @@ class EncryptedPredictor:
         try:
             items = unpack_batch(body)
         except ContractError as exc:
-            raise InferenceFailedError(f"malformed batch result: {exc}", code="BadResponse",
-                                       location=str(request.output)) from exc
+            raise InferenceFailedError(
+                f"malformed batch result: {exc}", code="BadResponse", location=str(request.output)
+            ) from exc
         if len(items) != request.n_rows:
-            raise InferenceFailedError(f"{len(items)} results for {request.n_rows} rows",
-                                       code="BadResponse", location=str(request.output))
+            raise InferenceFailedError(
+                f"{len(items)} results for {request.n_rows} rows",
+                code="BadResponse",
+                location=str(request.output),
+            )
         try:
-            values = np.concatenate([self._fhe_client().deserialize_decrypt_dequantize(item)
-                                     for item in items], axis=0)
+            values = np.concatenate(
+                [self._fhe_client().deserialize_decrypt_dequantize(item) for item in items], axis=0
+            )
         except (RuntimeError, ValueError) as exc:
-            raise InferenceFailedError(f"cannot decrypt the result ({exc}); is the endpoint"
-                                       " serving this model?", code="DecryptionFailed",
-                                       location=str(request.output)) from exc
+            raise InferenceFailedError(
+                f"cannot decrypt the result ({exc}); is the endpoint serving this model?",
+                code="DecryptionFailed",
+                location=str(request.output),
+            ) from exc
         self.timings.decrypt += time.perf_counter() - start
         if not self.keep_objects:
             start = time.perf_counter()
@@ -402,4 +466,3 @@ class EncryptedPredictor:
         """Delete this key set's evaluation keys from S3 (the local key directory stays)."""
         self.storage.delete([self.evaluation_keys_uri()])
         self._uploaded_keys = None
-

@@ -35,6 +35,7 @@ class ClientSettings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> ClientSettings:
         """Read the settings from an environment mapping (usually ``os.environ``)."""
+
         def path(name: str) -> Path | None:
             return Path(environ[name]).expanduser() if environ.get(name) else None
 

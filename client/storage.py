@@ -11,17 +11,31 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from botocore.exceptions import BotoCoreError, ClientError, ConnectionError as BotoConnectionError
-from botocore.exceptions import ConnectTimeoutError, ReadTimeoutError
+from botocore.exceptions import BotoCoreError, ClientError, ConnectTimeoutError, ReadTimeoutError
+from botocore.exceptions import ConnectionError as BotoConnectionError
 
-from client.errors import InferenceFailedError, InferenceTimeoutError, ServiceUnavailableError
-from client.errors import StorageError
+from client.errors import (
+    InferenceFailedError,
+    InferenceTimeoutError,
+    ServiceUnavailableError,
+    StorageError,
+)
 from inference.contract import S3Uri, parse_error_body
 
 SSE = "AES256"
 _NOT_FOUND = frozenset({"NoSuchKey", "404", "NotFound"})
-_RETRYABLE = frozenset({"SlowDown", "ServiceUnavailable", "Throttling", "ThrottlingException",
-                        "RequestTimeout", "InternalError", "503", "500"})
+_RETRYABLE = frozenset(
+    {
+        "SlowDown",
+        "ServiceUnavailable",
+        "Throttling",
+        "ThrottlingException",
+        "RequestTimeout",
+        "InternalError",
+        "503",
+        "500",
+    }
+)
 _HINTS = {
     "AccessDenied": "check that your credentials may read/write this bucket and prefix",
     "403": "check that your credentials may read/write this bucket and prefix",
@@ -33,8 +47,10 @@ T = TypeVar("T")
 def translate(exc: Exception, *, action: str) -> StorageError:
     """Turn a botocore exception into a :class:`StorageError` (or its retryable subclass)."""
     if isinstance(exc, BotoConnectionError | ConnectTimeoutError | ReadTimeoutError):
-        return ServiceUnavailableError(f"{action}: service unreachable ({exc}); retry later or"
-                                       " check the endpoint URL / network")
+        return ServiceUnavailableError(
+            f"{action}: service unreachable ({exc}); retry later or"
+            " check the endpoint URL / network"
+        )
     if isinstance(exc, ClientError):
         code = str(exc.response.get("Error", {}).get("Code", "Unknown"))
         message = exc.response.get("Error", {}).get("Message", str(exc))
@@ -70,11 +86,20 @@ class S3Storage:
     bytes_uploaded: int = 0
     bytes_downloaded: int = 0
 
-    def put(self, uri: S3Uri, data: bytes, *, content_type: str = "application/octet-stream") -> None:
+    def put(
+        self, uri: S3Uri, data: bytes, *, content_type: str = "application/octet-stream"
+    ) -> None:
         """Upload ``data`` with server-side encryption (SSE-S3)."""
-        _call(f"uploading {uri}", lambda: self.client.put_object(
-            Bucket=uri.bucket, Key=uri.key, Body=data, ContentType=content_type,
-            ServerSideEncryption=SSE))
+        _call(
+            f"uploading {uri}",
+            lambda: self.client.put_object(
+                Bucket=uri.bucket,
+                Key=uri.key,
+                Body=data,
+                ContentType=content_type,
+                ServerSideEncryption=SSE,
+            ),
+        )
         self.bytes_uploaded += len(data)
 
     def exists(self, uri: S3Uri) -> bool:
@@ -91,7 +116,9 @@ class S3Storage:
 
     def etag(self, uri: S3Uri) -> str:
         """Return the object's ETag (raises :class:`StorageError` when it does not exist)."""
-        head = _call(f"reading {uri}", lambda: self.client.head_object(Bucket=uri.bucket, Key=uri.key))
+        head = _call(
+            f"reading {uri}", lambda: self.client.head_object(Bucket=uri.bucket, Key=uri.key)
+        )
         return str(head["ETag"]).strip('"')
 
     def get(self, uri: S3Uri) -> bytes:
@@ -117,18 +144,23 @@ class S3Storage:
 
     def download_file(self, uri: S3Uri, path: Path) -> None:
         """Stream an object to a local file."""
-        _call(f"downloading {uri}", lambda: self.client.download_file(uri.bucket, uri.key, str(path)))
+        _call(
+            f"downloading {uri}", lambda: self.client.download_file(uri.bucket, uri.key, str(path))
+        )
         self.bytes_downloaded += path.stat().st_size
 
     def delete(self, uris: Iterable[S3Uri]) -> None:
         """Delete objects (missing ones are ignored, as S3 does)."""
         for uri in uris:
-            _call(f"deleting {uri}", lambda u=uri: self.client.delete_object(Bucket=u.bucket, Key=u.key))
+            _call(
+                f"deleting {uri}",
+                lambda u=uri: self.client.delete_object(Bucket=u.bucket, Key=u.key),
+            )
 
 
 @dataclass(frozen=True)
 class Backoff:
-    """Poll intervals: ``initial`` seconds, multiplied by ``factor`` each time, capped at ``cap``."""
+    """Poll intervals: ``initial`` seconds, times ``factor`` after each poll, capped at ``cap``."""
 
     initial: float = 0.01
     factor: float = 2.0
@@ -157,9 +189,16 @@ class PolledObject:
     polls: int
 
 
-def wait_for_result(storage: S3Storage, *, output: S3Uri, failure: S3Uri | None, deadline: float,
-                    backoff: Backoff, clock: Callable[[], float] = time.monotonic,
-                    sleep: Callable[[float], None] = time.sleep) -> PolledObject:
+def wait_for_result(
+    storage: S3Storage,
+    *,
+    output: S3Uri,
+    failure: S3Uri | None,
+    deadline: float,
+    backoff: Backoff,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> PolledObject:
     """Poll ``output`` and ``failure`` with get_object until one exists; return the output.
 
     Args:
@@ -179,13 +218,19 @@ def wait_for_result(storage: S3Storage, *, output: S3Uri, failure: S3Uri | None,
         error = None if failure is None else storage.get_if_exists(failure)
         if error is not None:
             status, code, message = parse_error_body(error)
-            raise InferenceFailedError(message, status=status, code=code, location=str(failure),
-                                       retryable=status is not None and status >= 500)
+            raise InferenceFailedError(
+                message,
+                status=status,
+                code=code,
+                location=str(failure),
+                retryable=status is not None and status >= 500,
+            )
         remaining = deadline - clock()
         if remaining <= 0:
             raise InferenceTimeoutError(
                 f"no result at {output} (nor failure at {failure}) before the timeout; the"
                 " endpoint may be overloaded, scaled to zero or stopped: raise `timeout` or check"
-                " the endpoint's logs")
+                " the endpoint's logs"
+            )
         sleep(min(delay, remaining))
     raise AssertionError("unreachable")  # pragma: no cover

@@ -3,15 +3,15 @@
 Tree (all carry ``status`` and ``code``; the Flask handler in :mod:`inference.predictor`
 turns them into :func:`inference.contract.error_body`)::
 
-    ServingError(Exception)            500 InternalError (base)
-    ├── BadRequest                     400 BadRequest: malformed JSON, wrong types, missing fields
-    ├── AccessDenied                   403 AccessDenied: URI outside the allow-list, S3 AccessDenied
-    ├── ObjectNotFound                 404 NotFound: S3 object or bucket missing
-    ├── PayloadTooLarge                413 PayloadTooLarge: body, object or batch over the limit
-    ├── IntegrityError                 422 ChecksumMismatch: bytes do not match the sha256 given
-    ├── ModelMismatch                  422 ModelMismatch: fingerprint/keys/ciphertext of another model
-    ├── NotReady                       503 NotReady: the model is not loaded (yet)
-    └── StorageUnavailable             503 StorageUnavailable: S3 unreachable or timed out
+    ServingError(Exception)   500 InternalError (base)
+    ├── BadRequest            400 BadRequest: malformed JSON, wrong types, missing fields
+    ├── AccessDenied          403 AccessDenied: URI outside the allow-list, S3 AccessDenied
+    ├── ObjectNotFound        404 NotFound: S3 object or bucket missing
+    ├── PayloadTooLarge       413 PayloadTooLarge: body, object or batch over the limit
+    ├── IntegrityError        422 ChecksumMismatch: bytes do not match the sha256 given
+    ├── ModelMismatch         422 ModelMismatch: keys/ciphertext/fingerprint of another model
+    ├── NotReady              503 NotReady: the model is not loaded (yet)
+    └── StorageUnavailable    503 StorageUnavailable: S3 unreachable or timed out
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Evaluation keys cached by their sha256: on disk (shared by workers) and deserialised in memory."""
+"""Evaluation keys cached by sha256: on disk (shared by workers) and deserialised in memory."""
 
 from __future__ import annotations
 

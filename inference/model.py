@@ -17,9 +17,9 @@ from inference.keyset import (
 )
 from training.artifact import (
     CLIENT_ZIP,
-    ArtifactError,
     MANIFEST_NAME,
     SERVER_ZIP,
+    ArtifactError,
     file_sha256,
     read_manifest,
 )
@@ -87,8 +87,9 @@ class FheModel:
                 " to compare it with: redeploy the full model directory"
             )
         raise ModelMismatch(
-            f"model_fingerprint {fingerprint} does not match the deployed model ({self.fingerprint}):"
-            " download this endpoint's client.zip and generate keys and ciphertexts with it"
+            f"model_fingerprint {fingerprint} does not match the deployed model"
+            f" ({self.fingerprint}): download this endpoint's client.zip and generate keys and"
+            " ciphertexts with it"
         )
 
     def deserialize_keys(self, data: bytes) -> Any:

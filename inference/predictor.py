@@ -44,7 +44,7 @@ class ModelSlot:
         """Load the model from ``settings.model_dir``; remember a failure instead of raising."""
         try:
             self._model = FheModel.load(settings.model_dir)
-        except Exception as exc:  # noqa: BLE001 - reported by /ping and every invocation
+        except Exception as exc:
             logger.exception("model load failed")
             self._error = exc
         finally:

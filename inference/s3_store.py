@@ -68,7 +68,8 @@ class S3Store:
             f"prefixes ({allowed}) or add the location to {ENV_ALLOWED_PREFIXES}"
         )
 
-    def read(self, uri: S3Uri, *, expected_sha256: str | None = None, what: str = "object") -> bytes:
+    def read(self, uri: S3Uri, *, expected_sha256: str | None = None,
+             what: str = "object") -> bytes:
         """Read one allowed object, verifying its sha256 when given.
 
         Raises:

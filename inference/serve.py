@@ -132,7 +132,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     env = {**os.environ, **settings.to_env()}
     with tempfile.TemporaryDirectory(prefix="fhe-serve-") as runtime:
         runtime_dir = Path(runtime)
-        runtime_dir.chmod(0o711)  # nginx workers (another user when started as root) reach the socket
+        # nginx workers (another user when serve runs as root) must reach the socket inside.
+        runtime_dir.chmod(0o711)
         try:
             if nginx is None:
                 logger.warning("nginx %s: gunicorn binds %s:%d directly",
@@ -147,8 +148,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                   socket_path=socket_path))
                 supervisor.start("gunicorn", gunicorn_command(
                     settings, bind=f"unix:{socket_path}"), env)
-                supervisor.start("nginx", [nginx, "-c", str(conf), "-p", str(runtime_dir),
-                                           "-e", "stderr"], env)
+                nginx_argv = [nginx, "-c", str(conf), "-p", str(runtime_dir), "-e", "stderr"]
+                supervisor.start("nginx", nginx_argv, env)
             logger.info("serving %s on %s:%d (workers=%d, timeout=%d s)", settings.model_dir,
                         settings.host, settings.port, settings.workers, settings.timeout)
             return supervisor.wait()

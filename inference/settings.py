@@ -26,7 +26,7 @@ ENV_S3_CONNECT_TIMEOUT = "FHE_S3_CONNECT_TIMEOUT"
 ENV_S3_READ_TIMEOUT = "FHE_S3_READ_TIMEOUT"
 
 DEFAULT_PORT = 8080
-DEFAULT_HOST = "0.0.0.0"  # noqa: S104 - the container port SageMaker connects to
+DEFAULT_HOST = "0.0.0.0"
 DEFAULT_WORKERS = 1  # one FHE run already uses every core
 DEFAULT_TIMEOUT = 600
 DEFAULT_MODEL_DIR = "/opt/ml/model"
@@ -37,6 +37,9 @@ DEFAULT_MAX_OBJECT_BYTES = 1 << 30
 DEFAULT_MAX_BATCH_SIZE = 256
 DEFAULT_S3_CONNECT_TIMEOUT = 5.0
 DEFAULT_S3_READ_TIMEOUT = 60.0
+
+
+_KIND_NAMES = {int: "a whole number", float: "a number"}
 
 
 class SettingsError(ValueError):
@@ -59,19 +62,20 @@ class AllowedPrefix:
 
 
 def parse_allowed_prefix(text: str) -> AllowedPrefix:
-    """Parse ``s3://bucket`` or ``s3://bucket/prefix``.
+    """Parse ``s3://bucket``, ``s3://bucket/`` or ``s3://bucket/prefix``.
 
     Raises:
         SettingsError: not of that form.
     """
     text = text.strip()
+    bucket, _, prefix = text.removeprefix("s3://").partition("/")
     try:
-        uri = parse_s3_uri(text if text.count("/") > 2 else text.rstrip("/") + "/x",
-                           field=ENV_ALLOWED_PREFIXES)
+        if not text.startswith("s3://"):
+            raise ContractError(f"must look like 's3://bucket/prefix', got {text[:200]!r}")
+        parse_s3_uri(f"s3://{bucket}/{prefix or 'x'}", field=ENV_ALLOWED_PREFIXES)
     except ContractError as exc:
         raise SettingsError(f"{ENV_ALLOWED_PREFIXES}: {exc}") from exc
-    prefix = "" if text.count("/") <= 2 else uri.key
-    return AllowedPrefix(uri.bucket, prefix)
+    return AllowedPrefix(bucket, prefix)
 
 
 @dataclass(frozen=True)
@@ -127,7 +131,7 @@ class Settings:
             try:
                 value = kind(raw)
             except ValueError:
-                problems.append(f"{name}={raw!r} is not a {kind.__name__}")
+                problems.append(f"{name}={raw!r} is not {_KIND_NAMES[kind]}")
                 return default
             if value < minimum:
                 problems.append(f"{name}={raw!r} must be >= {minimum}")
@@ -149,12 +153,14 @@ class Settings:
             model_dir=Path(model_dir),
             allowed_prefixes=tuple(prefixes),
             key_cache_dir=Path(env.get(ENV_KEY_CACHE_DIR) or DEFAULT_KEY_CACHE_DIR),
-            key_cache_max_bytes=int(number(ENV_KEY_CACHE_MAX_BYTES, DEFAULT_KEY_CACHE_MAX_BYTES, int, 0)),
+            key_cache_max_bytes=int(
+                number(ENV_KEY_CACHE_MAX_BYTES, DEFAULT_KEY_CACHE_MAX_BYTES, int, 0)),
             max_request_bytes=int(number(ENV_MAX_REQUEST_BYTES, DEFAULT_MAX_REQUEST_BYTES, int, 1)),
             max_object_bytes=int(number(ENV_MAX_OBJECT_BYTES, DEFAULT_MAX_OBJECT_BYTES, int, 1)),
             max_batch_size=int(number(ENV_MAX_BATCH_SIZE, DEFAULT_MAX_BATCH_SIZE, int, 1)),
             s3_endpoint_url=env.get(ENV_S3_ENDPOINT) or None,
-            s3_connect_timeout=number(ENV_S3_CONNECT_TIMEOUT, DEFAULT_S3_CONNECT_TIMEOUT, float, 0.1),
+            s3_connect_timeout=number(
+                ENV_S3_CONNECT_TIMEOUT, DEFAULT_S3_CONNECT_TIMEOUT, float, 0.1),
             s3_read_timeout=number(ENV_S3_READ_TIMEOUT, DEFAULT_S3_READ_TIMEOUT, float, 0.1),
         )
         if problems:

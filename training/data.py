@@ -95,9 +95,13 @@ def _load_npy(path: Path) -> np.ndarray:
     try:
         return np.load(path, allow_pickle=False)
     except ValueError as exc:
+        if "allow_pickle" in str(exc):
+            raise DataError(
+                f"{path.name} holds Python objects (pickled), which training refuses to load: "
+                "save a numeric array (np.save(path, array.astype(np.float64)))"
+            ) from exc
         raise DataError(
-            f"{path.name} holds Python objects (pickled), which training refuses to load: "
-            "save a numeric array (np.save(path, array.astype(np.float64)))"
+            f"{path.name} is not a readable .npy file ({exc}): re-save it with np.save"
         ) from exc
     except (OSError, EOFError) as exc:
         raise DataError(
@@ -110,6 +114,11 @@ def _load_npy_pair(channel: Path, npys: list[Path]) -> Dataset:
     labels_path = _pick(npys, LABELS_MARK, channel)
     features = _numeric(_load_npy(features_path), features_path.name)
     labels = _numeric(_load_npy(labels_path), labels_path.name)
+    if features.ndim == 0 or labels.ndim == 0:
+        raise DataError(
+            f"{features_path.name} / {labels_path.name} hold a single value: save one row per "
+            "example (features rows x columns, labels one per row)"
+        )
     if features.ndim == 1:
         features = features.reshape(-1, 1)
     elif features.ndim > 2:

@@ -222,7 +222,11 @@ def run_local_job(
     Raises:
         LaunchError: missing data or a failed training (with the failure file's message).
     """
-    layout = JobLayout(work_dir / job_name).create()
+    layout = JobLayout(work_dir / job_name)
+    if layout.root.exists() and any(layout.root.iterdir()):
+        raise LaunchError(f"job folder {layout.root} already exists: choose another --job-name "
+                          "(job names are unique, as on SageMaker) or remove that folder")
+    layout.create()
     staged = stage_channel(train, layout.channel_dir, s3)
     logger.info("staged %d file(s) from %s into %s", staged, train, layout.channel_dir)
     run_training_script(layout, hyperparameters, environ=environ)

@@ -32,10 +32,15 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-# Runnable both as a module and as a plain script (the toolkit's `python training_script.py`):
-# make the directory holding the `training` package importable in the latter case.
+# Runnable both as a module and as a plain script (the toolkit's `python training_script.py`).
+# Run as training/training_script.py from a checkout, Python puts training/ itself first on
+# sys.path (so data.py, models.py... would shadow top-level modules): import the package from its
+# parent instead. In the image the script sits in /opt/ml/code and the package is on PYTHONPATH.
 if __package__ in (None, ""):
-    sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
+    _HERE = Path(__file__).resolve().parent
+    if (_HERE / "__init__.py").is_file():
+        sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+        sys.path.insert(0, str(_HERE.parent))
 
 from inference.atomic import atomic_write_bytes
 from training.artifact import (
@@ -259,8 +264,9 @@ def encode_labels(labels: np.ndarray, task: str) -> tuple[np.ndarray, list[Any]]
     lonely = classes[counts < 2].tolist()
     if lonely:
         raise DataError(
-            f"classes {lonely[:10]} have a single row: each class needs at least 2 rows (one "
-            "for training, one held out); add rows or drop those classes"
+            f"{len(lonely)} classes (e.g. {lonely[:10]}) have a single row: each class needs "
+            "at least 2 rows (one for training, one held out); add rows or drop those classes, "
+            "or choose a regressor if the target is a continuous quantity"
         )
     return target.astype(np.int64), classes.tolist()
 
@@ -344,10 +350,16 @@ def do_training(
     target, classes = encode_labels(dataset.labels, task)
     x_train, x_test, y_train, y_test = _split(dataset.features, target, resolved, task)
     scaler = Scaler.fit(x_train)
-    x_train, x_test = scaler.transform(x_train), scaler.transform(x_test)
+    with np.errstate(over="ignore", invalid="ignore"):
+        x_train, x_test = scaler.transform(x_train), scaler.transform(x_test)
+    with np.errstate(over="ignore", invalid="ignore"):
+        span = np.asarray(scaler.data_max) - np.asarray(scaler.data_min)
+    if not (np.isfinite(span).all() and np.isfinite(x_train).all() and np.isfinite(x_test).all()):
+        raise DataError("feature values are too large to scale to [-1, 1] (their range overflows "
+                        "float64): rescale those columns (e.g. divide by 1e100) before training")
     model = build_model(resolved)
     with timer.step("fit"):
-        model, float_model = model.fit_benchmark(x_train, y_train)
+        model, float_model = _fit(model, x_train, y_train)
     with timer.step("compile"):
         model.compile(x_train)
     with timer.step("evaluate"):
@@ -366,6 +378,17 @@ def do_training(
     logger.info("metrics: %s", json.dumps({k: metrics[k] for k in ("metric", "float_sklearn",
                                                                      "clear_quantised")}))
     return TrainingResult(manifest, metrics, paths)
+
+
+def _fit(model: Any, x_train: np.ndarray, y_train: np.ndarray) -> tuple[Any, Any]:
+    """Fit the concrete-ml model and its float twin; data the library rejects is a DataError."""
+    try:
+        return model.fit_benchmark(x_train, y_train)
+    except ValueError as exc:
+        raise DataError(
+            f"{type(model).__name__} could not be fitted on this data ({exc}): check the rows "
+            "per class and the hyperparameters, or add training rows"
+        ) from exc
 
 
 def _evaluate(model: Any, float_model: Any, x_test: np.ndarray, y_test: np.ndarray,

@@ -189,7 +189,7 @@ class LocalAsyncRuntime:
                 return
             try:
                 self._process(job)
-            except Exception:  # noqa: BLE001 - a worker must survive any job
+            except Exception:
                 logger.exception("async job %s failed unexpectedly", job.inference_id)
                 self._fail(job, 500, "InternalFailure", "the local runtime failed; see its log")
 
@@ -203,7 +203,7 @@ class LocalAsyncRuntime:
         source = parse_s3_uri(job.input_location)
         try:
             body = self._s3.get_object(Bucket=source.bucket, Key=source.key)["Body"].read()
-        except Exception as exc:  # noqa: BLE001 - reported in the failure object
+        except Exception as exc:
             self._fail(job, 400, "InputUnavailable",
                        f"cannot read InputLocation {job.input_location}: {exc}")
             return
@@ -259,7 +259,7 @@ def _handler_for(runtime: LocalAsyncRuntime) -> type[BaseHTTPRequestHandler]:
         protocol_version = "HTTP/1.1"
         disable_nagle_algorithm = True  # headers and body go out as separate writes
 
-        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             if length:
                 self.rfile.read(length)
@@ -284,7 +284,7 @@ def _handler_for(runtime: LocalAsyncRuntime) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(body)
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        def log_message(self, format: str, *args: Any) -> None:
             logger.debug("runtime http: " + format, *args)
 
     return Handler

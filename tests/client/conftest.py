@@ -31,6 +31,7 @@ def make_model_tar(model_dir: Path, *, extra: dict[str, bytes] | None = None) ->
 @pytest.fixture
 def upload_model(s3_client, bucket: str) -> Callable[[FixtureModel], str]:
     """Upload a fixture model as model.tar.gz; return its s3:// URI."""
+
     def upload(model: FixtureModel, key: str = "job/output/model.tar.gz") -> str:
         s3_client.put_object(Bucket=bucket, Key=key, Body=make_model_tar(model.model_dir))
         return f"s3://{bucket}/{key}"
@@ -45,10 +46,13 @@ def moto_async_results(s3_server: LocalS3Server) -> Callable[[list[dict[str, obj
     moto (the AWS control-plane mock) writes each result to an S3 output or failure object
     before answering, as SageMaker would once the container finished.
     """
+
     def configure(results: list[dict[str, object]]) -> None:
         response = requests.post(
             f"{s3_server.endpoint_url}/moto-api/static/sagemaker/async-endpoint-results",
-            data=json.dumps({"results": results}), timeout=10)
+            data=json.dumps({"results": results}),
+            timeout=10,
+        )
         response.raise_for_status()
 
     return configure

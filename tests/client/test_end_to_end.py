@@ -14,6 +14,7 @@ import numpy as np
 import psutil
 import pytest
 
+from client import EncryptedPredictor
 from client.demo import LocalStack, load_case, local_stack, main
 from client.errors import InferenceFailedError, InferenceTimeoutError
 from inference.contract import parse_s3_uri
@@ -38,8 +39,9 @@ def linear_stack(breast_cancer, tmp_path_factory) -> Iterator[LocalStack]:
 @pytest.fixture(scope="module")
 def tree_stack(breast_cancer, tmp_path_factory) -> Iterator[LocalStack]:
     x_train, _, y_train, _ = breast_cancer
-    with local_stack(x_train, y_train, hyperparameters=TREE,
-                     work_dir=tmp_path_factory.mktemp("tree")) as stack:
+    with local_stack(
+        x_train, y_train, hyperparameters=TREE, work_dir=tmp_path_factory.mktemp("tree")
+    ) as stack:
         yield stack
 
 
@@ -48,13 +50,15 @@ def _keys(stack: LocalStack, prefix: str) -> list[str]:
     return sorted(o["Key"] for o in listing.get("Contents", []))
 
 
-def _assert_matches_reference(stack: LocalStack, x: np.ndarray, proba: np.ndarray,
-                              labels: np.ndarray, scaler) -> None:
+def _assert_matches_reference(
+    stack: LocalStack, x: np.ndarray, proba: np.ndarray, labels: np.ndarray, scaler
+) -> None:
     reference, metrics = stack.reference()
     scaled = scaler.transform(x)
     np.testing.assert_array_equal(labels, reference.predict(scaled, fhe="disable"))
-    np.testing.assert_allclose(proba, reference.predict_proba(scaled, fhe="disable"),
-                               rtol=0, atol=1e-12)
+    np.testing.assert_allclose(
+        proba, reference.predict_proba(scaled, fhe="disable"), rtol=0, atol=1e-12
+    )
     assert metrics["n_train"] > 0
 
 
@@ -90,15 +94,24 @@ def test_keep_objects_leaves_the_request_objects(linear_stack, breast_cancer) ->
     assert len(_keys(linear_stack, "client/queries/")) >= 2
 
 
-def test_server_failure_carries_the_server_message(linear_stack, fixture_models,
-                                                   breast_cancer, tmp_path) -> None:
+def test_server_failure_carries_the_server_message(
+    linear_stack, fixture_models, breast_cancer, tmp_path
+) -> None:
     """A client holding another model's client.zip: the container refuses, the client says why."""
-    other = fixture_models["tree"].model_dir
-    with LocalStack.predictor(linear_stack, progress=False, key_dir=tmp_path) as model:
-        model.model = type(model.model)(str(other), other, fixture_models["tree"].manifest)
-        model._fhe = None
-        with pytest.raises(InferenceFailedError, match=r"\[422 ModelMismatch\]") as info:
-            model.predict(breast_cancer[1][:2])
+    with (
+        EncryptedPredictor(
+            linear_stack.endpoint_name,
+            fixture_models["tree"].model_dir,
+            linear_stack.s3_prefix,
+            session=linear_stack.session(),
+            s3_endpoint_url=linear_stack.s3_endpoint_url,
+            runtime_endpoint_url=linear_stack.runtime_url,
+            key_dir=tmp_path,
+            progress=False,
+        ) as model,
+        pytest.raises(InferenceFailedError, match=r"\[422 ModelMismatch\]") as info,
+    ):
+        model.predict(breast_cancer[1][:2])
     assert info.value.status == 422
     assert "fingerprint" in info.value.message
     assert parse_s3_uri(info.value.location).key.startswith("async-fail/")
@@ -113,7 +126,9 @@ def test_hung_server_ends_in_a_timeout(linear_stack, breast_cancer) -> None:
         for proc in serving:
             os.kill(proc.pid, signal.SIGSTOP)
         try:
-            with pytest.raises(InferenceTimeoutError, match="no result at s3://fhe-demo/async-out/"):
+            with pytest.raises(
+                InferenceTimeoutError, match="no result at s3://fhe-demo/async-out/"
+            ):
                 model.predict(breast_cancer[1][:1])
         finally:
             for proc in serving:
@@ -136,3 +151,45 @@ def test_tree_keys_are_reused_and_predictions_match(tree_stack, breast_cancer) -
         assert second.storage.bytes_downloaded > 0
     np.testing.assert_array_equal(again, labels)
     assert _keys(tree_stack, "client/keys/") == [f"client/keys/{keys.evaluation_keys_sha256}.ekl"]
+
+
+def test_cli_predict_from_csv_through_env_endpoints(
+    linear_stack, breast_cancer, tmp_path, monkeypatch, capsys
+) -> None:
+    from client.cli import main as cli_main
+
+    x = breast_cancer[1][:3]
+    rows = tmp_path / "patients.csv"
+    rows.write_text(
+        ",".join(f"f{i}" for i in range(30))
+        + ",label\n"
+        + "\n".join(",".join(map(str, [*r, 0])) for r in x)
+        + "\n"
+    )
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", linear_stack.s3_endpoint_url)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME", linear_stack.runtime_url)
+    monkeypatch.setenv("FHE_CLIENT_KEY_DIR", str(tmp_path / "keys"))
+    code = cli_main(
+        [
+            "predict",
+            "--endpoint-name",
+            linear_stack.endpoint_name,
+            "--model",
+            linear_stack.model_data,
+            "--s3-prefix",
+            linear_stack.s3_prefix,
+            "--input",
+            str(rows),
+            "--drop-column",
+            "label",
+            "--output",
+            str(tmp_path / "labels.npy"),
+            "--no-progress",
+        ]
+    )
+    assert code == 0, capsys.readouterr().err
+    with linear_stack.predictor(progress=False) as model:
+        expected = model.predict(x)
+    np.testing.assert_array_equal(np.load(tmp_path / "labels.npy"), expected)
+    assert '"rows": 3' in capsys.readouterr().out
+    assert (tmp_path / "keys").is_dir()

@@ -48,8 +48,9 @@ def _copy(fixture_models, tmp_path: Path, kind: str = "linear") -> Path:
     return target
 
 
-def test_version_mismatch_is_raised_before_concrete_reads_client_zip(fixture_models, tmp_path,
-                                                                    monkeypatch) -> None:
+def test_version_mismatch_is_raised_before_concrete_reads_client_zip(
+    fixture_models, tmp_path, monkeypatch
+) -> None:
     model_dir = _copy(fixture_models, tmp_path)
     manifest = Manifest.from_json((model_dir / "manifest.json").read_bytes())
     doc = manifest.to_json().replace(HERE["python"].encode(), b"3.9.1")
@@ -68,22 +69,29 @@ def test_tampered_client_zip_is_a_fingerprint_mismatch(fixture_models, tmp_path)
     model_dir = _copy(fixture_models, tmp_path)
     with open(model_dir / "client.zip", "ab") as handle:
         handle.write(b"tampered")
-    with pytest.raises(FingerprintMismatchError, match=r"sha256\(client\.zip\) is [0-9a-f]{64} but"):
+    with pytest.raises(
+        FingerprintMismatchError, match=r"sha256\(client\.zip\) is [0-9a-f]{64} but"
+    ):
         load_client_model(model_dir, storage=None, cache_dir=tmp_path / "cache")
 
 
 def test_expected_fingerprint_is_enforced(fixture_models, tmp_path) -> None:
     linear = fixture_models["linear"]
-    model = load_client_model(linear.model_dir, storage=None, cache_dir=tmp_path,
-                              expected_fingerprint=linear.manifest.client_fingerprint)
+    model = load_client_model(
+        linear.model_dir,
+        storage=None,
+        cache_dir=tmp_path,
+        expected_fingerprint=linear.manifest.client_fingerprint,
+    )
     assert model.fingerprint == linear.manifest.client_fingerprint
-    with pytest.raises(FingerprintMismatchError, match="but 0{64} was expected"):
-        load_client_model(linear.model_dir, storage=None, cache_dir=tmp_path,
-                          expected_fingerprint="0" * 64)
+    with pytest.raises(FingerprintMismatchError, match=r"but 0{64} was expected"):
+        load_client_model(
+            linear.model_dir, storage=None, cache_dir=tmp_path, expected_fingerprint="0" * 64
+        )
 
 
 def test_missing_model_names_the_accepted_forms(tmp_path: Path) -> None:
-    with pytest.raises(ModelArtifactError, match="give s3://…/model.tar.gz"):
+    with pytest.raises(ModelArtifactError, match=r"give s3://…/model\.tar\.gz"):
         load_client_model(tmp_path / "nope", storage=None, cache_dir=tmp_path)
 
 
@@ -105,17 +113,26 @@ def test_archive_member_paths_are_never_used(tmp_path: Path) -> None:
     link = tarfile.TarInfo("client.zip")
     link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
     archive = tmp_path / "evil.tar.gz"
-    archive.write_bytes(_tar([_file("../../escape.txt", b"x"), _file("/abs/manifest.json", b"x"),
-                              (link, None), _file("manifest.json", b"{}")]))
-    with pytest.raises(ModelArtifactError, match="archive lacks client.zip"):
+    archive.write_bytes(
+        _tar(
+            [
+                _file("../../escape.txt", b"x"),
+                _file("/abs/manifest.json", b"x"),
+                (link, None),
+                _file("manifest.json", b"{}"),
+            ]
+        )
+    )
+    with pytest.raises(ModelArtifactError, match=r"archive lacks client\.zip"):
         read_client_members(archive, source="evil")
     assert not (tmp_path.parent.parent / "escape.txt").exists()
 
 
 def test_archive_keeps_only_client_files(fixture_models, tmp_path) -> None:
     archive = tmp_path / "model.tar.gz"
-    archive.write_bytes(make_model_tar(fixture_models["linear"].model_dir,
-                                       extra={"../outside.txt": b"x"}))
+    archive.write_bytes(
+        make_model_tar(fixture_models["linear"].model_dir, extra={"../outside.txt": b"x"})
+    )
     members = read_client_members(archive, source="m")
     assert sorted(members) == ["client.zip", "manifest.json"]
     model = load_client_model(archive, storage=None, cache_dir=tmp_path / "cache")
@@ -126,14 +143,14 @@ def test_archive_keeps_only_client_files(fixture_models, tmp_path) -> None:
 def test_duplicate_member_is_rejected(tmp_path: Path) -> None:
     archive = tmp_path / "dup.tar.gz"
     archive.write_bytes(_tar([_file("client.zip", b"a"), _file("./client.zip", b"b")]))
-    with pytest.raises(ModelArtifactError, match="holds client.zip twice"):
+    with pytest.raises(ModelArtifactError, match=r"holds client\.zip twice"):
         read_client_members(archive, source="dup")
 
 
 def test_not_a_tar_is_a_clear_error(tmp_path: Path) -> None:
     archive = tmp_path / "model.tar.gz"
     archive.write_bytes(b"not a tar")
-    with pytest.raises(ModelArtifactError, match="not a readable tar.gz archive"):
+    with pytest.raises(ModelArtifactError, match=r"not a readable tar\.gz archive"):
         load_client_model(archive, storage=None, cache_dir=tmp_path / "cache")
 
 
@@ -149,8 +166,9 @@ def test_s3_archive_is_downloaded_once(fixture_models, upload_model, s3_client, 
     assert again.model_dir == model.model_dir
 
 
-def test_replaced_s3_archive_is_fetched_again(fixture_models, upload_model, s3_client,
-                                              tmp_path) -> None:
+def test_replaced_s3_archive_is_fetched_again(
+    fixture_models, upload_model, s3_client, tmp_path
+) -> None:
     uri = upload_model(fixture_models["linear"])
     first = load_client_model(uri, storage=S3Storage(s3_client), cache_dir=tmp_path)
     upload_model(fixture_models["tree"])
@@ -163,5 +181,6 @@ def test_missing_s3_archive_is_a_storage_error(s3_client, bucket, tmp_path) -> N
     from client.errors import StorageError
 
     with pytest.raises(StorageError, match=r"reading s3://.*/missing/model\.tar\.gz"):
-        load_client_model(f"s3://{bucket}/missing/model.tar.gz", storage=S3Storage(s3_client),
-                          cache_dir=tmp_path)
+        load_client_model(
+            f"s3://{bucket}/missing/model.tar.gz", storage=S3Storage(s3_client), cache_dir=tmp_path
+        )

@@ -36,10 +36,15 @@ def make_predictor(s3_server, bucket, client_dirs):
     made: list[EncryptedPredictor] = []
 
     def make(model_dir: Path, **options: object) -> EncryptedPredictor:
-        settings = {"key_dir": client_dirs["key_dir"], "cache_dir": client_dirs["cache_dir"],
-                    "s3_endpoint_url": s3_server.endpoint_url,
-                    "runtime_endpoint_url": s3_server.endpoint_url, "region_name": "us-east-1",
-                    "progress": False, **options}
+        settings = {
+            "key_dir": client_dirs["key_dir"],
+            "cache_dir": client_dirs["cache_dir"],
+            "s3_endpoint_url": s3_server.endpoint_url,
+            "runtime_endpoint_url": s3_server.endpoint_url,
+            "region_name": "us-east-1",
+            "progress": False,
+            **options,
+        }
         predictor = EncryptedPredictor("fhe-endpoint", model_dir, f"s3://{bucket}/fhe", **settings)
         made.append(predictor)
         return predictor
@@ -49,16 +54,26 @@ def make_predictor(s3_server, bucket, client_dirs):
         predictor.close()
 
 
-@pytest.mark.parametrize(("x", "message"), [
-    (np.zeros((2, 3)), "X has 3 features per row but the model expects 30"),
-    (np.zeros((0, 30)), "X has no rows"),
-    (np.zeros((2, 2, 30)), r"X must be 2-D \(rows x 30 features\) or one 1-D row; got shape \(2, 2, 30\)"),
-    ([["a"] * 30], "X must be numeric"),
-    (np.where(np.eye(3, 30) > 0, np.nan, 0.0), r"NaN or infinite values in 3 row\(s\) \(0, 1, 2\)"),
-    (np.full((1, 30), np.inf), r"NaN or infinite values in 1 row\(s\) \(0\)"),
-])
-def test_bad_input_is_rejected_before_any_upload(make_predictor, fixture_models, s3_client,
-                                                 bucket, x, message) -> None:
+@pytest.mark.parametrize(
+    ("x", "message"),
+    [
+        (np.zeros((2, 3)), "X has 3 features per row but the model expects 30"),
+        (np.zeros((0, 30)), "X has no rows"),
+        (
+            np.zeros((2, 2, 30)),
+            r"X must be 2-D \(rows x 30 features\) or one 1-D row; got shape \(2, 2, 30\)",
+        ),
+        ([["a"] * 30], "X must be numeric"),
+        (
+            np.where(np.eye(3, 30) > 0, np.nan, 0.0),
+            r"NaN or infinite values in 3 row\(s\) \(0, 1, 2\)",
+        ),
+        (np.full((1, 30), np.inf), r"NaN or infinite values in 1 row\(s\) \(0\)"),
+    ],
+)
+def test_bad_input_is_rejected_before_any_upload(
+    make_predictor, fixture_models, s3_client, bucket, x, message
+) -> None:
     predictor = make_predictor(fixture_models["linear"].model_dir)
     with pytest.raises(InvalidInputError, match=message):
         predictor.predict(x)
@@ -66,11 +81,18 @@ def test_bad_input_is_rejected_before_any_upload(make_predictor, fixture_models,
 
 
 def test_request_follows_the_contract_and_failure_carries_the_server_message(
-        make_predictor, fixture_models, moto_async_results, s3_client, bucket) -> None:
+    make_predictor, fixture_models, moto_async_results, s3_client, bucket
+) -> None:
     linear = fixture_models["linear"]
     predictor = make_predictor(linear.model_dir, batch_size=4)
-    moto_async_results([{"is_failure": True,
-                         "data": error_body(422, "ModelError", "circuit rejected the query").decode()}])
+    moto_async_results(
+        [
+            {
+                "is_failure": True,
+                "data": error_body(422, "ModelError", "circuit rejected the query").decode(),
+            }
+        ]
+    )
     with pytest.raises(InferenceFailedError, match=r"\[422 ModelError\].*circuit rejected") as info:
         predictor.predict(linear.raw_test[:3])
     assert info.value.message == "circuit rejected the query"
@@ -81,7 +103,10 @@ def test_request_follows_the_contract_and_failure_carries_the_server_message(
     request = parse_request(s3_client.get_object(Bucket=bucket, Key=request_key)["Body"].read())
     assert request.model_fingerprint == linear.manifest.client_fingerprint
     assert request.evaluation_keys_sha256 == keys.evaluation_keys_sha256
-    assert str(request.evaluation_keys_uri) == f"s3://{bucket}/fhe/keys/{keys.evaluation_keys_sha256}.ekl"
+    assert (
+        str(request.evaluation_keys_uri)
+        == f"s3://{bucket}/fhe/keys/{keys.evaluation_keys_sha256}.ekl"
+    )
     assert request.packed and request.batch
     [query] = request.query_uris
     body = s3_client.get_object(Bucket=bucket, Key=query.key)["Body"].read()
@@ -91,27 +116,33 @@ def test_request_follows_the_contract_and_failure_carries_the_server_message(
         assert s3_client.head_object(Bucket=bucket, Key=key)["ServerSideEncryption"] == SSE
 
 
-def test_rows_are_split_into_batches(make_predictor, fixture_models, moto_async_results,
-                                     s3_client, bucket) -> None:
+def test_rows_are_split_into_batches(
+    make_predictor, fixture_models, moto_async_results, s3_client, bucket
+) -> None:
     predictor = make_predictor(fixture_models["linear"].model_dir, batch_size=2)
     moto_async_results([{"is_failure": True, "data": error_body(500, "E", "x").decode()}] * 3)
     with pytest.raises(InferenceFailedError):
         predictor.predict(fixture_models["linear"].raw_test[:5])
-    sizes = sorted(len(unpack_batch(s3_client.get_object(Bucket=bucket, Key=k)["Body"].read()))
-                   for k in _objects(s3_client, bucket, "fhe/queries/"))
+    sizes = sorted(
+        len(unpack_batch(s3_client.get_object(Bucket=bucket, Key=k)["Body"].read()))
+        for k in _objects(s3_client, bucket, "fhe/queries/")
+    )
     assert sizes == [1, 2, 2]
     assert predictor.timings.requests == 3
 
 
-def test_garbage_output_is_a_bad_response(make_predictor, fixture_models, moto_async_results) -> None:
+def test_garbage_output_is_a_bad_response(
+    make_predictor, fixture_models, moto_async_results
+) -> None:
     predictor = make_predictor(fixture_models["linear"].model_dir)
     moto_async_results([{"data": json.dumps({"not": "a batch"})}])
     with pytest.raises(InferenceFailedError, match=r"BadResponse.*malformed batch result"):
         predictor.predict(fixture_models["linear"].raw_test[:1])
 
 
-def test_keys_are_generated_once_and_uploaded_once(make_predictor, fixture_models, s3_client,
-                                                   bucket, client_dirs) -> None:
+def test_keys_are_generated_once_and_uploaded_once(
+    make_predictor, fixture_models, s3_client, bucket, client_dirs
+) -> None:
     tree = fixture_models["tree"]
     first = make_predictor(tree.model_dir)
     keys = first.ensure_keys()
@@ -127,7 +158,9 @@ def test_keys_are_generated_once_and_uploaded_once(make_predictor, fixture_model
     assert not again.generated
     assert again.evaluation_keys_sha256 == keys.evaluation_keys_sha256
     assert (second.timings.keygens, second.timings.evaluation_key_uploads) == (0, 0)
-    assert _objects(s3_client, bucket, "fhe/keys/") == [f"fhe/keys/{keys.evaluation_keys_sha256}.ekl"]
+    assert _objects(s3_client, bucket, "fhe/keys/") == [
+        f"fhe/keys/{keys.evaluation_keys_sha256}.ekl"
+    ]
     head = s3_client.head_object(Bucket=bucket, Key=uri.key)
     assert head["ContentLength"] == keys.evaluation_keys_bytes
     assert head["ServerSideEncryption"] == SSE
@@ -145,7 +178,9 @@ def test_other_key_dir_means_other_keys(make_predictor, fixture_models, tmp_path
     two = make_predictor(linear.model_dir, key_dir=tmp_path / "elsewhere").ensure_keys()
     assert two.generated
     assert two.directory != one.directory
-    assert (two.directory / "keyset.bin").read_bytes() != (one.directory / "keyset.bin").read_bytes()
+    assert (two.directory / "keyset.bin").read_bytes() != (
+        one.directory / "keyset.bin"
+    ).read_bytes()
 
 
 def test_damaged_key_set_is_a_clear_error(make_predictor, fixture_models) -> None:
@@ -182,10 +217,13 @@ def test_predict_proba_on_a_regressor_is_refused(make_predictor, fixture_models,
         make_predictor(model_dir).predict_proba(fixture_models["linear"].raw_test[:1])
 
 
-@pytest.mark.parametrize(("options", "message"), [
-    ({"batch_size": 0}, "batch_size must be at least 1"),
-    ({"timeout": 0}, "timeout must be positive"),
-])
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"batch_size": 0}, "batch_size must be at least 1"),
+        ({"timeout": 0}, "timeout must be positive"),
+    ],
+)
 def test_bad_options_are_rejected(make_predictor, fixture_models, options, message) -> None:
     with pytest.raises(InvalidInputError, match=message):
         make_predictor(fixture_models["linear"].model_dir, **options)
@@ -193,5 +231,6 @@ def test_bad_options_are_rejected(make_predictor, fixture_models, options, messa
 
 def test_bad_prefix_is_rejected(fixture_models) -> None:
     with pytest.raises(InvalidInputError, match="s3_prefix"):
-        EncryptedPredictor("e", fixture_models["linear"].model_dir, "bucket/prefix",
-                           region_name="us-east-1")
+        EncryptedPredictor(
+            "e", fixture_models["linear"].model_dir, "bucket/prefix", region_name="us-east-1"
+        )

@@ -167,7 +167,7 @@ BAD_BODIES: list[tuple[str, Callable[[KeyedClient, Uploader], bytes], int, str, 
      400, "BadRequest", "give exactly one of"),
     ("outside allow-list", lambda f, u: build_request(
         evaluation_keys_uri=f"s3://{u.bucket}/other/k.ekl",
-        encrypted_query_uri=f"s3://other-bucket/fhe/q.bin"),
+        encrypted_query_uri="s3://other-bucket/fhe/q.bin"),
      403, "AccessDenied", "may not read s3://other-bucket/fhe/q.bin, s3://"),
     ("missing object", lambda f, u: build_request(
         evaluation_keys_uri=u.keys(f), encrypted_query_uri=f"s3://{u.bucket}/{u.prefix}none"),
@@ -212,8 +212,9 @@ def test_keys_of_another_circuit_are_refused_before_running(
         make_client: AppFactory, keyed: dict[str, KeyedClient], uploader: Uploader) -> None:
     """Linear keys (no bootstrap keys) on the tree circuit abort concrete's runtime (SIGSEGV)."""
     client, tree, linear = make_client("tree"), keyed["tree"], keyed["linear"]
+    query = uploader.put("q", tree.encrypt(tree.model.scaled_test[0]))
     body = build_request(evaluation_keys_uri=uploader.keys(linear),
-                         encrypted_query_uri=uploader.put("q", tree.encrypt(tree.model.scaled_test[0])))
+                         encrypted_query_uri=query)
     assert_error(invoke(client, body), 422, "ModelMismatch",
                  "the evaluation keys hold 0 bootstrap, 0 keyswitch, 0 packing-keyswitch key(s),"
                  " this model needs 1 bootstrap, 1 keyswitch, 0 packing-keyswitch key(s)")
@@ -223,8 +224,9 @@ def test_keys_of_another_circuit_are_refused_before_running(
 def test_ciphertext_of_another_circuit_is_refused(
         make_client: AppFactory, keyed: dict[str, KeyedClient], uploader: Uploader) -> None:
     client, tree, linear = make_client("linear"), keyed["tree"], keyed["linear"]
+    query = uploader.put("q", tree.encrypt(tree.model.scaled_test[0]))
     body = build_request(evaluation_keys_uri=uploader.keys(linear),
-                         encrypted_query_uri=uploader.put("q", tree.encrypt(tree.model.scaled_test[0])))
+                         encrypted_query_uri=query)
     assert_error(invoke(client, body), 422, "ModelMismatch", "ciphertext 0 does not fit this model")
 
 

@@ -57,6 +57,13 @@ def _two_csvs(channel: Path) -> list[str]:
     return []
 
 
+def _truncated_npy(channel: Path) -> list[str]:
+    _npy(X, Y)(channel)
+    data = (channel / "x_features.npy").read_bytes()
+    (channel / "x_features.npy").write_bytes(data[: len(data) // 2])
+    return []
+
+
 def _nan_features() -> np.ndarray:
     x = X.copy()
     x[3, 1] = np.nan
@@ -78,7 +85,11 @@ CASES: dict[str, tuple[Maker, str]] = {
     "too few rows": (_npy(X[:3], Y[:3]), r"only 3 rows of training data"),
     "single class": (_npy(X, np.zeros(40)), r"single class \(\[0\]\)"),
     "class with one row": (_npy(X, np.where(np.arange(40) == 0, 7, Y)),
-                           r"classes \[7\] have a single row"),
+                           r"1 classes \(e\.g\. \[7\]\) have a single row"),
+    "truncated npy": (_truncated_npy, r"x_features\.npy is not a readable \.npy file"),
+    "scalar npy": (_npy(np.float64(1.0), np.float64(0.0)), r"hold a single value"),
+    "overflowing range": (_npy(np.where(np.arange(120).reshape(40, 3) % 2, -1.7e308, 1.7e308),
+                               Y), r"too large to scale"),
     "continuous labels for classifier": (_npy(X, X[:, 0]), r"labels are not whole numbers"),
     "non-numeric CSV": (_csv(_with(GOOD_FRAME, "b", 2, "high")), r"non-numeric columns: b"),
     "inf in CSV": (_csv(_with(GOOD_FRAME, "a", 4, np.inf)), r"inf feature values .* columns a"),

@@ -197,3 +197,22 @@ def test_generated_job_names_are_sortable_and_prefixed() -> None:
     name = start_training.default_job_name("concrete-fhe")
     assert name.startswith("concrete-fhe-20")
     assert len(name) == len("concrete-fhe-2026-01-01-00-00-00-000")
+
+
+def test_config_value_types_are_checked(tmp_path: Path) -> None:
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"instance_count": "two", "wait": "no", "local": True,
+                                  "train": "d", "output_path": "s3://bkt/p"}))
+    with pytest.raises(LaunchConfigError, match=r"instance_count must be int, got 'two'.*"
+                                                r"wait must be bool, got 'no'"):
+        LaunchSettings.resolve(["--config", str(config)], {})
+
+
+def test_local_job_names_are_unique(s3_env: dict[str, str], bucket: str, tmp_path: Path,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "work" / "job-a" / "model").mkdir(parents=True)
+    (tmp_path / "work" / "job-a" / "model" / "old").write_text("x")
+    code = main(["--local", "--train", str(tmp_path), "--output-path", f"s3://{bucket}/m",
+                 "--job-name", "job-a", "--work-dir", str(tmp_path / "work")])
+    assert code == 1
+    assert "already exists: choose another --job-name" in capsys.readouterr().err

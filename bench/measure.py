@@ -1,0 +1,335 @@
+"""The measurements of one model: the limit, the async path, keys, cache, cold start, memory."""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.cases import ModelCase, Split, load_split
+from bench.check import check_agreement
+from bench.machine import rss_bytes
+from bench.stack import (
+    BUCKET,
+    CLIENT_PREFIX,
+    BenchError,
+    BenchStack,
+    Endpoint,
+    ServerRequest,
+    TrainedModel,
+    parse_requests,
+)
+from bench.stats import summarize
+from client.demo import local_session
+from client.keys import KeyStore
+from client.predictor import STAGES, EncryptedPredictor
+
+logger = logging.getLogger(__name__)
+
+LIMIT_STAGES = ("encrypt", "run", "decrypt")
+SERVER_STAGES = ("keys", "fetch", "fhe")
+
+
+@dataclass
+class Samples:
+    """Per-repetition samples, by name (seconds unless the name says otherwise)."""
+
+    values: dict[str, list[float]] = field(default_factory=dict)
+
+    def add(self, name: str, value: float) -> None:
+        """Record one sample."""
+        self.values.setdefault(name, []).append(float(value))
+
+    def summary(self) -> dict[str, dict[str, Any]]:
+        """median/min/max/n per name."""
+        return {name: summarize(v).as_dict() for name, v in self.values.items()}
+
+    def median(self, name: str) -> float:
+        """Median of one series."""
+        return summarize(self.values[name]).median
+
+
+class ModelBench:
+    """Runs every measurement of one :class:`ModelCase` against a :class:`BenchStack`.
+
+    Args:
+        case: What to measure and how often.
+        stack: The running S3 and the training/deployment helpers.
+        client_options: Extra keyword arguments for :class:`EncryptedPredictor`.
+    """
+
+    def __init__(self, case: ModelCase, stack: BenchStack, *,
+                 client_options: dict[str, Any] | None = None) -> None:
+        self.case = case
+        self.stack = stack
+        self.client_options = client_options or {}
+        self.split: Split = load_split(case)
+        self.model: TrainedModel | None = None
+        self.key_root = stack.work_dir / case.name / "keys"
+        self.s3_prefix = f"{CLIENT_PREFIX}/{case.name}"
+
+    # -- correctness -------------------------------------------------------------------------
+    def clear_outputs(self, x_raw: np.ndarray) -> np.ndarray:
+        """The clear quantised model's probabilities for raw rows (the reference)."""
+        model = self._trained()
+        return np.asarray(model.reference.predict_proba(model.manifest.scaler.transform(x_raw),
+                                                        fhe="disable"))
+
+    def verify(self, fhe_outputs: Any, x_raw: np.ndarray, *, what: str) -> dict[str, Any]:
+        """Fail loudly (:class:`bench.check.OutputMismatchError`) unless FHE equals clear."""
+        return check_agreement(fhe_outputs, self.clear_outputs(x_raw),
+                               what=f"{self.case.name} {what}").as_dict()
+
+    def _trained(self) -> TrainedModel:
+        if self.model is None:
+            raise BenchError("train the model first (ModelBench.run does)")
+        return self.model
+
+    # -- the whole sequence ------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        """Train, measure the limit and the cold start, deploy, measure the async path."""
+        logger.info("[%s] training via start_training.py --local", self.case.name)
+        self.model = self.stack.train(self.case, self.split)
+        result: dict[str, Any] = {
+            "label": self.case.label, "dataset": self.case.dataset,
+            "model_class": self.model.manifest.model_class,
+            "hyperparameters": dict(self.case.hyperparameters),
+            "training": {"seconds": self.model.train_seconds,
+                         "metrics": {k: self.model.metrics.get(k) for k in
+                                     ("metric", "float_sklearn", "clear_quantised", "n_train",
+                                      "n_test", "timings")}},
+            "sizes": {"model_tar_bytes": self.model.model_tar_bytes},
+        }
+        logger.info("[%s] limit: in-process FHEModelServer.run", self.case.name)
+        result.update(self.measure_limit())
+        logger.info("[%s] cold start of serve", self.case.name)
+        cold = self.stack.cold_start(self.model)
+        result["cold_start"] = {**cold, "compile_seconds": result["server_load_seconds"],
+                                "ratio_to_compile": cold["seconds"] / result["server_load_seconds"]}
+        logger.info("[%s] deploying and measuring the async path", self.case.name)
+        with self.stack.endpoint(self.case, self.model) as endpoint:
+            result.update(self.measure_pipeline(endpoint))
+        result["targets"] = derived(result)
+        return result
+
+    # -- the limit ---------------------------------------------------------------------------
+    def measure_limit(self) -> dict[str, Any]:
+        """Keygen, then encrypt -> ``FHEModelServer.run`` -> decrypt in this process."""
+        from concrete import fhe
+        from concrete.ml.deployment import FHEModelClient, FHEModelServer
+
+        model = self._trained()
+        client = FHEModelClient(str(model.model_dir))
+        keyset = KeyStore(self.key_root / "main").load_or_generate(
+            client, model.manifest.client_fingerprint, progress=False)
+        if not keyset.generated:
+            raise BenchError(f"{self.key_root / 'main'} already held keys: use a fresh work dir")
+        started = time.perf_counter()
+        server = FHEModelServer(str(model.model_dir))
+        load_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        keys = fhe.EvaluationKeys.deserialize(keyset.read_evaluation_keys())
+        deserialize_seconds = time.perf_counter() - started
+        rows = self.split.x_held[: self.case.limit_reps + 1]  # row 0 warms up, not counted
+        scaled = model.manifest.scaler.transform(rows)
+        samples, outputs, sizes = Samples(), [], {}
+        for index, row in enumerate(scaled):
+            t0 = time.perf_counter()
+            ciphertext = client.quantize_encrypt_serialize(row.reshape(1, -1))
+            t1 = time.perf_counter()
+            encrypted = server.run(ciphertext, keys)
+            t2 = time.perf_counter()
+            outputs.append(client.deserialize_decrypt_dequantize(encrypted))
+            t3 = time.perf_counter()
+            sizes = {"ciphertext_bytes": len(ciphertext), "result_bytes": len(encrypted)}
+            if index == 0:
+                continue
+            for name, value in zip((*LIMIT_STAGES, "total"), (t1 - t0, t2 - t1, t3 - t2, t3 - t0),
+                                   strict=True):
+                samples.add(name, value)
+        agreement = self.verify(np.concatenate(outputs), rows, what="limit (in-process)")
+        del server, keys, client
+        gc.collect()
+        return {
+            "keygen_seconds": keyset.seconds,
+            "server_load_seconds": load_seconds,
+            "keys_deserialize_seconds": deserialize_seconds,
+            "sizes": {"model_tar_bytes": model.model_tar_bytes,
+                      "evaluation_keys_bytes": keyset.evaluation_keys_bytes, **sizes},
+            "limit": samples.summary(),
+            "correctness": {"limit": agreement},
+        }
+
+    # -- the async path ----------------------------------------------------------------------
+    def predictor(self, endpoint: Endpoint, key_dir: Path) -> EncryptedPredictor:
+        """An :class:`EncryptedPredictor` on the local endpoint, as a user builds it."""
+        options = {"key_dir": key_dir, "cache_dir": self.stack.work_dir / "client-cache",
+                   "session": local_session(),
+                   "s3_endpoint_url": self.stack.s3_server.endpoint_url,
+                   "runtime_endpoint_url": endpoint.runtime_url, "progress": False,
+                   **self.client_options}
+        return EncryptedPredictor(endpoint.name, self._trained().model_data, self.s3_prefix,
+                                  **options)
+
+    def _query(self, predictor: EncryptedPredictor, endpoint: Endpoint, rows: np.ndarray,
+               *, what: str) -> tuple[float, Any, list[ServerRequest], dict[str, Any]]:
+        """One ``predict_proba`` call: wall seconds, client timings, server requests, check."""
+        endpoint.log.skip()
+        started = time.perf_counter()
+        proba = predictor.predict_proba(rows)
+        seconds = time.perf_counter() - started
+        requests = _server_requests(endpoint, expected=-(-len(rows) // predictor.batch_size))
+        return seconds, predictor.last_timings, requests, self.verify(proba, rows, what=what)
+
+    def measure_pipeline(self, endpoint: Endpoint) -> dict[str, Any]:
+        """P1-P5 and memory through the async path (client -> S3 -> runtime -> serve -> S3)."""
+        x = self.split.x_held
+        pid = int(endpoint.metrics()["pid"])
+        rss = [{"key_sets": 0, "rss_bytes": rss_bytes(pid), "key_cache_memory_bytes": 0}]
+        checks: list[dict[str, Any]] = []
+        with self.predictor(endpoint, self.key_root / "main") as predictor:
+            predictor.ensure_keys()
+            before = endpoint.metrics()
+            # P5 + P4: the first query of a fresh key set (upload, download, deserialise) ...
+            first = self._query(predictor, endpoint, x[:1], what="async query 1 (cold keys)")
+            after_first = endpoint.metrics()
+            uploads_first = predictor.timings.evaluation_key_uploads
+            # ... and the second (served from the cache).
+            second = self._query(predictor, endpoint, x[1:2], what="async query 2 (cached keys)")
+            checks += [first[3], second[3]]
+            single = Samples()
+            for rep in range(self.case.reps):
+                row = x[2 + rep: 3 + rep]
+                seconds, timings, server, check = self._query(predictor, endpoint, row,
+                                                              what=f"async single query {rep}")
+                checks.append(check)
+                _add_single(single, seconds, timings, server[0])
+            batch = Samples()
+            for rep in range(self.case.batch_reps):
+                rows = x[: self.case.batch_rows]
+                seconds, timings, server, check = self._query(predictor, endpoint, rows,
+                                                              what=f"async batch {rep}")
+                checks.append(check)
+                batch.add("seconds", seconds)
+                batch.add("throughput_qps", len(rows) / seconds)
+                batch.add("server_fhe", sum(r.fhe for r in server))
+            after_all = endpoint.metrics()
+            queries_total = predictor.timings.rows
+            batch_size = predictor.batch_size
+            key_uploads = predictor.timings.evaluation_key_uploads
+        objects = self.stack.object_stats(self.s3_prefix.removeprefix(f"s3://{BUCKET}/"))
+        rss.append({"key_sets": 1, "rss_bytes": rss_bytes(pid),
+                    "key_cache_memory_bytes": after_all["key_cache"]["memory_bytes"]})
+        rss += self._extra_key_sets(endpoint, pid, checks)
+        key_bytes = self._key_bytes()
+        return {
+            "client_batch_size": batch_size,
+            "single": single.summary(),
+            "batch": {"rows": self.case.batch_rows, **batch.summary()} if batch.values else None,
+            "key_cache": {
+                "first_query": {"server_key_seconds": first[2][0].keys,
+                                "client_uploads": uploads_first,
+                                "server_downloads": _delta(before, after_first, "downloads"),
+                                "server_deserializations": _delta(before, after_first,
+                                                                  "deserializations")},
+                "second_query": {"server_key_seconds": second[2][0].keys},
+                "all_queries": {"queries": queries_total, "client_uploads": key_uploads,
+                                "server_downloads": _delta(before, after_all, "downloads"),
+                                "server_deserializations": _delta(before, after_all,
+                                                                  "deserializations"),
+                                "memory_hits": _delta(before, after_all, "memory_hits")},
+                "evaluation_keys_bytes": key_bytes,
+            },
+            "s3_objects": objects,
+            "server_rss": rss,
+            "correctness": {"pipeline": _merge_checks(checks)},
+        }
+
+    def _extra_key_sets(self, endpoint: Endpoint, pid: int,
+                        checks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Send one query with each further key set; read the server's RSS after each."""
+        points = []
+        for index in range(2, self.case.key_sets + 1):
+            with self.predictor(endpoint, self.key_root / f"extra-{index}") as predictor:
+                row = self.split.x_held[index: index + 1]
+                checks.append(self._query(predictor, endpoint, row,
+                                          what=f"async query, key set {index}")[3])
+            metrics = endpoint.metrics()
+            points.append({"key_sets": index, "rss_bytes": rss_bytes(pid),
+                           "key_cache_memory_bytes": metrics["key_cache"]["memory_bytes"]})
+        return points
+
+    def _key_bytes(self) -> int:
+        meta = next((self.key_root / "main").glob("*/keys.json"))
+        return int(json.loads(meta.read_text())["evaluation_keys_bytes"])
+
+
+def _server_requests(endpoint: Endpoint, *, expected: int) -> list[ServerRequest]:
+    """The server-side lines of the requests just made (waits briefly for the log to flush)."""
+    deadline = time.monotonic() + 5.0
+    text = ""
+    while True:
+        text += endpoint.log.new_text()
+        found = parse_requests(text)
+        if len(found) >= expected or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
+    if len(found) != expected:
+        raise BenchError(
+            f"expected {expected} 'request … ok: … keys X ms, fetch Y ms, fhe Z ms' line(s) in"
+            f" {endpoint.log.path}, found {len(found)}: the server's log format changed; update"
+            " bench/stack.py SERVER_LINE")
+    return found
+
+
+def _add_single(samples: Samples, seconds: float, timings: Any, server: ServerRequest) -> None:
+    samples.add("total", seconds)
+    for stage in STAGES:
+        samples.add(f"client_{stage}", getattr(timings, stage))
+    for stage in SERVER_STAGES:
+        samples.add(f"server_{stage}", getattr(server, stage))
+    if server.container is not None:
+        samples.add("runtime_container", server.container)
+
+
+def _delta(before: dict[str, Any], after: dict[str, Any], name: str) -> int:
+    return int(after["key_cache"][name]) - int(before["key_cache"][name])
+
+
+def _merge_checks(checks: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    return {"rows": sum(c["rows"] for c in checks),
+            "max_abs_gap": max((c["max_abs_gap"] for c in checks), default=0.0)}
+
+
+def derived(result: dict[str, Any]) -> dict[str, Any]:
+    """The target ratios of one model (P1-P6) from its measurements."""
+    limit = result["limit"]["total"]["median"]
+    single = result["single"]["total"]["median"]
+    out: dict[str, Any] = {
+        "p1_latency_ratio": single / limit,
+        "p2_overhead_ms": 1000 * (single - limit),
+    }
+    batch = result.get("batch")
+    if batch:
+        raw_qps = 1.0 / limit  # sequential in-process encrypt + run + decrypt, one at a time
+        out["p3_throughput_ratio"] = batch["throughput_qps"]["median"] / raw_qps
+        out["p3_raw_sequential_qps"] = raw_qps
+    cache = result["key_cache"]
+    out["p4_key_bytes_first_query"] = cache["evaluation_keys_bytes"] * (
+        cache["first_query"]["client_uploads"] + cache["first_query"]["server_downloads"])
+    out["p4_key_bytes_all_queries"] = cache["evaluation_keys_bytes"] * (
+        cache["all_queries"]["client_uploads"] + cache["all_queries"]["server_downloads"])
+    out["p4_queries"] = cache["all_queries"]["queries"]
+    first_keys = cache["first_query"]["server_key_seconds"]
+    out["p5_key_load_ratio"] = (cache["second_query"]["server_key_seconds"] / first_keys
+                                if first_keys > 0 else None)
+    out["p6_cold_start_ratio"] = result["cold_start"]["ratio_to_compile"]
+    return out
+

@@ -1,0 +1,309 @@
+"""Results: the JSON files, the stacked latency chart and the README table."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from inference.atomic import atomic_write_bytes
+
+SCHEMA_VERSION = 1
+LATEST = "latest.json"
+CHART = "latency.png"
+README_BEGIN = "<!-- BEGIN bench -->"
+README_END = "<!-- END bench -->"
+
+
+class ReportError(ValueError):
+    """Results or the README cannot be written as asked."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """One goal of the issue, evaluated on a run."""
+
+    goal: str
+    model: str
+    description: str
+    value: float | None
+    limit: str
+    met: bool | None
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON form."""
+        return {"goal": self.goal, "model": self.model, "description": self.description,
+                "value": self.value, "limit": self.limit, "met": self.met}
+
+
+def evaluate_targets(models: Mapping[str, Mapping[str, Any]]) -> list[Target]:
+    """Compare each model's derived numbers with the issue's targets."""
+    out: list[Target] = []
+    for name, result in models.items():
+        t = result["targets"]
+        if name == "nn":
+            out.append(Target("P1", name, "async e2e latency / limit", t["p1_latency_ratio"],
+                              "<= 1.10", t["p1_latency_ratio"] <= 1.10))
+        if name == "logreg":
+            out.append(Target("P2", name, "median overhead above the limit (ms)",
+                              t["p2_overhead_ms"], "<= 50", t["p2_overhead_ms"] <= 50))
+        if "p3_throughput_ratio" in t:
+            out.append(Target("P3", name, "pipeline / raw sequential throughput",
+                              t["p3_throughput_ratio"], ">= 0.90",
+                              t["p3_throughput_ratio"] >= 0.90))
+        cache = result["key_cache"]["all_queries"]
+        out.append(Target("P4", name, f"key transfers over {t['p4_queries']} queries"
+                          " (uploads + server downloads)",
+                          cache["client_uploads"] + cache["server_downloads"], "== 2",
+                          cache["client_uploads"] == 1 and cache["server_downloads"] == 1))
+        if name != "logreg" and t["p5_key_load_ratio"] is not None:
+            out.append(Target("P5", name, "server key load, 2nd / 1st query",
+                              t["p5_key_load_ratio"], "<= 0.05", t["p5_key_load_ratio"] <= 0.05))
+        out.append(Target("P6", name, "serve start -> healthy /ping, / compile alone",
+                          t["p6_cold_start_ratio"], "report", None))
+    return out
+
+
+def write_results(doc: Mapping[str, Any], out_dir: Path, *, stem: str,
+                  latest: bool = True) -> list[Path]:
+    """Write ``<stem>.json`` (and ``latest.json`` + the chart when ``latest``); return the paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    body = json.dumps(doc, indent=2, sort_keys=True).encode() + b"\n"
+    paths = [out_dir / f"{stem}.json"]
+    atomic_write_bytes(paths[0], body)
+    if latest:
+        atomic_write_bytes(out_dir / LATEST, body)
+        atomic_write_bytes(out_dir / CHART, render_chart(doc))
+        paths += [out_dir / LATEST, out_dir / CHART]
+    return paths
+
+
+# -- the chart -------------------------------------------------------------------------------
+LIMIT_SEGMENTS = (("encrypt", "encrypt"), ("run", "FHEModelServer.run"), ("decrypt", "decrypt"))
+COLORS = {
+    "encrypt": "#4c72b0", "upload": "#8172b2", "invoke": "#937860", "server keys": "#c44e52",
+    "server fetch": "#da8bc3", "FHEModelServer.run": "#55a868", "serve overhead": "#ccb974",
+    "async queue + polling": "#dd8452", "download": "#64b5cd", "decrypt": "#8c8c8c",
+    "cleanup": "#b0b0b0",
+}
+
+
+def e2e_segments(single: Mapping[str, Mapping[str, float]]) -> list[tuple[str, float]]:
+    """The median seconds per stage of one async query, in pipeline order.
+
+    ``serve overhead`` is the runtime's POST /invocations round trip minus the server's own
+    keys/fetch/FHE time (nginx, gunicorn, Flask, JSON); ``async queue + polling`` is the
+    client's wait minus that round trip (runtime queue, S3 reads/writes, poll interval).
+    """
+    def med(name: str) -> float:
+        return float(single[name]["median"]) if name in single else 0.0
+
+    server = med("server_keys") + med("server_fetch") + med("server_fhe")
+    container = med("runtime_container") or server
+    return [
+        ("encrypt", med("client_encrypt")), ("upload", med("client_upload")),
+        ("invoke", med("client_invoke")), ("server keys", med("server_keys")),
+        ("server fetch", med("server_fetch")), ("FHEModelServer.run", med("server_fhe")),
+        ("serve overhead", max(0.0, container - server)),
+        ("async queue + polling", max(0.0, med("client_wait") - container)),
+        ("download", med("client_download")), ("decrypt", med("client_decrypt")),
+        ("cleanup", med("client_cleanup")),
+    ]
+
+
+def render_chart(doc: Mapping[str, Any]) -> bytes:
+    """A PNG: per model, the limit and one async query as stacked bars of median ms per stage."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = doc["models"]
+    fig, axes = plt.subplots(len(models), 1, figsize=(10, 1.9 * len(models) + 0.9), squeeze=False)
+    for ax, result in zip(axes[:, 0], models.values(), strict=True):
+        bars = {
+            "limit (in-process)": [(label, float(result["limit"][key]["median"]))
+                                   for key, label in LIMIT_SEGMENTS],
+            "async end to end": e2e_segments(result["single"]),
+        }
+        for row, segments in enumerate(bars.values()):
+            left = 0.0
+            for label, seconds in segments:
+                ax.barh(row, 1000 * seconds, left=left, color=COLORS[label], label=label,
+                        edgecolor="white", linewidth=0.5)
+                left += 1000 * seconds
+            ax.text(left, row, f" {left:,.0f} ms", va="center", fontsize=8)
+        ax.set_yticks(range(len(bars)), list(bars))
+        ax.set_title(result["label"], fontsize=9, loc="left")
+        ax.set_xlim(0, ax.get_xlim()[1] * 1.12)
+        ax.tick_params(labelsize=8)
+    axes[-1, 0].set_xlabel("median latency of one query (ms)")
+    handles, labels = [], []
+    for ax in axes[:, 0]:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            if label not in labels:
+                handles.append(handle)
+                labels.append(label)
+    fig.legend(handles, labels, loc="lower center", ncol=6, fontsize=7, frameon=False)
+    machine = doc["machine"]
+    fig.suptitle(f"Encrypted inference latency by stage — {machine['nproc']} x "
+                 f"{machine['cpu_model']}, {doc['date'][:10]}", fontsize=10)
+    fig.tight_layout(rect=(0, 0.08, 1, 0.97))
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+# -- the README ------------------------------------------------------------------------------
+def _ms(summary: Mapping[str, float] | None) -> str:
+    if not summary:
+        return "-"
+    return (f"{1000 * summary['median']:,.0f} ({1000 * summary['min']:,.0f}-"
+            f"{1000 * summary['max']:,.0f})")
+
+
+def _size(n_bytes: float | None) -> str:
+    if n_bytes is None:
+        return "-"
+    for unit, scale in (("GB", 1 << 30), ("MB", 1 << 20), ("kB", 1 << 10)):
+        if n_bytes >= scale:
+            return f"{n_bytes / scale:.1f} {unit}"
+    return f"{n_bytes:.0f} B"
+
+
+def _row(title: str, cells: Sequence[str]) -> str:
+    return f"| {title} | " + " | ".join(cells) + " |"
+
+
+def render_readme_section(doc: Mapping[str, Any], *, chart_path: str = "bench/results/latency.png",
+                          json_path: str = "bench/results/latest.json") -> str:
+    """The README text between the bench markers, generated from a results document."""
+    models = doc["models"]
+    names = list(models)
+    m = doc["machine"]
+
+    def cells(fn: Any) -> list[str]:
+        return [fn(models[n]) for n in names]
+
+    def ratio(key: str, fmt: str = "{:.2f}") -> Any:
+        return lambda r: "-" if r["targets"].get(key) is None else fmt.format(r["targets"][key])
+
+    def rss(r: Mapping[str, Any]) -> str:
+        return " → ".join(f"{_size(p['rss_bytes'])} ({p['key_sets']})" for p in r["server_rss"])
+
+    def p4(r: Mapping[str, Any]) -> str:
+        t = r["targets"]
+        return (f"{_size(t['p4_key_bytes_first_query'])} / {_size(t['p4_key_bytes_all_queries'])}"
+                f" ({t['p4_queries']} q.)")
+
+    def p3(r: Mapping[str, Any]) -> str:
+        b = r.get("batch")
+        if not b:
+            return "not run"
+        return (f"{r['targets']['p3_throughput_ratio']:.2f} ({b['throughput_qps']['median']:.2f}"
+                f" vs {r['targets']['p3_raw_sequential_qps']:.2f} q/s, {b['rows']} rows)")
+
+    def p6(r: Mapping[str, Any]) -> str:
+        c = r["cold_start"]
+        return f"{c['seconds']:.1f} s vs {c['compile_seconds']:.2f} s"
+
+    lines = [
+        README_BEGIN,
+        "## Benchmark (`make bench`)",
+        "",
+        f"Latest run: **{doc['date'][:16].replace('T', ' ')} UTC** on `{m['host_kind']}`:"
+        f" {m['nproc']} x {m['cpu_model']}, {m['ram_gib']} GiB RAM, Python {m['python']},"
+        f" concrete-ml {m['concrete_ml']} (load average at start {m['loadavg_start']}:"
+        " other processes shared the cores). Generated from"
+        f" [`{json_path}`]({json_path}) by `python -m bench --render-readme`; times in ms as"
+        " median (min-max) over the repetitions shown.",
+        "",
+        "*Limit* = in-process `FHEModelServer.run` with deserialised keys + client encrypt and"
+        " decrypt. *Async* = one `EncryptedPredictor.predict_proba` call through the local"
+        " async path (client → S3 → runtime → `serve` → S3 → client), warm key cache.",
+        "",
+        _row("", [models[n]["label"] for n in names]),
+        _row("---", ["---"] * len(names)),
+        _row("repetitions (single / batch)", cells(_reps)),
+        _row("limit, one query (ms)", cells(lambda r: _ms(r["limit"]["total"]))),
+        _row("&nbsp;&nbsp;of which `FHEModelServer.run`", cells(lambda r: _ms(r["limit"]["run"]))),
+        _row("async end to end, one query (ms)", cells(lambda r: _ms(r["single"]["total"]))),
+        _row("**P1** async / limit (NN target ≤ 1.10)", cells(ratio("p1_latency_ratio"))),
+        _row("**P2** overhead above limit, ms (LR target ≤ 50)",
+             cells(ratio("p2_overhead_ms", "{:.0f}"))),
+        _row("**P3** 32-query throughput / raw sequential (≥ 0.90)", cells(p3)),
+        _row("**P4** key bytes moved, first query / all queries", cells(p4)),
+        _row("**P5** server key load, 2nd / 1st query (≤ 5 %)", cells(
+            lambda r: "-" if r["targets"]["p5_key_load_ratio"] is None else
+            f"{100 * r['targets']['p5_key_load_ratio']:.1f} %"
+            f" ({1000 * r['key_cache']['second_query']['server_key_seconds']:.1f} vs"
+            f" {1000 * r['key_cache']['first_query']['server_key_seconds']:.0f} ms)")),
+        _row("**P6** cold start (serve → healthy /ping) vs compile", cells(p6)),
+        _row("keygen (s)", cells(lambda r: f"{r['keygen_seconds']:.2f}")),
+        _row("evaluation keys", cells(lambda r: _size(r["sizes"]["evaluation_keys_bytes"]))),
+        _row("ciphertext / result", cells(
+            lambda r: f"{_size(r['sizes']['ciphertext_bytes'])} /"
+                      f" {_size(r['sizes']['result_bytes'])}")),
+        _row("server RSS (cached key sets)", cells(rss)),
+        _row("FHE = clear quantised (rows checked)", cells(
+            lambda r: f"yes ({sum(c['rows'] for c in r['correctness'].values())})")),
+        "",
+        f"![latency by stage]({chart_path})",
+        "",
+        "Targets: " + "; ".join(
+            f"{t['goal']} {t['model']} {_fmt_value(t['value'])} {t['limit']}"
+            f" {'✅' if t['met'] else '❌' if t['met'] is False else ''}".rstrip()
+            for t in doc["targets"]) + ".",
+        "",
+        "Run it: `make bench` (about 10 minutes on 2 cores; `BENCH_ARGS=--models logreg` for a"
+        " subset, `--quick` for a smoke run that leaves the committed results alone,"
+        " `--help` for the rest). It fails (exit 1) if any FHE output differs from the clear"
+        " quantised model.",
+        README_END,
+    ]
+    return "\n".join(lines)
+
+
+def _reps(result: Mapping[str, Any]) -> str:
+    batch = result.get("batch") or {}
+    return f"{result['single']['total']['n']} / {batch.get('seconds', {}).get('n', 0)}"
+
+
+def _fmt_value(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3g}"
+
+
+def update_readme(readme: Path, section: str) -> None:
+    """Replace the text between the bench markers of ``readme`` (atomically).
+
+    Raises:
+        ReportError: the markers are missing or out of order.
+    """
+    text = readme.read_text()
+    pattern = re.compile(re.escape(README_BEGIN) + r".*?" + re.escape(README_END), re.DOTALL)
+    if len(pattern.findall(text)) != 1:
+        raise ReportError(f"{readme} must contain exactly one {README_BEGIN} … {README_END} pair")
+    atomic_write_bytes(readme, pattern.sub(lambda _: section, text).encode())
+
+
+def load_results(path: Path) -> dict[str, Any]:
+    """Read a results JSON.
+
+    Raises:
+        ReportError: missing, unreadable, or written by another schema version.
+    """
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ReportError(f"cannot read {path}: {exc}; run `make bench` first") from exc
+    if doc.get("schema") != SCHEMA_VERSION:
+        raise ReportError(f"{path} has schema {doc.get('schema')}, this code reads"
+                          f" {SCHEMA_VERSION}: re-run `make bench`")
+    return dict(doc)

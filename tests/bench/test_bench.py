@@ -1,0 +1,161 @@
+"""Smoke test of the benchmark machinery: one quick LogisticRegression run through the real stack.
+
+No timing is asserted (speed goals are what the benchmark reports); the tests check that a run
+produces every field, chart and README section, and that the FHE-vs-clear gate really fails.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from bench import cli
+from bench.check import PROBA_ATOL, OutputMismatchError, check_agreement
+from bench.measure import ModelBench
+from bench.report import README_BEGIN, README_END, ReportError, update_readme
+
+SUMMARY_KEYS = {"median", "min", "max", "n"}
+README_TEXT = f"# title\n\nbefore\n\n{README_BEGIN}\nold table\n{README_END}\n\nafter\n"
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """``python -m bench --quick --models logreg`` into a temporary folder, README copy included."""
+    root = tmp_path_factory.mktemp("bench")
+    readme = root / "README.md"
+    readme.write_text(README_TEXT)
+    out_dir = root / "results"
+    code = cli.main(["--quick", "--models", "logreg", "--work-dir", str(root / "work"),
+                     "--out-dir", str(out_dir), "--readme", str(readme)])
+    return {"code": code, "out_dir": out_dir, "readme": readme,
+            "doc": json.loads((out_dir / "latest.json").read_text())}
+
+
+def test_quick_run_writes_every_field(quick_run: dict[str, Any]) -> None:
+    assert quick_run["code"] == 0
+    doc = quick_run["doc"]
+    assert doc["schema"] == 1 and doc["quick"] is True
+    assert {"nproc", "cpu_model", "ram_gib", "host_kind", "loadavg_start"} <= set(doc["machine"])
+    assert list(doc["models"]) == ["logreg"]
+    result = doc["models"]["logreg"]
+    for stage in ("encrypt", "run", "decrypt", "total"):
+        assert set(result["limit"][stage]) == SUMMARY_KEYS
+    for stage in ("total", "client_encrypt", "client_upload", "client_wait", "client_decrypt",
+                  "server_keys", "server_fetch", "server_fhe", "runtime_container"):
+        assert set(result["single"][stage]) == SUMMARY_KEYS
+        assert result["single"][stage]["n"] == 1
+    assert result["batch"]["rows"] == 4 and result["batch"]["seconds"]["n"] == 1
+    assert set(result["targets"]) >= {"p1_latency_ratio", "p2_overhead_ms", "p3_throughput_ratio",
+                                      "p4_key_bytes_first_query", "p4_key_bytes_all_queries",
+                                      "p5_key_load_ratio", "p6_cold_start_ratio"}
+    assert result["cold_start"]["seconds"] > 0 and result["cold_start"]["compile_seconds"] > 0
+    assert result["sizes"]["evaluation_keys_bytes"] > 0
+    assert result["sizes"]["ciphertext_bytes"] > 0 and result["sizes"]["result_bytes"] > 0
+    assert [p["key_sets"] for p in result["server_rss"]] == [0, 1]
+    assert all(p["rss_bytes"] > 0 for p in result["server_rss"])
+    assert {t["goal"] for t in doc["targets"]} == {"P2", "P3", "P4", "P6"}
+
+
+def test_quick_run_keys_move_once(quick_run: dict[str, Any]) -> None:
+    result = quick_run["doc"]["models"]["logreg"]
+    cache = result["key_cache"]
+    # one upload and one server download for the whole key set, however many queries follow
+    assert cache["first_query"]["client_uploads"] == 1
+    assert cache["first_query"]["server_downloads"] == 1
+    assert cache["all_queries"]["client_uploads"] == 1
+    assert cache["all_queries"]["server_downloads"] == 1
+    assert cache["all_queries"]["queries"] == 1 + 1 + 1 + 4
+    assert result["s3_objects"]["keys"] == {"objects": 1, "bytes": cache["evaluation_keys_bytes"]}
+
+
+def test_quick_run_checked_fhe_against_clear(quick_run: dict[str, Any]) -> None:
+    correctness = quick_run["doc"]["models"]["logreg"]["correctness"]
+    assert correctness["limit"]["rows"] == 2  # warm-up row + 1 repetition
+    assert correctness["pipeline"]["rows"] == 1 + 1 + 1 + 4
+    assert max(c["max_abs_gap"] for c in correctness.values()) <= PROBA_ATOL
+
+
+def test_quick_run_writes_chart_and_readme(quick_run: dict[str, Any]) -> None:
+    out_dir: Path = quick_run["out_dir"]
+    assert (out_dir / "latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    dated = [p for p in out_dir.glob("*-quick.json")]
+    assert len(dated) == 1 and json.loads(dated[0].read_text()) == quick_run["doc"]
+    text = quick_run["readme"].read_text()
+    assert text.startswith("# title\n\nbefore\n\n") and text.endswith("\n\nafter\n")
+    section = text[text.index(README_BEGIN): text.index(README_END)]
+    assert "old table" not in section
+    assert "LogisticRegression (breast cancer)" in section
+    assert f"{quick_run['doc']['machine']['nproc']} x" in section
+    assert "**P2**" in section and "latency.png" in section
+
+
+def test_render_readme_only_regenerates_from_latest(quick_run: dict[str, Any],
+                                                    tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text(README_TEXT)
+    code = cli.main(["--render-readme", "--out-dir", str(quick_run["out_dir"]),
+                     "--readme", str(readme)])
+    assert code == 0
+    assert readme.read_text() == quick_run["readme"].read_text()
+
+
+def test_bench_fails_loudly_when_fhe_and_clear_disagree(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    real = ModelBench.clear_outputs
+
+    def swapped_classes(self: ModelBench, x_raw: np.ndarray) -> np.ndarray:
+        return real(self, x_raw)[:, ::-1]
+
+    monkeypatch.setattr(ModelBench, "clear_outputs", swapped_classes)
+    code = cli.main(["--quick", "--models", "logreg", "--work-dir", str(tmp_path / "work"),
+                     "--out-dir", str(tmp_path / "results"), "--no-readme"])
+    assert code == cli.EXIT_MISMATCH
+    err = capsys.readouterr().err
+    assert "bench: FAILED: logreg limit (in-process): FHE disagrees with the clear quantised" in err
+    assert not (tmp_path / "results").exists()
+
+
+def test_check_agreement_passes_equal_outputs() -> None:
+    proba = np.array([[0.9, 0.1], [0.2, 0.8]])
+    agreement = check_agreement(proba, proba + 1e-9, what="x")
+    assert agreement.rows == 2 and agreement.max_abs_gap == pytest.approx(1e-9)
+
+
+@pytest.mark.parametrize(("fhe", "message"), [
+    ([[0.1, 0.9], [0.2, 0.8]], r"on 1 of 2 rows \(row 0: FHE class 1 vs clear 0, \|gap\| 0.8\)"),
+    ([[0.9, 0.1], [0.25, 0.75]], r"on 1 of 2 rows \(row 1: FHE class 1 vs clear 1, \|gap\| 0.05\)"),
+    ([[0.9, 0.1]], r"FHE output shape \(1, 2\) != clear quantised shape \(2, 2\)"),
+])
+def test_check_agreement_fails_on_any_difference(fhe: list[list[float]], message: str) -> None:
+    with pytest.raises(OutputMismatchError, match=message):
+        check_agreement(np.array(fhe), np.array([[0.9, 0.1], [0.2, 0.8]]), what="m")
+
+
+def test_settings_overrides_per_model() -> None:
+    settings = cli.BenchSettings.from_args(["--models", "logreg,tree", "--reps", "tree=2",
+                                            "--batch-reps", "0", "--no-readme"])
+    reps = {c.name: (c.reps, c.batch_reps) for c in settings.cases}
+    assert reps == {"logreg": (10, 0), "tree": (2, 0)}
+    assert settings.readme is None
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--models", "svm"], "--models: unknown svm; choose from logreg, tree, nn"),
+    (["--models", "tree", "--reps", "nn=2"], "--reps 'nn=2': N must be >= 0 and MODEL one of tree"),
+    (["--reps", "many"], r"--reps 'many': expected \[MODEL=\]N"),
+])
+def test_settings_reject_bad_flags(argv: list[str], message: str) -> None:
+    with pytest.raises(SystemExit, match=message):
+        cli.BenchSettings.from_args(argv)
+
+
+def test_update_readme_needs_one_marker_pair(tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text("# no markers\n")
+    with pytest.raises(ReportError, match="must contain exactly one <!-- BEGIN bench -->"):
+        update_readme(readme, "x")
+    assert readme.read_text() == "# no markers\n"

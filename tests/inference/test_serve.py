@@ -1,0 +1,127 @@
+"""The real `serve` (nginx + gunicorn) on loopback against the moto S3 server."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+
+from inference.contract import build_request, parse_error_body, unpack_batch
+from inference.serve import render_nginx_conf
+from inference.settings import Settings
+from tests.fixtures.models import FixtureModel
+from tests.inference.conftest import KeyedClient, RunningServe, Uploader, make_keyed_client
+
+
+def post(serve: RunningServe, body: bytes) -> requests.Response:
+    return requests.post(f"{serve.url}/invocations", data=body,
+                         headers={"Content-Type": "application/json"}, timeout=120)
+
+
+def test_nginx_fronts_gunicorn(running_serve: RunningServe) -> None:
+    assert shutil.which("nginx"), "install nginx (apt-get install -y nginx)"
+    response = requests.get(f"{running_serve.url}/ping", timeout=5)
+    assert response.status_code == 200
+    assert response.headers["Server"].startswith("nginx")
+    assert "Listening at: unix:" in running_serve.log.read_text()
+
+
+def test_single_and_batch_queries(running_serve: RunningServe, keyed: dict[str, KeyedClient],
+                                  uploader: Uploader) -> None:
+    fhe = keyed["tree"]
+    rows = fhe.model.scaled_test[:3]
+    single = post(running_serve, uploader.request(fhe, rows[:1]))
+    assert single.status_code == 200, single.content[:300]
+    np.testing.assert_allclose(fhe.decrypt(single.content), fhe.expected(rows[0]))
+    batch = post(running_serve, uploader.request(fhe, rows, batch=True))
+    assert batch.status_code == 200, batch.content[:300]
+    for result, row in zip(unpack_batch(batch.content), rows, strict=True):
+        np.testing.assert_allclose(fhe.decrypt(result), fhe.expected(row))
+
+
+def test_errors_through_the_stack_then_a_good_query(
+        running_serve: RunningServe, keyed: dict[str, KeyedClient], uploader: Uploader) -> None:
+    """Includes keys of another circuit, which would abort the worker if they reached concrete."""
+    fhe = keyed["tree"]
+    bad_json = post(running_serve, b"{")
+    assert bad_json.status_code == 400
+    assert parse_error_body(bad_json.content)[1] == "BadRequest"
+    denied = post(running_serve, build_request(evaluation_keys_uri="s3://elsewhere/k",
+                                               encrypted_query_uri="s3://elsewhere/q"))
+    assert denied.status_code == 403
+    assert "may not read s3://elsewhere/k, s3://elsewhere/q" in parse_error_body(denied.content)[2]
+    foreign = keyed["linear"]
+    mismatch = post(running_serve, build_request(
+        evaluation_keys_uri=uploader.keys(foreign),
+        encrypted_query_uri=uploader.put("q", fhe.encrypt(fhe.model.scaled_test[0]))))
+    assert mismatch.status_code == 422, mismatch.content
+    good = post(running_serve, uploader.request(fhe, fhe.model.scaled_test[:1]))
+    assert good.status_code == 200
+    np.testing.assert_allclose(fhe.decrypt(good.content), fhe.expected(fhe.model.scaled_test[0]))
+
+
+def test_two_key_sets_concurrently(running_serve: RunningServe,
+                                   fixture_models: dict[str, FixtureModel],
+                                   uploader: Uploader, tmp_path: Path) -> None:
+    first = make_keyed_client(fixture_models["tree"], tmp_path / "first")
+    second = make_keyed_client(fixture_models["tree"], tmp_path / "second")
+    assert first.keys_sha != second.keys_sha
+    jobs = [(client, row) for row in fixture_models["tree"].scaled_test[5:8]
+            for client in (first, second)]
+    bodies = [uploader.request(c, row[None, :], evaluation_keys_sha256=c.keys_sha)
+              for c, row in jobs]
+    before = _key_cache(running_serve)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        responses = list(pool.map(lambda b: post(running_serve, b), bodies))
+    for (client, row), response in zip(jobs, responses, strict=True):
+        assert response.status_code == 200, response.content[:300]
+        np.testing.assert_allclose(client.decrypt(response.content), client.expected(row))
+    after = _key_cache(running_serve)
+    # One worker: each fresh key set is downloaded and deserialised exactly once for 3 queries.
+    assert after["downloads"] - before["downloads"] == 2
+    assert after["deserializations"] - before["deserializations"] == 2
+    assert after["memory_hits"] - before["memory_hits"] == 4
+
+
+def _key_cache(serve: RunningServe) -> dict[str, int]:
+    return json.loads(requests.get(f"{serve.url}/metrics", timeout=5).content)["key_cache"]
+
+
+def test_nginx_waits_longer_than_gunicorn(tmp_path: Path) -> None:
+    settings = Settings(timeout=300, max_request_bytes=1234, port=9999, host="127.0.0.1")
+    conf = render_nginx_conf(settings, runtime_dir=tmp_path, socket_path=tmp_path / "g.sock")
+    assert "proxy_read_timeout 310s;" in conf
+    assert "client_max_body_size 1234;" in conf
+    assert "listen 127.0.0.1:9999;" in conf
+    assert f"server unix:{tmp_path / 'g.sock'};" in conf
+
+
+@pytest.mark.parametrize("flag", [["--no-nginx"]])
+def test_serve_without_nginx_binds_gunicorn_and_says_so(
+        flag: list[str], fixture_models: dict[str, FixtureModel], tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from inference.local.s3_server import free_port
+    from tests.inference.conftest import _wait_ping
+
+    port = free_port()
+    env = {**os.environ, **Settings(model_dir=fixture_models["linear"].model_dir, port=port,
+                                    host="127.0.0.1", key_cache_dir=tmp_path).to_env()}
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen([sys.executable, "-m", "inference.serve", *flag], env=env,
+                                   stdout=out, stderr=subprocess.STDOUT)
+    try:
+        _wait_ping(f"http://127.0.0.1:{port}", process)
+        assert "nginx disabled: gunicorn binds 127.0.0.1:" in log.read_text()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
