@@ -105,7 +105,6 @@ class ModelBench:
                          "metrics": {k: self.model.metrics.get(k) for k in
                                      ("metric", "float_sklearn", "clear_quantised", "n_train",
                                       "n_test", "timings")}},
-            "sizes": {"model_tar_bytes": self.model.model_tar_bytes},
         }
         logger.info("[%s] limit: in-process FHEModelServer.run", self.case.name)
         result.update(self.measure_limit())
@@ -115,7 +114,9 @@ class ModelBench:
                                 "ratio_to_compile": cold["seconds"] / result["server_load_seconds"]}
         logger.info("[%s] deploying and measuring the async path", self.case.name)
         with self.stack.endpoint(self.case, self.model) as endpoint:
-            result.update(self.measure_pipeline(endpoint))
+            pipeline = self.measure_pipeline(endpoint)
+        result["correctness"].update(pipeline.pop("correctness"))
+        result.update(pipeline)
         result["targets"] = derived(result)
         return result
 
