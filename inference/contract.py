@@ -71,6 +71,10 @@ class ContractError(ValueError):
     """A request, URI or batch body that does not follow the contract (HTTP 400)."""
 
 
+class BatchTooLargeError(ContractError):
+    """A batch body holds more items than the receiver accepts (HTTP 413)."""
+
+
 @dataclass(frozen=True)
 class S3Uri:
     """A parsed ``s3://bucket/key`` URI."""
@@ -117,7 +121,9 @@ def parse_s3_uri(uri: Any, *, field: str = "uri") -> S3Uri:
         ContractError: ``uri`` is not a string of that form.
     """
     if not isinstance(uri, str):
-        raise ContractError(f"'{field}' must be a string 's3://bucket/key', got {type(uri).__name__}")
+        raise ContractError(
+            f"'{field}' must be a string 's3://bucket/key', got {type(uri).__name__}"
+        )
     match = _S3_URI_RE.match(uri)
     if match is None or ".." in match["key"].split("/"):
         raise ContractError(f"'{field}' must look like 's3://bucket/key', got {uri[:200]!r}")
@@ -185,7 +191,9 @@ def parse_request(body: bytes) -> InferenceRequest:
         query_uris=query_uris,
         packed=packed,
         batch=batch,
-        model_fingerprint=None if fingerprint is None else _parse_sha(fingerprint, FIELD_FINGERPRINT),
+        model_fingerprint=None
+        if fingerprint is None
+        else _parse_sha(fingerprint, FIELD_FINGERPRINT),
         evaluation_keys_sha256=None if keys_sha is None else _parse_sha(keys_sha, FIELD_KEYS_SHA),
         query_sha256=None
         if query_sha is None
@@ -234,8 +242,8 @@ def unpack_batch(body: bytes, *, max_items: int | None = None) -> list[bytes]:
     """Split an ``application/vnd.fhe-batch`` body into its frames.
 
     Raises:
-        ContractError: wrong magic or version, truncated frames, trailing bytes, or more than
-            ``max_items`` frames.
+        BatchTooLargeError: more than ``max_items`` frames.
+        ContractError: wrong magic or version, truncated frames, or trailing bytes.
     """
     view = memoryview(body)
     if len(view) < _HEADER.size:
@@ -244,7 +252,7 @@ def unpack_batch(body: bytes, *, max_items: int | None = None) -> list[bytes]:
     if magic != BATCH_MAGIC or version != BATCH_VERSION:
         raise ContractError(f"batch body must start with {BATCH_MAGIC!r} version {BATCH_VERSION}")
     if max_items is not None and count > max_items:
-        raise ContractError(f"batch has {count} items; the limit is {max_items}")
+        raise BatchTooLargeError(f"batch has {count} items; the limit is {max_items}")
     if count == 0:
         raise ContractError("batch has no items")
     items: list[bytes] = []

@@ -229,9 +229,9 @@ def _ciphertexts(services: Services, req: contract.InferenceRequest) -> list[byt
         return objects
     try:
         return contract.unpack_batch(objects[0], max_items=services.settings.max_batch_size)
+    except contract.BatchTooLargeError as exc:
+        raise PayloadTooLarge(f"{exc} (split the batch or raise {ENV_MAX_BATCH_SIZE})") from exc
     except contract.ContractError as exc:
-        if "limit" in str(exc):
-            raise PayloadTooLarge(f"{exc} (split the batch or raise {ENV_MAX_BATCH_SIZE})") from exc
         raise BadRequest(f"the encrypted batch object is not in the batch framing: {exc}") from exc
 
 

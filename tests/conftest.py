@@ -17,7 +17,9 @@ from tests.fixtures.models import FixtureModel, build_fixture_model
 # and the SageMaker SDK's telemetry/config lookups switched off.
 os.environ.update(LOCAL_CREDENTIALS)
 os.environ["AWS_DEFAULT_REGION"] = LOCAL_REGION
-os.environ.setdefault("SAGEMAKER_USER_CONFIG_OVERRIDE", str(Path(__file__).parent / "sagemaker_config.yaml"))
+os.environ.setdefault(
+    "SAGEMAKER_USER_CONFIG_OVERRIDE", str(Path(__file__).parent / "sagemaker_config.yaml")
+)
 os.environ.pop("AWS_PROFILE", None)
 
 
@@ -39,13 +41,13 @@ def s3_env(s3_server: LocalS3Server, monkeypatch: pytest.MonkeyPatch) -> dict[st
 
 
 @pytest.fixture
-def s3_client(s3_server: LocalS3Server):  # noqa: ANN201 - boto3 client type is dynamic
+def s3_client(s3_server: LocalS3Server):
     """A boto3 S3 client talking HTTP to the moto server."""
     return boto3.client("s3", endpoint_url=s3_server.endpoint_url, region_name=LOCAL_REGION)
 
 
 @pytest.fixture
-def bucket(s3_client) -> str:  # noqa: ANN001
+def bucket(s3_client) -> str:
     """A fresh, empty bucket."""
     name = f"test-{uuid.uuid4().hex[:12]}"
     s3_client.create_bucket(Bucket=name)

@@ -1,0 +1,68 @@
+"""The model artefact format: scaler, manifest validation, fingerprints."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.fixtures.models import FixtureModel
+from training.artifact import (
+    CLIENT_ZIP,
+    MANIFEST_NAME,
+    SERVER_ZIP,
+    ArtifactError,
+    Manifest,
+    Scaler,
+    file_sha256,
+    read_manifest,
+)
+
+
+def test_scaler_maps_training_range_to_minus_one_one() -> None:
+    data = np.array([[0.0, 5.0, 7.0], [10.0, 15.0, 7.0], [5.0, 10.0, 7.0]])
+    scaler = Scaler.fit(data)
+    scaled = scaler.transform(data)
+    np.testing.assert_allclose(scaled[:, 0], [-1.0, 1.0, 0.0])
+    np.testing.assert_allclose(scaled[:, 1], [-1.0, 1.0, 0.0])
+    np.testing.assert_array_equal(scaled[:, 2], [0.0, 0.0, 0.0])  # constant feature
+    assert Scaler.from_dict(json.loads(json.dumps(scaler.to_dict()))) == scaler
+
+
+def test_saved_artifact_has_files_manifest_and_true_fingerprints(
+    fixture_models: dict[str, FixtureModel],
+) -> None:
+    fixture = fixture_models["linear"]
+    manifest = read_manifest(fixture.model_dir)
+    assert manifest == fixture.manifest
+    assert manifest.client_fingerprint == file_sha256(fixture.model_dir / CLIENT_ZIP)
+    assert manifest.fingerprints[SERVER_ZIP] == file_sha256(fixture.model_dir / SERVER_ZIP)
+    assert (manifest.model_class, manifest.task, manifest.n_features) == (
+        "LogisticRegression", "classification", 30)
+    assert manifest.versions["concrete-ml"] == "1.9.0"
+
+
+def test_missing_manifest_says_what_to_point_at(tmp_path: Path) -> None:
+    with pytest.raises(ArtifactError, match="produced by training/training_script.py"):
+        read_manifest(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda d: d.update(format_version=99), "format 99 is not supported"),
+        (lambda d: d.pop("fingerprints"), "not a valid manifest"),
+        (lambda d: d.update(task="ranking"), "task must be one of"),
+        (lambda d: d.update(n_features=3), "scaler and n_features disagree"),
+        (lambda d: d["scaler"].update(kind="zscore"), "unsupported scaler"),
+    ],
+)
+def test_invalid_manifests_are_rejected(
+    fixture_models: dict[str, FixtureModel], mutate, message: str
+) -> None:
+    doc = json.loads((fixture_models["linear"].model_dir / MANIFEST_NAME).read_bytes())
+    mutate(doc)
+    with pytest.raises(ArtifactError, match=message):
+        Manifest.from_json(json.dumps(doc).encode())
