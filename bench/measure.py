@@ -56,6 +56,70 @@ class Samples:
         return summarize(self.values[name]).median
 
 
+class LimitProbe:
+    """The limit, in this process: client encrypt -> ``FHEModelServer.run`` -> client decrypt.
+
+    Keys are generated once into ``key_dir`` (the async client later loads the same key set)
+    and deserialised once, as a server with a warm cache holds them.
+
+    Args:
+        model: The trained model (its local model directory).
+        key_dir: A fresh key directory.
+    """
+
+    def __init__(self, model: TrainedModel, key_dir: Path) -> None:
+        self.model = model
+        self.key_dir = key_dir
+        self.setup: dict[str, Any] = {}
+        self._client: Any = None
+        self._server: Any = None
+        self._keys: Any = None
+
+    def __enter__(self) -> LimitProbe:
+        from concrete import fhe
+        from concrete.ml.deployment import FHEModelClient, FHEModelServer
+
+        self._client = FHEModelClient(str(self.model.model_dir))
+        keyset = KeyStore(self.key_dir).load_or_generate(
+            self._client, self.model.manifest.client_fingerprint, progress=False)
+        if not keyset.generated:
+            raise BenchError(f"{self.key_dir} already held keys: use a fresh work dir")
+        started = time.perf_counter()
+        self._server = FHEModelServer(str(self.model.model_dir))
+        load_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        self._keys = fhe.EvaluationKeys.deserialize(keyset.read_evaluation_keys())
+        self.setup = {
+            "keygen_seconds": keyset.seconds,
+            "server_load_seconds": load_seconds,
+            "keys_deserialize_seconds": time.perf_counter() - started,
+            "sizes": {"model_tar_bytes": self.model.model_tar_bytes,
+                      "evaluation_keys_bytes": keyset.evaluation_keys_bytes},
+        }
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._client = self._server = self._keys = None
+        gc.collect()
+
+    def sample(self, row: np.ndarray, samples: Samples | None) -> np.ndarray:
+        """Run one raw row; add its stage timings to ``samples`` (None: a warm-up)."""
+        scaled = self.model.manifest.scaler.transform(np.asarray(row).reshape(1, -1))
+        t0 = time.perf_counter()
+        ciphertext = self._client.quantize_encrypt_serialize(scaled)
+        t1 = time.perf_counter()
+        encrypted = self._server.run(ciphertext, self._keys)
+        t2 = time.perf_counter()
+        output = self._client.deserialize_decrypt_dequantize(encrypted)
+        t3 = time.perf_counter()
+        self.setup["sizes"].update(ciphertext_bytes=len(ciphertext), result_bytes=len(encrypted))
+        if samples is not None:
+            for name, value in zip((*LIMIT_STAGES, "total"),
+                                   (t1 - t0, t2 - t1, t3 - t2, t3 - t0), strict=True):
+                samples.add(name, value)
+        return np.asarray(output)
+
+
 class ModelBench:
     """Runs every measurement of one :class:`ModelCase` against a :class:`BenchStack`.
 
@@ -74,6 +138,7 @@ class ModelBench:
         self.model: TrainedModel | None = None
         self.key_root = stack.work_dir / case.name / "keys"
         self.s3_prefix = f"{CLIENT_PREFIX}/{case.name}"
+        self.limit_checks: list[dict[str, Any]] = []
 
     # -- correctness -------------------------------------------------------------------------
     def clear_outputs(self, x_raw: np.ndarray) -> np.ndarray:
@@ -94,7 +159,7 @@ class ModelBench:
 
     # -- the whole sequence ------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        """Train, measure the limit and the cold start, deploy, measure the async path."""
+        """Train, load the limit probe, measure the cold start, deploy, measure side by side."""
         logger.info("[%s] training via start_training.py --local", self.case.name)
         self.model = self.stack.train(self.case, self.split)
         result: dict[str, Any] = {
@@ -106,67 +171,26 @@ class ModelBench:
                                      ("metric", "float_sklearn", "clear_quantised", "n_train",
                                       "n_test", "timings")}},
         }
-        logger.info("[%s] limit: in-process FHEModelServer.run", self.case.name)
-        result.update(self.measure_limit())
-        logger.info("[%s] cold start of serve", self.case.name)
-        cold = self.stack.cold_start(self.model)
-        result["cold_start"] = {**cold, "compile_seconds": result["server_load_seconds"],
-                                "ratio_to_compile": cold["seconds"] / result["server_load_seconds"]}
-        logger.info("[%s] deploying and measuring the async path", self.case.name)
-        with self.stack.endpoint(self.case, self.model) as endpoint:
-            pipeline = self.measure_pipeline(endpoint)
-        result["correctness"].update(pipeline.pop("correctness"))
-        result.update(pipeline)
+        logger.info("[%s] keygen and in-process FHEModelServer load", self.case.name)
+        with LimitProbe(self.model, self.key_root / "main") as probe:
+            result.update(probe.setup)
+            logger.info("[%s] cold start of serve", self.case.name)
+            cold = self.stack.cold_start(self.model)
+            result["cold_start"] = {**cold, "compile_seconds": probe.setup["server_load_seconds"],
+                                    "ratio_to_compile": cold["seconds"]
+                                    / probe.setup["server_load_seconds"]}
+            logger.info("[%s] deploying; limit and async path side by side", self.case.name)
+            with self.stack.endpoint(self.case, self.model) as endpoint:
+                result.update(self.measure_pipeline(endpoint, probe))
+            result["sizes"] = dict(probe.setup["sizes"])
         result["targets"] = derived(result)
         return result
 
-    # -- the limit ---------------------------------------------------------------------------
-    def measure_limit(self) -> dict[str, Any]:
-        """Keygen, then encrypt -> ``FHEModelServer.run`` -> decrypt in this process."""
-        from concrete import fhe
-        from concrete.ml.deployment import FHEModelClient, FHEModelServer
-
-        model = self._trained()
-        client = FHEModelClient(str(model.model_dir))
-        keyset = KeyStore(self.key_root / "main").load_or_generate(
-            client, model.manifest.client_fingerprint, progress=False)
-        if not keyset.generated:
-            raise BenchError(f"{self.key_root / 'main'} already held keys: use a fresh work dir")
-        started = time.perf_counter()
-        server = FHEModelServer(str(model.model_dir))
-        load_seconds = time.perf_counter() - started
-        started = time.perf_counter()
-        keys = fhe.EvaluationKeys.deserialize(keyset.read_evaluation_keys())
-        deserialize_seconds = time.perf_counter() - started
-        rows = self.split.x_held[: self.case.limit_reps + 1]  # row 0 warms up, not counted
-        scaled = model.manifest.scaler.transform(rows)
-        samples, outputs, sizes = Samples(), [], {}
-        for index, row in enumerate(scaled):
-            t0 = time.perf_counter()
-            ciphertext = client.quantize_encrypt_serialize(row.reshape(1, -1))
-            t1 = time.perf_counter()
-            encrypted = server.run(ciphertext, keys)
-            t2 = time.perf_counter()
-            outputs.append(client.deserialize_decrypt_dequantize(encrypted))
-            t3 = time.perf_counter()
-            sizes = {"ciphertext_bytes": len(ciphertext), "result_bytes": len(encrypted)}
-            if index == 0:
-                continue
-            for name, value in zip((*LIMIT_STAGES, "total"), (t1 - t0, t2 - t1, t3 - t2, t3 - t0),
-                                   strict=True):
-                samples.add(name, value)
-        agreement = self.verify(np.concatenate(outputs), rows, what="limit (in-process)")
-        del server, keys, client
-        gc.collect()
-        return {
-            "keygen_seconds": keyset.seconds,
-            "server_load_seconds": load_seconds,
-            "keys_deserialize_seconds": deserialize_seconds,
-            "sizes": {"model_tar_bytes": model.model_tar_bytes,
-                      "evaluation_keys_bytes": keyset.evaluation_keys_bytes, **sizes},
-            "limit": samples.summary(),
-            "correctness": {"limit": agreement},
-        }
+    def measure_limit(self, probe: LimitProbe, rows: np.ndarray, samples: Samples | None) -> None:
+        """Run ``rows`` through the in-process limit; check them; add their timings (if given)."""
+        outputs = [probe.sample(row, samples) for row in rows]
+        self.limit_checks.append(self.verify(np.concatenate(outputs), rows,
+                                             what="limit (in-process)"))
 
     # -- the async path ----------------------------------------------------------------------
     def predictor(self, endpoint: Endpoint, key_dir: Path) -> EncryptedPredictor:
@@ -189,9 +213,15 @@ class ModelBench:
         requests = _server_requests(endpoint, expected=-(-len(rows) // predictor.batch_size))
         return seconds, predictor.last_timings, requests, self.verify(proba, rows, what=what)
 
-    def measure_pipeline(self, endpoint: Endpoint) -> dict[str, Any]:
-        """P1-P5 and memory through the async path (client -> S3 -> runtime -> serve -> S3)."""
+    def measure_pipeline(self, endpoint: Endpoint, probe: LimitProbe) -> dict[str, Any]:
+        """The limit and P1-P5 and memory through the async path, repetitions interleaved.
+
+        Each async query (client -> S3 -> runtime -> serve -> S3 -> client) follows an
+        in-process limit run of the same row, so both see the same load on the machine.
+        """
         x = self.split.x_held
+        limit = Samples()
+        self.measure_limit(probe, x[:1], None)  # warm-up: checked, not timed
         pid = int(endpoint.metrics()["pid"])
         rss = [{"key_sets": 0, "rss_bytes": rss_bytes(pid), "key_cache_memory_bytes": 0}]
         checks: list[dict[str, Any]] = []
@@ -206,12 +236,15 @@ class ModelBench:
             second = self._query(predictor, endpoint, x[1:2], what="async query 2 (cached keys)")
             checks += [first[3], second[3]]
             single = Samples()
-            for rep in range(self.case.reps):
+            for rep in range(max(self.case.reps, self.case.limit_reps)):
                 row = x[2 + rep: 3 + rep]
-                seconds, timings, server, check = self._query(predictor, endpoint, row,
-                                                              what=f"async single query {rep}")
-                checks.append(check)
-                _add_single(single, seconds, timings, server[0])
+                if rep < self.case.limit_reps:
+                    self.measure_limit(probe, row, limit)
+                if rep < self.case.reps:
+                    seconds, timings, server, check = self._query(
+                        predictor, endpoint, row, what=f"async single query {rep}")
+                    checks.append(check)
+                    _add_single(single, seconds, timings, server[0])
             batch = Samples()
             for rep in range(self.case.batch_reps):
                 rows = x[: self.case.batch_rows]
@@ -232,15 +265,18 @@ class ModelBench:
         key_bytes = self._key_bytes()
         return {
             "client_batch_size": batch_size,
+            "limit": limit.summary(),
             "single": single.summary(),
             "batch": {"rows": self.case.batch_rows, **batch.summary()} if batch.values else None,
             "key_cache": {
                 "first_query": {"server_key_seconds": first[2][0].keys,
+                                "server_fhe_seconds": first[2][0].fhe,
                                 "client_uploads": uploads_first,
                                 "server_downloads": _delta(before, after_first, "downloads"),
                                 "server_deserializations": _delta(before, after_first,
                                                                   "deserializations")},
-                "second_query": {"server_key_seconds": second[2][0].keys},
+                "second_query": {"server_key_seconds": second[2][0].keys,
+                                 "server_fhe_seconds": second[2][0].fhe},
                 "all_queries": {"queries": queries_total, "client_uploads": key_uploads,
                                 "server_downloads": _delta(before, after_all, "downloads"),
                                 "server_deserializations": _delta(before, after_all,
@@ -250,7 +286,8 @@ class ModelBench:
             },
             "s3_objects": objects,
             "server_rss": rss,
-            "correctness": {"pipeline": _merge_checks(checks)},
+            "correctness": {"limit": _merge_checks(self.limit_checks),
+                            "pipeline": _merge_checks(checks)},
         }
 
     def _extra_key_sets(self, endpoint: Endpoint, pid: int,

@@ -126,22 +126,23 @@ def render_chart(doc: Mapping[str, Any]) -> bytes:
     fig, axes = plt.subplots(len(models), 1, figsize=(10, 1.9 * len(models) + 0.9), squeeze=False)
     for ax, result in zip(axes[:, 0], models.values(), strict=True):
         bars = {
-            "limit (in-process)": [(label, float(result["limit"][key]["median"]))
-                                   for key, label in LIMIT_SEGMENTS],
-            "async end to end": e2e_segments(result["single"]),
+            "limit (in-process)": ([(label, float(result["limit"][key]["median"]))
+                                    for key, label in LIMIT_SEGMENTS], result["limit"]["total"]),
+            "async end to end": (e2e_segments(result["single"]), result["single"]["total"]),
         }
-        for row, segments in enumerate(bars.values()):
+        for row, (segments, total) in enumerate(bars.values()):
             left = 0.0
             for label, seconds in segments:
                 ax.barh(row, 1000 * seconds, left=left, color=COLORS[label], label=label,
                         edgecolor="white", linewidth=0.5)
                 left += 1000 * seconds
-            ax.text(left, row, f" {left:,.0f} ms", va="center", fontsize=8)
+            ax.text(left, row, f" median {1000 * total['median']:,.0f} ms", va="center",
+                    fontsize=8)
         ax.set_yticks(range(len(bars)), list(bars))
         ax.set_title(result["label"], fontsize=9, loc="left")
         ax.set_xlim(0, ax.get_xlim()[1] * 1.12)
         ax.tick_params(labelsize=8)
-    axes[-1, 0].set_xlabel("median latency of one query (ms)")
+    axes[-1, 0].set_xlabel("latency of one query (ms): median of each stage, stacked")
     handles, labels = [], []
     for ax in axes[:, 0]:
         for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):

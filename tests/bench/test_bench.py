@@ -104,7 +104,8 @@ def test_render_readme_only_regenerates_from_latest(quick_run: dict[str, Any],
 
 
 def test_bench_fails_loudly_when_fhe_and_clear_disagree(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
     real = ModelBench.clear_outputs
 
     def swapped_classes(self: ModelBench, x_raw: np.ndarray) -> np.ndarray:
