@@ -124,6 +124,11 @@ def _join(prefix: S3Uri, *parts: str) -> S3Uri:
     return S3Uri(prefix.bucket, "/".join(p for p in (prefix.key, *parts) if p))
 
 
+def _evaluation_keys_missing(exc: InferenceFailedError) -> bool:
+    """True when the endpoint says the evaluation keys object does not exist."""
+    return exc.status == 404 and exc.message.startswith("evaluation keys ")
+
+
 def validate_features(x: Any, n_features: int) -> np.ndarray:
     """Return ``x`` as a finite float64 array of shape (rows, n_features).
 
@@ -339,23 +344,15 @@ class EncryptedPredictor:
         before = Timings(**self.timings.as_dict())
         up0, down0 = self.storage.bytes_uploaded, self.storage.bytes_downloaded
         scaled = self.model.manifest.scaler.transform(features)
-        keys = self.ensure_keys()
-        keys_uri = self.upload_evaluation_keys()
-        starts = range(0, len(scaled), self.batch_size)
-        pending = [
-            self._submit(scaled[i : i + self.batch_size], keys, keys_uri)
-            for i in tqdm(
-                starts, desc="encrypt + send", unit="batch", disable=not self.progress, leave=False
-            )
-        ]
-        results, last = [], time.monotonic()
-        for request in tqdm(
-            pending, desc="wait + decrypt", unit="batch", disable=not self.progress, leave=False
-        ):
-            results.append(
-                self._collect(request, deadline=max(request.sent_at, last) + self.timeout)
-            )
-            last = time.monotonic()
+        try:
+            results = self._run_batches(scaled)
+        except InferenceFailedError as exc:
+            if not _evaluation_keys_missing(exc):
+                raise
+            # The keys were deleted from S3 since we uploaded them (lifecycle rule, restarted
+            # local S3): upload them again and send the rows once more.
+            self._uploaded_keys = None
+            results = self._run_batches(scaled)
         self.timings.rows += len(scaled)
         self.timings.bytes_uploaded += self.storage.bytes_uploaded - up0
         self.timings.bytes_downloaded += self.storage.bytes_downloaded - down0
@@ -363,6 +360,39 @@ class EncryptedPredictor:
             **{k: v - getattr(before, k) for k, v in self.timings.as_dict().items()}
         )
         return np.concatenate(results, axis=0)
+
+    def _run_batches(self, scaled: np.ndarray) -> list[np.ndarray]:
+        """Encrypt, send and collect every batch of ``scaled`` rows."""
+        keys = self.ensure_keys()
+        try:
+            keys_uri = self.upload_evaluation_keys()
+            starts = range(0, len(scaled), self.batch_size)
+            pending = [
+                self._submit(scaled[i : i + self.batch_size], keys, keys_uri)
+                for i in tqdm(
+                    starts,
+                    desc="encrypt + send",
+                    unit="batch",
+                    disable=not self.progress,
+                    leave=False,
+                )
+            ]
+            results, last = [], time.monotonic()
+            for request in tqdm(
+                pending,
+                desc="wait + decrypt",
+                unit="batch",
+                disable=not self.progress,
+                leave=False,
+            ):
+                results.append(
+                    self._collect(request, deadline=max(request.sent_at, last) + self.timeout)
+                )
+                last = time.monotonic()
+        except StorageError:
+            self._uploaded_keys = None  # S3 failed: check (HEAD) the keys again next time
+            raise
+        return results
 
     def _submit(self, rows: np.ndarray, keys: KeySet, keys_uri: S3Uri) -> _Pending:
         start = time.perf_counter()

@@ -8,25 +8,45 @@ Like SageMaker it queues requests, runs at most ``max_concurrency`` at a time ag
 container's ``POST /invocations``, and writes the response body to
 ``<output_path>/<InferenceId>.out`` or the error to ``<failure_path>/<InferenceId>-error.out``,
 honouring the request TTL and the invocation timeout.
+
+No accepted invocation vanishes silently:
+
+* writing the output or failure object is retried (S3 may be briefly unreachable) and a worker
+  thread never dies on an error;
+* :meth:`LocalAsyncRuntime.stop` lets running invocations finish and writes a
+  ``503 RuntimeStopped`` failure object for every invocation still queued;
+* with ``journal_dir``, every accepted invocation is recorded on disk (one JSON file, written
+  atomically) until its output or failure object is written; a runtime started on the same
+  directory after a crash or ``kill -9`` re-queues the ones left there, so they complete
+  (an FHE run is a pure function of its inputs, so running one twice is harmless).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import queue
 import re
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import requests
 
-from inference.contract import CONTENT_TYPE_JSON, ContractError, error_body, parse_s3_uri
+from inference.atomic import atomic_write_bytes
+from inference.contract import (
+    CONTENT_TYPE_JSON,
+    ContractError,
+    error_body,
+    parse_error_body,
+    parse_s3_uri,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +54,8 @@ _PATH_RE = re.compile(r"^/endpoints/(?P<name>[^/]+)/async-invocations/?$")
 DEFAULT_REQUEST_TTL = 21600
 DEFAULT_INVOCATION_TIMEOUT = 900
 MAX_INVOCATION_TIMEOUT = 3600
+DEFAULT_WRITE_RETRY_SECONDS = 120.0
+JOURNAL_SUFFIX = ".job.json"
 _H = "X-Amzn-SageMaker-"
 
 
@@ -51,6 +73,22 @@ class AsyncJob:
     enqueued: float
     ttl_seconds: int
     timeout_seconds: int
+    accepted_at: float = 0.0
+
+    def to_json(self) -> bytes:
+        """The job as a journal entry (``accepted_at`` is wall-clock, ``enqueued`` is not kept)."""
+        doc = asdict(self)
+        doc.pop("enqueued")
+        return json.dumps(doc).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> AsyncJob:
+        """Rebuild a journaled job; its TTL keeps counting from when it was first accepted."""
+        doc = json.loads(data)
+        waited = max(0.0, time.time() - float(doc["accepted_at"]))
+        return cls(**{**doc, "output_key": tuple(doc["output_key"]),
+                      "failure_key": tuple(doc["failure_key"]),
+                      "enqueued": time.monotonic() - waited})
 
 
 class RuntimeRequestError(ValueError):
@@ -75,12 +113,17 @@ class LocalAsyncRuntime:
         invocation_timeout: Upper bound of seconds per invocation (requests may ask for less).
         host: Address to bind.
         port: Port to bind (0 = any free port).
+        journal_dir: Where accepted, unfinished invocations are recorded; ``start`` re-queues
+            what a previous (crashed) runtime left there. None = no journal.
+        write_retry_seconds: How long to keep retrying the write of an output or failure
+            object while S3 is unreachable.
     """
 
     def __init__(self, *, endpoint_name: str, container_url: str, output_path: str,
                  failure_path: str, s3_client: Any, max_concurrency: int = 1,
                  invocation_timeout: int = DEFAULT_INVOCATION_TIMEOUT,
-                 host: str = "127.0.0.1", port: int = 0) -> None:
+                 host: str = "127.0.0.1", port: int = 0, journal_dir: str | os.PathLike[str] |
+                 None = None, write_retry_seconds: float = DEFAULT_WRITE_RETRY_SECONDS) -> None:
         self.endpoint_name = endpoint_name
         self.container_url = container_url.rstrip("/")
         self._output = parse_s3_uri(output_path.rstrip("/") + "/x", field="output_path")
@@ -93,6 +136,9 @@ class LocalAsyncRuntime:
         self._server = ThreadingHTTPServer((host, port), _handler_for(self))
         self._server.daemon_threads = True
         self._threads: list[threading.Thread] = []
+        self._journal = Path(journal_dir) if journal_dir is not None else None
+        self._write_retry_seconds = write_retry_seconds
+        self._stopping = threading.Event()
 
     @property
     def url(self) -> str:
@@ -101,7 +147,9 @@ class LocalAsyncRuntime:
         return f"http://{host}:{port}"
 
     def start(self) -> LocalAsyncRuntime:
-        """Start the HTTP front end and the workers."""
+        """Re-queue journaled invocations, then start the HTTP front end and the workers."""
+        for job in self._replay_journal():
+            self._queue.put(job)
         self._threads = [threading.Thread(target=self._server.serve_forever,
                                           name="async-runtime-http", daemon=True)]
         self._threads += [threading.Thread(target=self._work, name=f"async-runtime-worker-{i}",
@@ -113,14 +161,18 @@ class LocalAsyncRuntime:
         return self
 
     def stop(self) -> None:
-        """Stop accepting requests; let running invocations finish; drop queued ones."""
+        """Stop accepting requests; let running invocations finish; fail queued ones (503)."""
         self._server.shutdown()
         self._server.server_close()
+        self._stopping.set()
         while True:
             try:
-                self._queue.get_nowait()
+                job = self._queue.get_nowait()
             except queue.Empty:
                 break
+            if job is not None:
+                self._finish(job, self._fail, 503, "RuntimeStopped",
+                             "the endpoint stopped before running this invocation; send it again")
         for _ in range(self._max_concurrency):
             self._queue.put(None)
         for thread in self._threads:
@@ -172,13 +224,38 @@ class LocalAsyncRuntime:
             failure_key=(self._failure.bucket,
                          f"{self._failure.key[:-2]}/{inference_id}-error.out".lstrip("/")),
             enqueued=time.monotonic(),
+            accepted_at=time.time(),
             ttl_seconds=_int_header(headers, "RequestTTLSeconds", DEFAULT_REQUEST_TTL, 60, 21600),
             timeout_seconds=min(self.invocation_timeout, _int_header(
                 headers, "InvocationTimeoutSeconds", self.invocation_timeout, 1,
                 MAX_INVOCATION_TIMEOUT)),
         )
+        if self._journal is not None:
+            atomic_write_bytes(self._journal_path(job), job.to_json())
         self._queue.put(job)
         return job
+
+    # -- journal ---------------------------------------------------------------------------
+
+    def _journal_path(self, job: AsyncJob) -> Path:
+        assert self._journal is not None
+        return self._journal / f"{uuid.uuid5(uuid.NAMESPACE_URL, job.inference_id)}{JOURNAL_SUFFIX}"
+
+    def _replay_journal(self) -> list[AsyncJob]:
+        if self._journal is None:
+            return []
+        self._journal.mkdir(parents=True, exist_ok=True)
+        jobs = []
+        for path in sorted(self._journal.glob(f"*{JOURNAL_SUFFIX}")):
+            try:
+                jobs.append(AsyncJob.from_json(path.read_bytes()))
+            except (OSError, ValueError, KeyError, TypeError):
+                logger.exception("unreadable journal entry %s; moved aside", path.name)
+                path.replace(path.with_suffix(".bad"))
+        jobs.sort(key=lambda job: job.accepted_at)
+        if jobs:
+            logger.info("re-queued %d invocation(s) left unfinished by a previous run", len(jobs))
+        return jobs
 
     # -- workers ---------------------------------------------------------------------------
 
@@ -187,11 +264,22 @@ class LocalAsyncRuntime:
             job = self._queue.get()
             if job is None:
                 return
+            self._finish(job, self._process)
+
+    def _finish(self, job: AsyncJob, step: Any, *args: Any) -> None:
+        """Run ``step(job, *args)``; forget the journal entry once an object was written."""
+        try:
+            step(job, *args)
+        except Exception:
+            logger.exception("async job %s failed unexpectedly", job.inference_id)
             try:
-                self._process(job)
-            except Exception:
-                logger.exception("async job %s failed unexpectedly", job.inference_id)
                 self._fail(job, 500, "InternalFailure", "the local runtime failed; see its log")
+            except Exception:
+                logger.exception("async job %s: no output or failure object could be written;"
+                                 " it stays in the journal", job.inference_id)
+                return
+        if self._journal is not None:
+            self._journal_path(job).unlink(missing_ok=True)
 
     def _process(self, job: AsyncJob) -> None:
         waited = time.monotonic() - job.enqueued
@@ -204,7 +292,7 @@ class LocalAsyncRuntime:
         try:
             body = self._s3.get_object(Bucket=source.bucket, Key=source.key)["Body"].read()
         except Exception as exc:
-            self._fail(job, 400, "InputUnavailable",
+            self._fail(job, _input_error_status(exc), "InputUnavailable",
                        f"cannot read InputLocation {job.input_location}: {exc}")
             return
         headers = {"Content-Type": job.content_type, _H + "Inference-Id": job.inference_id}
@@ -230,15 +318,41 @@ class LocalAsyncRuntime:
             self._put(job.output_key, response.content,
                       response.headers.get("Content-Type", "application/octet-stream"))
             return
-        self._put(job.failure_key, response.content, CONTENT_TYPE_JSON)
+        body = response.content
+        if parse_error_body(body)[0] is None:  # not the container's JSON (a proxy's 502 page)
+            body = error_body(response.status_code, "ContainerError",
+                              f"the model container answered HTTP {response.status_code}"
+                              " without an error body (did a worker die?)")
+        self._put(job.failure_key, body, CONTENT_TYPE_JSON)
 
     def _fail(self, job: AsyncJob, status: int, code: str, message: str) -> None:
         logger.warning("async job %s failed: %s", job.inference_id, code)
         self._put(job.failure_key, error_body(status, code, message), CONTENT_TYPE_JSON)
 
     def _put(self, target: tuple[str, str], body: bytes, content_type: str) -> None:
-        self._s3.put_object(Bucket=target[0], Key=target[1], Body=body, ContentType=content_type,
-                            ServerSideEncryption="AES256")
+        """Write an object, retrying for ``write_retry_seconds`` (less once stopping)."""
+        deadline = time.monotonic() + self._write_retry_seconds
+        delay = 0.1
+        while True:
+            try:
+                self._s3.put_object(Bucket=target[0], Key=target[1], Body=body,
+                                    ContentType=content_type, ServerSideEncryption="AES256")
+                return
+            except Exception as exc:
+                if time.monotonic() + delay > deadline or self._stopping.is_set():
+                    raise
+                logger.warning("cannot write s3://%s/%s (%s); retrying in %.1f s", *target,
+                               type(exc).__name__, delay)
+                time.sleep(delay)
+                delay = min(2.0, delay * 2)
+
+
+def _input_error_status(exc: Exception) -> int:
+    """400 when the input object is missing or refused; 503 when S3 could not answer."""
+    status = getattr(exc, "response", {}).get("ResponseMetadata", {}).get("HTTPStatusCode")
+    if isinstance(status, int) and status < 500:
+        return 400
+    return 503
 
 
 def _int_header(headers: Any, name: str, default: int, low: int, high: int) -> int:

@@ -45,7 +45,7 @@ def test_saved_artifact_has_files_manifest_and_true_fingerprints(
 
 
 def test_missing_manifest_says_what_to_point_at(tmp_path: Path) -> None:
-    with pytest.raises(ArtifactError, match="produced by training/training_script.py"):
+    with pytest.raises(ArtifactError, match=r"produced by training/training_script\.py"):
         read_manifest(tmp_path)
 
 
