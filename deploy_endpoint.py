@@ -91,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ready-file", help="--local: write endpoint JSON here once healthy")
     p.add_argument("--port", type=int, default=0, help="--local: serve port (0 = free port)")
     p.add_argument("--runtime-port", type=int, default=0, help="--local: runtime port")
+    p.add_argument("--journal-dir", help="--local: keep accepted invocations on disk here; a"
+                   " local endpoint restarted on the same folder completes what a crash left")
     return p
 
 
@@ -375,6 +377,7 @@ class LocalEndpoint:
             output_path=self.args.output_path, failure_path=self.args.failure_path,
             s3_client=s3, max_concurrency=self.args.max_concurrent_invocations,
             invocation_timeout=self.args.timeout + TIMEOUT_MARGIN, port=self.args.runtime_port,
+            journal_dir=self.args.journal_dir,
         ).start()
         return {"endpoint_name": self.args.endpoint_name, "runtime_url": self.runtime.url,
                 "serve_url": serve_url, "s3_endpoint_url": s3_url or "",

@@ -131,7 +131,7 @@ def build_parser(settings: ClientSettings) -> argparse.ArgumentParser:
         help="CSV column to ignore (e.g. the label); repeatable",
     )
     predict.add_argument("--proba", action="store_true", help="write class probabilities")
-    predict.add_argument("--batch-size", type=int, default=16)
+    predict.add_argument("--batch-size", type=int, default=32)
     predict.add_argument(
         "--timeout", type=float, default=600.0, help="seconds to wait for each request's result"
     )

@@ -9,9 +9,11 @@ evaluation keys are uploaded once, under their sha256.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import TracebackType
@@ -36,6 +38,7 @@ from client.storage import Backoff, S3Storage, translate, wait_for_result
 from inference.contract import (
     CONTENT_TYPE_BATCH,
     CONTENT_TYPE_JSON,
+    ERROR_EVALUATION_KEYS_NOT_FOUND,
     ContractError,
     S3Uri,
     build_request,
@@ -44,6 +47,8 @@ from inference.contract import (
     sha256_hex,
     unpack_batch,
 )
+
+logger = logging.getLogger(__name__)
 
 STAGES = ("keygen", "encrypt", "upload", "invoke", "wait", "download", "decrypt", "cleanup")
 _BOTO_CONFIG = Config(
@@ -56,7 +61,8 @@ class Timings:
     """Seconds spent per stage, plus counters; ``predictor.last_timings`` / ``.timings``.
 
     ``wait`` is the time spent polling for results (the server's FHE compute plus queueing);
-    ``download`` the final read of the result; ``cleanup`` deleting the per-request objects.
+    ``download`` the final read of the result; ``cleanup`` scheduling the deletion of the
+    per-request objects (one ``DeleteObjects`` call in the background; ``close()`` waits for it).
     """
 
     keygen: float = 0.0
@@ -126,7 +132,7 @@ def _join(prefix: S3Uri, *parts: str) -> S3Uri:
 
 def _evaluation_keys_missing(exc: InferenceFailedError) -> bool:
     """True when the endpoint says the evaluation keys object does not exist."""
-    return exc.status == 404 and exc.message.startswith("evaluation keys ")
+    return exc.code == ERROR_EVALUATION_KEYS_NOT_FOUND
 
 
 def validate_features(x: Any, n_features: int) -> np.ndarray:
@@ -180,7 +186,7 @@ class EncryptedPredictor:
         batch_size: Rows per request (one packed ciphertext object each).
         timeout: Seconds to wait for each request's result, counted from when it was sent or
             from the previous result, whichever is later.
-        backoff: Poll intervals (default 10 ms doubling to a 1 s cap).
+        backoff: When to poll (default: 5 % of the time waited so far, 5 ms to 1 s).
         keep_objects: Leave queries, requests and outputs in S3 (default: delete after reading).
         progress: Show tqdm progress bars.
         expected_fingerprint: Refuse a model whose client.zip sha256 differs.
@@ -198,7 +204,7 @@ class EncryptedPredictor:
         s3_endpoint_url: str | None = None,
         runtime_endpoint_url: str | None = None,
         region_name: str | None = None,
-        batch_size: int = 16,
+        batch_size: int = 32,
         timeout: float = 600.0,
         backoff: Backoff | None = None,
         keep_objects: bool = False,
@@ -223,6 +229,8 @@ class EncryptedPredictor:
         self._fhe: Any = None
         self._keys: KeySet | None = None
         self._uploaded_keys: S3Uri | None = None
+        # S3 calls that need not wait for each other: the two uploads of a request, cleanup.
+        self._io = ThreadPoolExecutor(max_workers=4, thread_name_prefix="fhe-client-s3")
         session = session or boto3.session.Session(region_name=region_name)
         try:
             self._s3 = session.client(
@@ -258,9 +266,10 @@ class EncryptedPredictor:
 
     # -- lifecycle -------------------------------------------------------------------------
     def close(self) -> None:
-        """Release the boto3 clients; the key directory stays for the next predictor."""
+        """Finish background cleanup, release the boto3 clients; the key directory stays."""
         if not self._closed:
             self._closed = True
+            self._io.shutdown(wait=True)
             self._s3.close()
             self._runtime.close()
 
@@ -411,8 +420,12 @@ class EncryptedPredictor:
             encrypted_query_sha256=sha256_hex(batch),
         )
         start = time.perf_counter()
-        self.storage.put(query, batch, content_type=CONTENT_TYPE_BATCH)
-        self.storage.put(request, body, content_type=CONTENT_TYPE_JSON)
+        uploads = [
+            self._io.submit(self.storage.put, query, batch, content_type=CONTENT_TYPE_BATCH),
+            self._io.submit(self.storage.put, request, body, content_type=CONTENT_TYPE_JSON),
+        ]
+        for upload in uploads:
+            upload.result()  # both must land before the invocation; re-raises StorageError
         self.timings.upload += time.perf_counter() - start
         start = time.perf_counter()
         response = self._invoke(request, inference_id)
@@ -488,9 +501,16 @@ class EncryptedPredictor:
         self.timings.decrypt += time.perf_counter() - start
         if not self.keep_objects:
             start = time.perf_counter()
-            self.storage.delete([*request.objects, request.output])
+            self._io.submit(self._delete_quietly, [*request.objects, request.output])
             self.timings.cleanup += time.perf_counter() - start
         return values
+
+    def _delete_quietly(self, uris: list[S3Uri]) -> None:
+        """Delete per-request objects off the critical path; a failure only costs storage."""
+        try:
+            self.storage.delete(uris)
+        except StorageError as exc:
+            logger.warning("could not delete %d request object(s): %s", len(uris), exc)
 
     def clean_up_keys(self) -> None:
         """Delete this key set's evaluation keys from S3 (the local key directory stays)."""

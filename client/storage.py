@@ -5,9 +5,11 @@ Every botocore error is translated here, once, into the client's exception tree.
 
 from __future__ import annotations
 
+import threading
 import time
+from collections import defaultdict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -74,7 +76,7 @@ def _is_not_found(exc: ClientError) -> bool:
 
 @dataclass
 class S3Storage:
-    """Thin, typed wrapper of a boto3 S3 client.
+    """Thin, typed wrapper of a boto3 S3 client; safe to share between threads.
 
     Attributes:
         client: A boto3 ``s3`` client.
@@ -85,6 +87,12 @@ class S3Storage:
     client: Any
     bytes_uploaded: int = 0
     bytes_downloaded: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def _count(self, *, up: int = 0, down: int = 0) -> None:
+        with self._lock:
+            self.bytes_uploaded += up
+            self.bytes_downloaded += down
 
     def put(
         self, uri: S3Uri, data: bytes, *, content_type: str = "application/octet-stream"
@@ -100,7 +108,7 @@ class S3Storage:
                 ServerSideEncryption=SSE,
             ),
         )
-        self.bytes_uploaded += len(data)
+        self._count(up=len(data))
 
     def exists(self, uri: S3Uri) -> bool:
         """HEAD the object: True if it exists."""
@@ -139,7 +147,7 @@ class S3Storage:
             raise translate(exc, action=f"reading {uri}") from exc
         except BotoCoreError as exc:
             raise translate(exc, action=f"reading {uri}") from exc
-        self.bytes_downloaded += len(data)
+        self._count(down=len(data))
         return bytes(data)
 
     def download_file(self, uri: S3Uri, path: Path) -> None:
@@ -147,31 +155,57 @@ class S3Storage:
         _call(
             f"downloading {uri}", lambda: self.client.download_file(uri.bucket, uri.key, str(path))
         )
-        self.bytes_downloaded += path.stat().st_size
+        self._count(down=path.stat().st_size)
 
     def delete(self, uris: Iterable[S3Uri]) -> None:
-        """Delete objects (missing ones are ignored, as S3 does)."""
+        """Delete objects, one ``DeleteObjects`` call per bucket (missing ones are ignored)."""
+        by_bucket: dict[str, list[str]] = defaultdict(list)
         for uri in uris:
-            _call(
-                f"deleting {uri}",
-                lambda u=uri: self.client.delete_object(Bucket=u.bucket, Key=u.key),
-            )
+            by_bucket[uri.bucket].append(uri.key)
+        for bucket, keys in by_bucket.items():
+            for start in range(0, len(keys), 1000):  # the API's limit per call
+                chunk = [{"Key": key} for key in keys[start : start + 1000]]
+                response = _call(
+                    f"deleting {len(chunk)} object(s) in s3://{bucket}",
+                    lambda c=chunk, b=bucket: self.client.delete_objects(
+                        Bucket=b, Delete={"Objects": c, "Quiet": True}
+                    ),
+                )
+                errors = response.get("Errors") or []
+                if errors:
+                    first = errors[0]
+                    raise StorageError(
+                        f"deleting s3://{bucket}/{first.get('Key')}: {first.get('Code')}:"
+                        f" {first.get('Message')} ({len(errors)} object(s) not deleted)"
+                    )
 
 
 @dataclass(frozen=True)
 class Backoff:
-    """Poll intervals: ``initial`` seconds, times ``factor`` after each poll, capped at ``cap``."""
+    """When to poll for an async result: proportional to the time already waited.
 
-    initial: float = 0.01
-    factor: float = 2.0
+    The next poll comes ``ratio`` x (seconds waited so far) later, at least ``initial`` and at
+    most ``cap`` seconds: a result is picked up within milliseconds of a short run and at most
+    ~``ratio`` (5 %) late after a long one, while a long wait polls at most once per ``cap``.
+    The failure location is read on every ``failure_every``-th poll only (and before giving up):
+    failures are rare, and reading both on every poll would double the S3 round trips.
+    """
+
+    initial: float = 0.005
+    ratio: float = 0.05
     cap: float = 1.0
+    failure_every: int = 4
 
-    def delays(self) -> Iterable[float]:
-        """Yield the successive sleep durations forever."""
-        delay = self.initial
-        while True:
-            yield delay
-            delay = min(self.cap, delay * self.factor)
+    def __post_init__(self) -> None:
+        if not (0 < self.initial <= self.cap) or self.ratio < 0 or self.failure_every < 1:
+            raise ValueError(
+                "Backoff needs 0 < initial <= cap, ratio >= 0 and failure_every >= 1,"
+                f" got {self}"
+            )
+
+    def delay(self, waited: float) -> float:
+        """Seconds to sleep before the next poll, after ``waited`` seconds of waiting."""
+        return min(self.cap, max(self.initial, self.ratio * waited))
 
 
 @dataclass(frozen=True)
@@ -210,27 +244,36 @@ def wait_for_result(
         InferenceTimeoutError: neither appeared before ``deadline``.
         StorageError: S3 itself failed.
     """
-    for polls, delay in enumerate(backoff.delays(), start=1):
+    started_waiting = clock()
+    polls = 0
+    while True:
+        polls += 1
         started = time.perf_counter()
         data = storage.get_if_exists(output)
         if data is not None:
             return PolledObject(data, time.perf_counter() - started, polls)
-        error = None if failure is None else storage.get_if_exists(failure)
-        if error is not None:
-            status, code, message = parse_error_body(error)
-            raise InferenceFailedError(
-                message,
-                status=status,
-                code=code,
-                location=str(failure),
-                retryable=status is not None and status >= 500,
-            )
         remaining = deadline - clock()
+        if failure is not None and (polls % backoff.failure_every == 0 or remaining <= 0):
+            _raise_if_failed(storage, failure)
         if remaining <= 0:
             raise InferenceTimeoutError(
                 f"no result at {output} (nor failure at {failure}) before the timeout; the"
                 " endpoint may be overloaded, scaled to zero or stopped: raise `timeout` or check"
                 " the endpoint's logs"
             )
-        sleep(min(delay, remaining))
-    raise AssertionError("unreachable")  # pragma: no cover
+        sleep(min(backoff.delay(clock() - started_waiting), remaining))
+
+
+def _raise_if_failed(storage: S3Storage, failure: S3Uri) -> None:
+    """Raise :class:`InferenceFailedError` if the failure object exists."""
+    error = storage.get_if_exists(failure)
+    if error is None:
+        return
+    status, code, message = parse_error_body(error)
+    raise InferenceFailedError(
+        message,
+        status=status,
+        code=code,
+        location=str(failure),
+        retryable=status is not None and status >= 500,
+    )

@@ -61,6 +61,10 @@ FIELD_BATCH = "encrypted_batch_uri"
 FIELD_FINGERPRINT = "model_fingerprint"
 FIELD_KEYS_SHA = "evaluation_keys_sha256"
 FIELD_QUERY_SHA = "encrypted_query_sha256"
+# Error code of a 404 for the evaluation keys object: the client uploads its keys again and
+# retries (S3 lifecycle rules or a restarted local S3 may have removed them).
+ERROR_EVALUATION_KEYS_NOT_FOUND = "EvaluationKeysNotFound"
+
 _KNOWN_FIELDS = frozenset(
     {FIELD_KEYS, FIELD_QUERY, FIELD_QUERIES, FIELD_BATCH, FIELD_FINGERPRINT, FIELD_KEYS_SHA,
      FIELD_QUERY_SHA}

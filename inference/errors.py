@@ -7,6 +7,7 @@ turns them into :func:`inference.contract.error_body`)::
     ├── BadRequest            400 BadRequest: malformed JSON, wrong types, missing fields
     ├── AccessDenied          403 AccessDenied: URI outside the allow-list, S3 AccessDenied
     ├── ObjectNotFound        404 NotFound: S3 object or bucket missing
+    │   └── EvaluationKeysNotFound  404 EvaluationKeysNotFound: the keys object is missing
     ├── PayloadTooLarge       413 PayloadTooLarge: body, object or batch over the limit
     ├── IntegrityError        422 ChecksumMismatch: bytes do not match the sha256 given
     ├── ModelMismatch         422 ModelMismatch: keys/ciphertext/fingerprint of another model
@@ -15,6 +16,8 @@ turns them into :func:`inference.contract.error_body`)::
 """
 
 from __future__ import annotations
+
+from inference.contract import ERROR_EVALUATION_KEYS_NOT_FOUND
 
 
 class ServingError(Exception):
@@ -44,6 +47,12 @@ class ObjectNotFound(ServingError):
     """The S3 object (or its bucket) does not exist."""
 
     status, code = 404, "NotFound"
+
+
+class EvaluationKeysNotFound(ObjectNotFound):
+    """The evaluation keys object is missing: the client should upload its keys again."""
+
+    status, code = 404, ERROR_EVALUATION_KEYS_NOT_FOUND
 
 
 class PayloadTooLarge(ServingError):

@@ -20,7 +20,14 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
 from inference import contract
-from inference.errors import BadRequest, NotReady, PayloadTooLarge, ServingError
+from inference.errors import (
+    BadRequest,
+    EvaluationKeysNotFound,
+    NotReady,
+    ObjectNotFound,
+    PayloadTooLarge,
+    ServingError,
+)
 from inference.key_cache import KeyCache
 from inference.model import FheModel
 from inference.s3_store import S3Store, make_s3_client
@@ -207,15 +214,23 @@ def _evaluation_keys(services: Services, req: contract.InferenceRequest) -> Any:
         keys = cache.get(req.evaluation_keys_sha256)
         if keys is not None:
             return keys
-        data = services.store.read(req.evaluation_keys_uri, what="evaluation keys",
-                                   expected_sha256=req.evaluation_keys_sha256)
-        cache.stats.downloads += 1
+        data = _download_keys(services, req)
         return cache.put(req.evaluation_keys_sha256, data)
-    data = services.store.read(req.evaluation_keys_uri, what="evaluation keys")
-    cache.stats.downloads += 1
+    data = _download_keys(services, req)
     sha = contract.sha256_hex(data)
     keys = cache.get(sha)
     return cache.put(sha, data) if keys is None else keys
+
+
+def _download_keys(services: Services, req: contract.InferenceRequest) -> bytes:
+    """Read the evaluation keys object (verified against its sha256 when the request names it)."""
+    try:
+        data = services.store.read(req.evaluation_keys_uri, what="evaluation keys",
+                                   expected_sha256=req.evaluation_keys_sha256)
+    except ObjectNotFound as exc:
+        raise EvaluationKeysNotFound(exc.message) from exc
+    services.keys.stats.downloads += 1
+    return data
 
 
 def _ciphertexts(services: Services, req: contract.InferenceRequest) -> list[bytes]:

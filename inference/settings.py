@@ -90,7 +90,8 @@ class Settings:
         model_dir: Holds server.zip, client.zip, manifest.json.
         allowed_prefixes: S3 locations the server may read; anything else is refused (403).
         key_cache_dir: On-disk cache of evaluation keys, by sha256 (shared by workers).
-        key_cache_max_bytes: Bound of the in-memory LRU of deserialised keys (serialized size).
+        key_cache_max_bytes: Bound of the in-memory LRU of deserialised keys (estimated
+            resident size, see ``inference.key_cache``).
         max_request_bytes: Largest request body accepted (413 above).
         max_object_bytes: Largest S3 object read (413 above).
         max_batch_size: Most ciphertexts in one request (413 above).

@@ -153,6 +153,20 @@ def test_tree_keys_are_reused_and_predictions_match(tree_stack, breast_cancer) -
     assert _keys(tree_stack, "client/keys/") == [f"client/keys/{keys.evaluation_keys_sha256}.ekl"]
 
 
+def test_keys_lost_from_s3_are_uploaded_again(tree_stack, breast_cancer, tmp_path) -> None:
+    """The server answers 404 EvaluationKeysNotFound; the client re-uploads once and succeeds."""
+    x = breast_cancer[1][:1]
+    with tree_stack.predictor(key_dir=tmp_path / "fresh-keys", progress=False) as model:
+        uri = model.upload_evaluation_keys()  # a fresh key set the server has never seen
+        tree_stack.s3_client().delete_object(Bucket=uri.bucket, Key=uri.key)
+        labels = model.predict(x)
+        assert model.timings.evaluation_key_uploads == 2
+        scaler = model.model.manifest.scaler
+    reference, _ = tree_stack.reference()
+    np.testing.assert_array_equal(labels, reference.predict(scaler.transform(x), fhe="disable"))
+    assert f"client/keys/{uri.key.rsplit('/', 1)[-1]}" in _keys(tree_stack, "client/keys/")
+
+
 def test_cli_predict_from_csv_through_env_endpoints(
     linear_stack, breast_cancer, tmp_path, monkeypatch, capsys
 ) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import threading
 import time
 
@@ -28,9 +27,42 @@ class FakeClock:
         self.now += seconds
 
 
-def test_backoff_starts_fast_and_is_capped() -> None:
-    delays = list(itertools.islice(Backoff().delays(), 9))
-    assert delays == [0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.0, 1.0]
+def test_backoff_starts_fast_is_proportional_and_capped() -> None:
+    backoff = Backoff()
+    assert [backoff.delay(w) for w in (0.0, 0.05, 2.0, 10.0, 3600.0)] == [
+        0.005, 0.005, 0.1, 0.5, 1.0]
+
+
+@pytest.mark.parametrize("kwargs", [{"initial": 0}, {"initial": 2, "cap": 1},
+                                    {"ratio": -1}, {"failure_every": 0}])
+def test_backoff_rejects_nonsense(kwargs: dict) -> None:
+    with pytest.raises(ValueError, match="Backoff needs"):
+        Backoff(**kwargs)
+
+
+@pytest.mark.parametrize("ready_at", [0.02, 1.3, 40.0])
+def test_result_is_picked_up_at_most_five_percent_late(s3_client, bucket, ready_at) -> None:
+    """The object appears at ``ready_at`` (simulated clock): found within max(5 ms, 5 %)."""
+    clock = FakeClock()
+    storage = S3Storage(s3_client)
+
+    def sleep(seconds: float) -> None:
+        before = clock.now
+        clock.sleep(seconds)
+        if before < ready_at <= clock.now:
+            s3_client.put_object(Bucket=bucket, Key=f"out/{ready_at}.out", Body=b"result")
+
+    found = wait_for_result(
+        storage,
+        output=S3Uri(bucket, f"out/{ready_at}.out"),
+        failure=S3Uri(bucket, "fail/none-error.out"),
+        deadline=1000.0,
+        backoff=Backoff(),
+        clock=clock,
+        sleep=sleep,
+    )
+    assert found.body == b"result"
+    assert clock.now - ready_at <= max(0.005, 0.05 * clock.now) + 1e-9
 
 
 def test_missing_output_times_out_within_the_bound(s3_client, bucket) -> None:
@@ -48,7 +80,7 @@ def test_missing_output_times_out_within_the_bound(s3_client, bucket) -> None:
         )
     assert clock.now == pytest.approx(3.0)
     assert max(clock.sleeps) <= 1.0
-    assert clock.sleeps[0] == 0.01
+    assert clock.sleeps[0] == 0.005
     assert isinstance(info.value, TimeoutError)
     assert info.value.retryable
 

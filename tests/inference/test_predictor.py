@@ -172,6 +172,10 @@ BAD_BODIES: list[tuple[str, Callable[[KeyedClient, Uploader], bytes], int, str, 
     ("missing object", lambda f, u: build_request(
         evaluation_keys_uri=u.keys(f), encrypted_query_uri=f"s3://{u.bucket}/{u.prefix}none"),
      404, "NotFound", "does not exist: upload it first"),
+    ("missing keys", lambda f, u: build_request(
+        evaluation_keys_uri=f"s3://{u.bucket}/{u.prefix}no-such-keys.ekl",
+        encrypted_query_uri=u.put("q/ok", f.encrypt(f.model.scaled_test[0]))),
+     404, "EvaluationKeysNotFound", "evaluation keys s3://"),
     ("fingerprint", lambda f, u: u.request(f, f.model.scaled_test[:1],
                                            model_fingerprint="0" * 64),
      422, "ModelMismatch", "does not match the deployed model"),
