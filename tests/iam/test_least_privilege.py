@@ -198,7 +198,7 @@ def test_client_calls_are_allowed_by_the_inference_client_policy(
 
     requests = _assert_all_allowed("inference-client", calls)
     recorded = {str(c) for c in calls}
-    assert {"s3:PutObject", "s3:HeadObject", "s3:GetObject", "s3:DeleteObject",
+    assert {"s3:PutObject", "s3:HeadObject", "s3:GetObject", "s3:DeleteObjects",
             "sagemaker-runtime:InvokeEndpointAsync"} <= recorded
     puts = [r for r in requests if r.action == "s3:PutObject"]
     assert puts and all(r.context["s3:x-amz-server-side-encryption"] == "AES256" for r in puts)
