@@ -13,6 +13,7 @@ import logging
 import os
 import time
 import uuid
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -186,7 +187,8 @@ class EncryptedPredictor:
         batch_size: Rows per request (one packed ciphertext object each).
         timeout: Seconds to wait for each request's result, counted from when it was sent or
             from the previous result, whichever is later.
-        backoff: When to poll (default: 5 % of the time waited so far, 5 ms to 1 s).
+        backoff: When to poll (default: around the time results of earlier requests took,
+            else every 5 % of the time waited so far, 5 ms to 1 s apart).
         keep_objects: Leave queries, requests and outputs in S3 (default: delete after reading).
         progress: Show tqdm progress bars.
         expected_fingerprint: Refuse a model whose client.zip sha256 differs.
@@ -231,6 +233,8 @@ class EncryptedPredictor:
         self._uploaded_keys: S3Uri | None = None
         # S3 calls that need not wait for each other: the two uploads of a request, cleanup.
         self._io = ThreadPoolExecutor(max_workers=4, thread_name_prefix="fhe-client-s3")
+        # Recent endpoint service times (seconds per row), to poll when results are due.
+        self._service_per_row: deque[float] = deque(maxlen=5)
         session = session or boto3.session.Session(region_name=region_name)
         try:
             self._s3 = session.client(
@@ -394,9 +398,8 @@ class EncryptedPredictor:
                 disable=not self.progress,
                 leave=False,
             ):
-                results.append(
-                    self._collect(request, deadline=max(request.sent_at, last) + self.timeout)
-                )
+                started = max(request.sent_at, last)
+                results.append(self._collect(request, started=started))
                 last = time.monotonic()
         except StorageError:
             self._uploaded_keys = None  # S3 failed: check (HEAD) the keys again next time
@@ -463,15 +466,28 @@ class EncryptedPredictor:
         except BotoCoreError as exc:
             raise translate(exc, action=f"invoking endpoint {self.endpoint_name}") from exc
 
-    def _collect(self, request: _Pending, *, deadline: float) -> np.ndarray:
+    def _expected_at(self, request: _Pending, started: float) -> float | None:
+        """When the result of ``request`` should be ready, once two requests were timed.
+
+        The fastest recent time per row is used: a cold first request (fresh keys, the
+        endpoint's first run) or a late pick-up cannot push the estimate up.
+        """
+        if len(self._service_per_row) < 2:
+            return None
+        return started + min(self._service_per_row) * request.n_rows
+
+    def _collect(self, request: _Pending, *, started: float) -> np.ndarray:
+        """Wait for one request's result (``started``: when the endpoint could start it)."""
         start = time.perf_counter()
         result = wait_for_result(
             self.storage,
             output=request.output,
             failure=request.failure,
-            deadline=deadline,
+            deadline=started + self.timeout,
             backoff=self.backoff,
+            expected_at=self._expected_at(request, started),
         )
+        self._service_per_row.append((result.found_at - started) / request.n_rows)
         self.timings.wait += time.perf_counter() - start - result.download_seconds
         self.timings.download += result.download_seconds
         body = result.body

@@ -33,8 +33,19 @@ def test_backoff_starts_fast_is_proportional_and_capped() -> None:
         0.005, 0.005, 0.1, 0.5, 1.0]
 
 
+def test_with_an_estimate_polls_are_sparse_then_dense_around_it() -> None:
+    backoff = Backoff()
+    expected = 2.0
+    assert backoff.delay(0.0, expected) == 0.05  # quick failures still surface within 50 ms
+    assert backoff.delay(1.0, expected) == 0.25  # sparse: a quarter of the time waited
+    assert backoff.delay(1.6, expected) == pytest.approx(0.1)  # never past 85 % of expected
+    assert backoff.delay(1.8, expected) == pytest.approx(0.04)  # dense: 2 % of expected
+    assert backoff.delay(3.0, expected) == pytest.approx(0.15)  # overdue: proportional again
+
+
 @pytest.mark.parametrize("kwargs", [{"initial": 0}, {"initial": 2, "cap": 1},
-                                    {"ratio": -1}, {"failure_every": 0}])
+                                    {"ratio": -1}, {"failure_every": 0}, {"lead": 1.5},
+                                    {"near": 0}])
 def test_backoff_rejects_nonsense(kwargs: dict) -> None:
     with pytest.raises(ValueError, match="Backoff needs"):
         Backoff(**kwargs)
@@ -63,6 +74,38 @@ def test_result_is_picked_up_at_most_five_percent_late(s3_client, bucket, ready_
     )
     assert found.body == b"result"
     assert clock.now - ready_at <= max(0.005, 0.05 * clock.now) + 1e-9
+
+
+@pytest.mark.parametrize("ready_at", [0.02, 2.0, 40.0])
+def test_an_expected_result_costs_few_polls_and_is_found_promptly(
+    s3_client, bucket, ready_at
+) -> None:
+    """Estimate right: ~25 polls plus one per ``cap`` second, picked up within 2 % (or 5 ms).
+
+    Proportional polling alone would take ~20 + ln(T / 0.1 s) / 0.05 polls (~140 for 40 s).
+    """
+    clock = FakeClock()
+    storage = S3Storage(s3_client)
+    key = f"out/expected-{ready_at}.out"
+
+    def sleep(seconds: float) -> None:
+        before = clock.now
+        clock.sleep(seconds)
+        if before < ready_at <= clock.now:
+            s3_client.put_object(Bucket=bucket, Key=key, Body=b"result")
+
+    found = wait_for_result(
+        storage,
+        output=S3Uri(bucket, key),
+        failure=S3Uri(bucket, "fail/none-error.out"),
+        deadline=1000.0,
+        backoff=Backoff(),
+        expected_at=ready_at,
+        clock=clock,
+        sleep=sleep,
+    )
+    assert found.body == b"result" and found.polls <= 25 + ready_at / Backoff().cap
+    assert clock.now - ready_at <= max(0.005, 0.02 * ready_at) + 1e-9
 
 
 def test_missing_output_times_out_within_the_bound(s3_client, bucket) -> None:
