@@ -21,7 +21,7 @@ from training.artifact import (
     SERVER_ZIP,
     ArtifactError,
     file_sha256,
-    read_manifest,
+    verify_artifact,
 )
 
 logger = logging.getLogger(__name__)
@@ -62,6 +62,7 @@ class FheModel:
                 f"{model_dir / SERVER_ZIP} not found: set FHE_MODEL_DIR to a model directory"
                 " (server.zip, client.zip, manifest.json) or deploy a model.tar.gz holding one"
             )
+        fingerprint = _fingerprint(model_dir)
         started = time.perf_counter()
         try:
             server = FHEModelServer(str(model_dir))
@@ -71,7 +72,7 @@ class FheModel:
         shape = circuit_keyset_shape(server.server.client_specs.program_info.serialize())
         logger.info("loaded %s in %.2f s (circuit needs %s)", model_dir / SERVER_ZIP,
                     load_seconds, shape.describe())
-        return cls(server, shape, _fingerprint(model_dir), load_seconds)
+        return cls(server, shape, fingerprint, load_seconds)
 
     def check_fingerprint(self, fingerprint: str | None) -> None:
         """Refuse a request made with another model's client.zip.
@@ -138,11 +139,12 @@ class FheModel:
 
 
 def _fingerprint(model_dir: Path) -> str | None:
+    """The client.zip sha256; with a manifest, both zips are first checked against it."""
     if (model_dir / MANIFEST_NAME).is_file():
         try:
-            return read_manifest(model_dir).client_fingerprint
+            return verify_artifact(model_dir).client_fingerprint
         except (ArtifactError, KeyError) as exc:
-            raise ModelLoadError(f"{model_dir / MANIFEST_NAME} is unusable: {exc!r}") from exc
+            raise ModelLoadError(f"the model directory cannot be served: {exc}") from exc
     if (model_dir / CLIENT_ZIP).is_file():
         return file_sha256(model_dir / CLIENT_ZIP)
     return None

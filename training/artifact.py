@@ -212,3 +212,26 @@ def save_artifact(
     )
     atomic_write_bytes(model_dir / MANIFEST_NAME, manifest.to_json())
     return manifest
+
+
+def verify_artifact(model_dir: str | Path) -> Manifest:
+    """Read the manifest and check server.zip and client.zip against its sha256 fingerprints.
+
+    Raises:
+        ArtifactError: the manifest is missing or invalid, a zip is missing, or a zip does not
+            match (the directory mixes files of two trainings, or a file was altered).
+    """
+    model_dir = Path(model_dir)
+    manifest = read_manifest(model_dir)
+    problems = []
+    for name in (SERVER_ZIP, CLIENT_ZIP):
+        path = model_dir / name
+        if not path.is_file():
+            problems.append(f"{name} is missing")
+        elif file_sha256(path) != manifest.fingerprints.get(name):
+            problems.append(f"{name} does not match the sha256 in {MANIFEST_NAME}")
+    if problems:
+        raise ArtifactError(
+            f"{model_dir}: {'; '.join(problems)}: re-extract model.tar.gz or re-run training"
+        )
+    return manifest

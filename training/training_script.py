@@ -47,11 +47,8 @@ from training.artifact import (
     CLIENT_ZIP,
     MANIFEST_NAME,
     SERVER_ZIP,
-    ArtifactError,
     Manifest,
     Scaler,
-    file_sha256,
-    read_manifest,
     save_artifact,
 )
 from training.data import load_dataset
@@ -425,27 +422,20 @@ def _json_default(value: Any) -> Any:
 
 
 def model_fn(model_dir: str | Path) -> Any:
-    """Load a trained model directory for serving: a loaded ``FHEModelServer``.
+    """Not used: serving is the inference container's job, not the training framework's.
+
+    SageMaker framework containers call ``model_fn`` to load a model for serving. This kit
+    serves with its own image (``Dockerfile.inference``: ``serve`` -> nginx + gunicorn ->
+    ``inference.predictor``), which loads server.zip and checks it against the manifest.
 
     Raises:
-        ArtifactError: missing files, or server.zip does not match the manifest's fingerprint.
+        NotImplementedError: always.
     """
-    from concrete.ml.deployment import FHEModelServer
-
-    model_dir = Path(model_dir)
-    manifest = read_manifest(model_dir)
-    for name in (SERVER_ZIP, CLIENT_ZIP):
-        path = model_dir / name
-        if not path.is_file():
-            raise ArtifactError(f"{path} is missing: re-run training or re-extract model.tar.gz")
-        if file_sha256(path) != manifest.fingerprints.get(name):
-            raise ArtifactError(
-                f"{path} does not match the sha256 in {model_dir / 'manifest.json'}: the model "
-                "directory mixes files of two trainings; re-extract model.tar.gz"
-            )
-    server = FHEModelServer(str(model_dir))
-    server.load()
-    return server
+    raise NotImplementedError(
+        f"model_fn({str(model_dir)!r}): this kit serves models with the inference container"
+        " (Dockerfile.inference, `serve`), deployed by deploy_endpoint.py; the training image"
+        " does not serve"
+    )
 
 
 def write_failure(path: Path, message: str) -> None:

@@ -288,3 +288,19 @@ def test_ping_is_503_until_the_model_loads(fixture_models: dict[str, FixtureMode
     client = create_app(settings).test_client()
     assert_error(client.get("/ping"), 503, "NotReady", "server.zip not found: set FHE_MODEL_DIR")
     assert_error(invoke(client, b"{}"), 503, "NotReady", "the model failed to load")
+
+
+def test_a_model_dir_that_does_not_match_its_manifest_is_not_served(
+    fixture_models: dict[str, FixtureModel], s3_server: LocalS3Server, serving_bucket: str,
+    tmp_path: Path,
+) -> None:
+    import shutil
+
+    model_dir = tmp_path / "mixed"
+    shutil.copytree(fixture_models["linear"].model_dir, model_dir)
+    shutil.copy(fixture_models["tree"].model_dir / "server.zip", model_dir / "server.zip")
+    settings = server_settings(fixture_models["linear"], s3_server, serving_bucket,
+                               tmp_path / "cache", model_dir=model_dir)
+    client = create_app(settings).test_client()
+    assert_error(client.get("/ping"), 503, "NotReady",
+                 "server.zip does not match the sha256 in manifest.json")

@@ -18,6 +18,7 @@ from training.artifact import (
     Scaler,
     file_sha256,
     read_manifest,
+    verify_artifact,
 )
 
 
@@ -66,3 +67,20 @@ def test_invalid_manifests_are_rejected(
     mutate(doc)
     with pytest.raises(ArtifactError, match=message):
         Manifest.from_json(json.dumps(doc).encode())
+
+
+def test_verify_artifact_names_every_bad_file(
+    fixture_models: dict[str, FixtureModel], tmp_path: Path
+) -> None:
+    import shutil
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(fixture_models["linear"].model_dir, model_dir)
+    assert verify_artifact(model_dir) == fixture_models["linear"].manifest
+    with open(model_dir / SERVER_ZIP, "ab") as handle:
+        handle.write(b"tampered")
+    (model_dir / CLIENT_ZIP).unlink()
+    with pytest.raises(ArtifactError, match=(
+        r"server\.zip does not match the sha256 in manifest\.json; client\.zip is missing:"
+        r" re-extract model\.tar\.gz")):
+        verify_artifact(model_dir)

@@ -98,17 +98,8 @@ def test_rerun_into_the_same_model_dir_replaces_the_artefact(npy_channel: Path,
     assert first.manifest.fingerprints != second.manifest.fingerprints
 
 
-def test_model_fn_loads_the_server_and_checks_fingerprints(npy_channel: Path,
-                                                           tmp_path: Path) -> None:
-    from concrete.ml.deployment import FHEModelServer
-
-    from training.artifact import ArtifactError
-
-    do_training(tmp_path / "model", npy_channel)
-    assert isinstance(model_fn(tmp_path / "model"), FHEModelServer)
-    with open(tmp_path / "model" / SERVER_ZIP, "ab") as handle:
-        handle.write(b"tampered")
-    with pytest.raises(ArtifactError, match="does not match the sha256"):
+def test_model_fn_says_serving_is_the_inference_containers_job(tmp_path: Path) -> None:
+    with pytest.raises(NotImplementedError, match=r"serves models with the inference container"):
         model_fn(tmp_path / "model")
 
 
