@@ -400,15 +400,12 @@ class LocalEndpoint:
 
     def stop(self) -> None:
         """Stop runtime, server and embedded S3 (in that order)."""
+        from inference.local.s3_server import stop_process
+
         if self.runtime is not None:
             self.runtime.stop()
-        if self.serve is not None and self.serve.poll() is None:
-            self.serve.send_signal(signal.SIGTERM)
-            try:
-                self.serve.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.serve.kill()
-                self.serve.wait()
+        if self.serve is not None:
+            stop_process(self.serve, timeout=60)
         if self.s3_server is not None:
             self.s3_server.stop()
 

@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import re
-import signal
 import subprocess
 import sys
 import tarfile
@@ -30,7 +29,7 @@ from bench.cases import ModelCase, Split
 from client.demo import local_session, training_csv
 from client.model import read_members
 from inference.contract import parse_s3_uri
-from inference.local.s3_server import LocalS3Server, free_port
+from inference.local.s3_server import LocalS3Server, free_port, stop_process
 from inference.settings import (
     ENV_ALLOWED_PREFIXES,
     ENV_HOST,
@@ -130,16 +129,6 @@ def parse_requests(text: str) -> list[ServerRequest]:
             for m in SERVER_LINE.finditer(text)]
 
 
-def _stop_process(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 def _tail(path: Path, lines: int = 20) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -168,7 +157,7 @@ class Endpoint:
     def close(self) -> None:
         """Stop the endpoint (runtime, serve) and release the HTTP session."""
         self._http.close()
-        _stop_process(self.process)
+        stop_process(self.process, timeout=STOP_TIMEOUT)
 
 
 class BenchStack:
@@ -289,7 +278,7 @@ class BenchStack:
             finally:
                 endpoint.close()
         finally:
-            _stop_process(process)
+            stop_process(process, timeout=STOP_TIMEOUT)
 
     def cold_start(self, model: TrainedModel) -> dict[str, float]:
         """Start ``serve`` on ``model``; time until ``/ping`` answers 200 (P6).
@@ -315,7 +304,7 @@ class BenchStack:
                 seconds = self._wait_healthy(http, url, process, started, log)
                 load = http.get(f"{url}/metrics", timeout=10).json().get("model_load_seconds")
             finally:
-                _stop_process(process)
+                stop_process(process, timeout=STOP_TIMEOUT)
         return {"seconds": seconds, "model_load_seconds": load}
 
     @staticmethod

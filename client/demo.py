@@ -39,7 +39,12 @@ from client.errors import EncryptedInferenceError
 from client.model import read_members
 from client.predictor import EncryptedPredictor
 from inference.contract import parse_s3_uri
-from inference.local.s3_server import LOCAL_CREDENTIALS, LOCAL_REGION, LocalS3Server
+from inference.local.s3_server import (
+    LOCAL_CREDENTIALS,
+    LOCAL_REGION,
+    LocalS3Server,
+    stop_process,
+)
 
 logger = logging.getLogger("client.demo")
 
@@ -207,7 +212,7 @@ def local_stack(
             )
     finally:
         if endpoint is not None:
-            _stop(endpoint)
+            stop_process(endpoint)
         if temporary and not keep:
             shutil.rmtree(root, ignore_errors=True)
 
@@ -295,20 +300,10 @@ def _deploy(
                 f"deploy_endpoint.py exited with {process.returncode}; see {log}:\n{_tail(log)}"
             )
         if time.monotonic() > deadline:
-            _stop(process)
+            stop_process(process)
             raise DemoError(f"endpoint not ready after {READY_TIMEOUT:.0f} s; see {log}")
         time.sleep(0.1)
     return process, dict(json.loads(ready_file.read_text()))
-
-
-def _stop(process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 # -- the demo ------------------------------------------------------------------------------

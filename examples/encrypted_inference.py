@@ -68,16 +68,8 @@ with contextlib.ExitStack() as cleanup:
         print("refused:", exc)
 
     # %% A second predictor on the same key directory reuses the keys: no keygen, no upload.
-    with EncryptedPredictor(
-        stack.endpoint_name,
-        stack.model_data,
-        stack.s3_prefix,
-        session=stack.session(),
-        s3_endpoint_url=stack.s3_endpoint_url,
-        runtime_endpoint_url=stack.runtime_url,
-        key_dir=stack.work_dir / "keys",
-        progress=False,
-    ) as again:
+    # (stack.predictor() builds the same EncryptedPredictor as above, keys in work_dir/keys.)
+    with stack.predictor(progress=False) as again:
         assert (again.predict(patients) == labels).all()
         print(
             "second predictor: keygens",

@@ -51,6 +51,18 @@ def wait_for_http(
     raise RuntimeError(f"{url} did not answer within {timeout:.0f} s")
 
 
+def stop_process(process: subprocess.Popen[bytes], *, timeout: float = 30.0) -> int:
+    """SIGTERM ``process``, wait up to ``timeout`` seconds, then SIGKILL; return its exit code."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
+
+
 class LocalS3Server:
     """A moto S3 server on ``127.0.0.1``; a context manager.
 
@@ -98,12 +110,7 @@ class LocalS3Server:
         """Stop the server (its data is lost)."""
         if self._process is None:
             return
-        self._process.terminate()
-        try:
-            self._process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait()
+        stop_process(self._process, timeout=10)
         self._process = None
 
     def __enter__(self) -> LocalS3Server:
