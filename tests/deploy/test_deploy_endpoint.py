@@ -10,7 +10,6 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import boto3
 import numpy as np
@@ -21,6 +20,7 @@ import deploy_endpoint
 from deploy_endpoint import DeployError, Names, parse_args
 from inference.local.s3_server import LOCAL_REGION, LocalS3Server
 from tests.fixtures.models import FixtureModel
+from tests.fixtures.serving import wait_for_object
 
 ROLE = "arn:aws:iam::123456789012:role/fhe-endpoint"
 IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/concrete-inference:1.9.0"
@@ -180,7 +180,7 @@ def test_local_endpoint_end_to_end(fixture_models: dict[str, FixtureModel],
                                region_name=LOCAL_REGION)
         out = runtime.invoke_endpoint_async(EndpointName="local-ep",
                                             InputLocation=f"s3://{bucket}/fhe/r.json")
-        result = _wait(s3, out["OutputLocation"])
+        result = wait_for_object(s3, out["OutputLocation"])
         np.testing.assert_allclose(client.deserialize_decrypt_dequantize(result),
                                    model.clear_model.predict_proba(row[None, :], fhe="disable"))
     finally:
@@ -188,14 +188,3 @@ def test_local_endpoint_end_to_end(fixture_models: dict[str, FixtureModel],
         output = process.communicate(timeout=60)[0].decode()
     assert process.returncode == 0, output[-3000:]
     assert "endpoint local-ep ready: runtime http://127.0.0.1:" in output
-
-
-def _wait(s3: Any, uri: str) -> bytes:
-    bucket, key = uri.removeprefix("s3://").split("/", 1)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            return s3.get_object(Bucket=bucket, Key=key)["Body"].read()
-        except s3.exceptions.NoSuchKey:
-            time.sleep(0.05)
-    raise AssertionError(f"{uri} never appeared")

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,12 +11,12 @@ from typing import Any
 import boto3
 import numpy as np
 import pytest
-import requests
 
 from inference.contract import build_request, sha256_hex
 from inference.local.s3_server import LOCAL_REGION, LocalS3Server, free_port
 from inference.settings import Settings, parse_allowed_prefix
 from tests.fixtures.models import FixtureModel
+from tests.fixtures.serving import RunningServe, serve_process
 
 ALLOWED_PREFIX = "fhe/"
 
@@ -120,15 +116,6 @@ def server_settings(model: FixtureModel, s3_server: LocalS3Server, bucket: str,
     return Settings(**values)
 
 
-@dataclass
-class RunningServe:
-    """A `serve` process on loopback."""
-
-    url: str
-    process: subprocess.Popen[bytes]
-    log: Path
-
-
 @pytest.fixture(scope="session")
 def running_serve(fixture_models: dict[str, FixtureModel], s3_server: LocalS3Server,
                   serving_bucket: str, tmp_path_factory: pytest.TempPathFactory
@@ -137,31 +124,6 @@ def running_serve(fixture_models: dict[str, FixtureModel], s3_server: LocalS3Ser
     work = tmp_path_factory.mktemp("serve")
     settings = server_settings(fixture_models["tree"], s3_server, serving_bucket, work / "cache",
                                port=free_port(), host="127.0.0.1", timeout=120)
-    env = {**os.environ, **s3_server.env(), **settings.to_env()}
-    log = work / "serve.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "inference.serve"], env=env,
-                                   stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{settings.port}"
-    try:
-        _wait_ping(url, process)
-        yield RunningServe(url, process, log)
-    finally:
-        process.send_signal(signal.SIGTERM)
-        code = process.wait(timeout=60)
-    assert code == 0, log.read_text()[-3000:]
-
-
-def _wait_ping(url: str, process: subprocess.Popen[bytes], timeout: float = 120) -> None:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert process.poll() is None, f"serve exited with {process.returncode}"
-        try:
-            if requests.get(f"{url}/ping", timeout=2).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"{url}/ping not healthy within {timeout} s")
+    with serve_process(settings, work / "serve.log", extra_env=s3_server.env()) as serve:
+        yield serve
+    assert serve.process.returncode == 0, serve.log.read_text()[-3000:]

@@ -15,7 +15,8 @@ from inference.contract import build_request, parse_error_body, unpack_batch
 from inference.serve import render_nginx_conf
 from inference.settings import Settings
 from tests.fixtures.models import FixtureModel
-from tests.inference.conftest import KeyedClient, RunningServe, Uploader, make_keyed_client
+from tests.fixtures.serving import RunningServe
+from tests.inference.conftest import KeyedClient, Uploader, make_keyed_client
 
 
 def post(serve: RunningServe, body: bytes) -> requests.Response:
@@ -110,7 +111,7 @@ def test_serve_without_nginx_binds_gunicorn_and_says_so(
     import sys
 
     from inference.local.s3_server import free_port
-    from tests.inference.conftest import _wait_ping
+    from tests.fixtures.serving import wait_for_ping
 
     port = free_port()
     env = {**os.environ, **Settings(model_dir=fixture_models["linear"].model_dir, port=port,
@@ -120,7 +121,7 @@ def test_serve_without_nginx_binds_gunicorn_and_says_so(
         process = subprocess.Popen([sys.executable, "-m", "inference.serve", *flag], env=env,
                                    stdout=out, stderr=subprocess.STDOUT)
     try:
-        _wait_ping(f"http://127.0.0.1:{port}", process)
+        wait_for_ping(f"http://127.0.0.1:{port}", process)
         assert "nginx disabled: gunicorn binds 127.0.0.1:" in log.read_text()
     finally:
         process.send_signal(signal.SIGTERM)

@@ -1,20 +1,14 @@
 """Fixtures of the security and fault tests: a `serve` of their own (its worker gets killed),
 an in-process async runtime in front of it, boto3 clients of the session S3 server.
 
-The serving helpers (settings, uploader, keyed clients, ping wait) are reused from
-``tests/inference/conftest.py``.
+The serving helpers are shared: ``tests/fixtures/serving.py`` (serve process, runtime clients,
+object waits) and ``tests/inference/conftest.py`` (settings, uploader, keyed clients).
 """
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import boto3
@@ -23,10 +17,10 @@ import requests
 
 from inference.local.runtime import LocalAsyncRuntime
 from inference.local.s3_server import LOCAL_REGION, LocalS3Server, free_port
-from inference.settings import Settings
 from tests.fixtures.models import FixtureModel
+from tests.fixtures.serving import RunningServe, serve_process
 from tests.inference import conftest as serving_fixtures
-from tests.inference.conftest import RunningServe, _wait_ping, server_settings
+from tests.inference.conftest import server_settings
 
 # The serving tests' fixtures, shared with this package (keys generated once per session).
 keyed = serving_fixtures.keyed
@@ -34,27 +28,6 @@ serving_bucket = serving_fixtures.serving_bucket
 uploader = serving_fixtures.uploader
 
 ENDPOINT = "fhe-security-test"
-
-
-@contextmanager
-def serve_process(settings: Settings, log: Path, *, extra_env: dict[str, str] | None = None
-                  ) -> Iterator[RunningServe]:
-    """Run the real `serve` (nginx + gunicorn) with ``settings``; stop it with SIGTERM."""
-    env = {**os.environ, **(extra_env or {}), **settings.to_env()}
-    with open(log, "wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "inference.serve"], env=env,
-                                   stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://{settings.host}:{settings.port}"
-    try:
-        _wait_ping(url, process)
-        yield RunningServe(url, process, log)
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @pytest.fixture(scope="session")
@@ -102,20 +75,3 @@ def make_runtime(container_url: str, bucket: str, s3_client: Any, **options: Any
                              output_path=f"s3://{bucket}/async-out",
                              failure_path=f"s3://{bucket}/async-fail", s3_client=s3_client,
                              **values)
-
-
-def sm_runtime(url: str) -> Any:
-    """A boto3 sagemaker-runtime client of a local runtime."""
-    return boto3.client("sagemaker-runtime", endpoint_url=url, region_name=LOCAL_REGION)
-
-
-def wait_for_object(s3_client: Any, uri: str, timeout: float = 120) -> bytes:
-    """Poll until the object at ``uri`` exists; return its body."""
-    bucket, key = uri.removeprefix("s3://").split("/", 1)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            return s3_client.get_object(Bucket=bucket, Key=key)["Body"].read()
-        except s3_client.exceptions.NoSuchKey:
-            time.sleep(0.05)
-    raise AssertionError(f"{uri} did not appear within {timeout} s")

@@ -24,15 +24,9 @@ from client import EncryptedPredictor
 from client.errors import ServiceUnavailableError
 from inference.contract import build_request, parse_error_body
 from inference.local.s3_server import LOCAL_REGION, LocalS3Server, free_port
-from tests.inference.conftest import KeyedClient, RunningServe, Uploader, server_settings
-from tests.security.conftest import (
-    make_runtime,
-    serve_process,
-    sm_runtime,
-    wait_for_object,
-    wait_healthy,
-    worker_pid,
-)
+from tests.fixtures.serving import RunningServe, serve_process, sm_runtime, wait_for_object
+from tests.inference.conftest import KeyedClient, Uploader, server_settings
+from tests.security.conftest import make_runtime, wait_healthy, worker_pid
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -15,7 +14,8 @@ from botocore.exceptions import ClientError
 from inference.contract import parse_error_body
 from inference.local.runtime import LocalAsyncRuntime
 from inference.local.s3_server import LOCAL_REGION, LocalS3Server, free_port
-from tests.inference.conftest import KeyedClient, RunningServe, Uploader
+from tests.fixtures.serving import RunningServe, sm_runtime, wait_for_object
+from tests.inference.conftest import KeyedClient, Uploader
 
 ENDPOINT = "fhe-local-test"
 
@@ -37,21 +37,6 @@ def runtime(running_serve: RunningServe, serving_bucket: str, s3: Any
             ) -> Iterator[LocalAsyncRuntime]:
     with _runtime(running_serve.url, serving_bucket, s3) as rt:
         yield rt
-
-
-def sm_runtime(url: str) -> Any:
-    return boto3.client("sagemaker-runtime", endpoint_url=url, region_name=LOCAL_REGION)
-
-
-def wait_for_object(s3: Any, uri: str, timeout: float = 120) -> bytes:
-    bucket, key = uri.removeprefix("s3://").split("/", 1)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            return s3.get_object(Bucket=bucket, Key=key)["Body"].read()
-        except s3.exceptions.NoSuchKey:
-            time.sleep(0.05)
-    raise AssertionError(f"{uri} did not appear within {timeout} s")
 
 
 def test_async_invocation_writes_the_encrypted_result(
