@@ -7,7 +7,6 @@ object waits) and ``tests/inference/conftest.py`` (settings, uploader, keyed cli
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -46,19 +45,6 @@ def tree_serve(fixture_models: dict[str, FixtureModel], s3_server: LocalS3Server
 def worker_pid(url: str) -> int:
     """The pid of the gunicorn worker answering at ``url`` (from ``GET /metrics``)."""
     return int(requests.get(f"{url}/metrics", timeout=30).json()["pid"])
-
-
-def wait_healthy(url: str, timeout: float = 120) -> None:
-    """Wait until ``GET /ping`` answers 200 (a new worker has loaded the model)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(f"{url}/ping", timeout=5).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"{url}/ping not healthy within {timeout} s")
 
 
 @pytest.fixture

@@ -24,9 +24,15 @@ from client import EncryptedPredictor
 from client.errors import ServiceUnavailableError
 from inference.contract import build_request, parse_error_body
 from inference.local.s3_server import LOCAL_REGION, LocalS3Server, free_port
-from tests.fixtures.serving import RunningServe, serve_process, sm_runtime, wait_for_object
+from tests.fixtures.serving import (
+    RunningServe,
+    serve_process,
+    sm_runtime,
+    wait_for_object,
+    wait_for_ping,
+)
 from tests.inference.conftest import KeyedClient, Uploader, server_settings
-from tests.security.conftest import make_runtime, wait_healthy, worker_pid
+from tests.security.conftest import make_runtime, worker_pid
 
 
 @pytest.fixture
@@ -129,7 +135,7 @@ def test_worker_killed_mid_fhe(tree_serve: RunningServe, serving_bucket, s3, upl
         status, code, message = parse_error_body(
             wait_for_object(s3, doomed["FailureLocation"], timeout=60))
         assert status is not None and status >= 500, (status, code, message)
-        wait_healthy(tree_serve.url)
+        wait_for_ping(tree_serve.url)
         assert worker_pid(tree_serve.url) != pid
         after = client.invoke_endpoint_async(EndpointName=runtime.endpoint_name,
                                              InputLocation=_request(uploader, fhe, rows[1]))
