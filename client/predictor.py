@@ -14,11 +14,12 @@ import os
 import time
 import uuid
 from collections import deque
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import boto3
 import numpy as np
@@ -50,6 +51,7 @@ from inference.contract import (
 )
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 STAGES = ("keygen", "encrypt", "upload", "invoke", "wait", "download", "decrypt", "cleanup")
 _BOTO_CONFIG = Config(
@@ -382,22 +384,10 @@ class EncryptedPredictor:
             starts = range(0, len(scaled), self.batch_size)
             pending = [
                 self._submit(scaled[i : i + self.batch_size], keys, keys_uri)
-                for i in tqdm(
-                    starts,
-                    desc="encrypt + send",
-                    unit="batch",
-                    disable=not self.progress,
-                    leave=False,
-                )
+                for i in self._progress(starts, "encrypt + send")
             ]
             results, last = [], time.monotonic()
-            for request in tqdm(
-                pending,
-                desc="wait + decrypt",
-                unit="batch",
-                disable=not self.progress,
-                leave=False,
-            ):
+            for request in self._progress(pending, "wait + decrypt"):
                 started = max(request.sent_at, last)
                 results.append(self._collect(request, started=started))
                 last = time.monotonic()
@@ -405,6 +395,10 @@ class EncryptedPredictor:
             self._uploaded_keys = None  # S3 failed: check (HEAD) the keys again next time
             raise
         return results
+
+    def _progress(self, items: Iterable[T], desc: str) -> Iterable[T]:
+        """``items`` with a transient tqdm bar per batch (when ``progress`` is on)."""
+        return tqdm(items, desc=desc, unit="batch", disable=not self.progress, leave=False)
 
     def _submit(self, rows: np.ndarray, keys: KeySet, keys_uri: S3Uri) -> _Pending:
         start = time.perf_counter()

@@ -74,6 +74,18 @@ def _is_not_found(exc: ClientError) -> bool:
     return str(exc.response.get("Error", {}).get("Code")) in _NOT_FOUND
 
 
+def _call_unless_missing(action: str, fn: Callable[[], T]) -> T | None:
+    """Like :func:`_call`, but a missing object (404) gives None instead of an error."""
+    try:
+        return fn()
+    except ClientError as exc:
+        if _is_not_found(exc):
+            return None
+        raise translate(exc, action=action) from exc
+    except BotoCoreError as exc:
+        raise translate(exc, action=action) from exc
+
+
 @dataclass
 class S3Storage:
     """Thin, typed wrapper of a boto3 S3 client; safe to share between threads.
@@ -112,15 +124,10 @@ class S3Storage:
 
     def exists(self, uri: S3Uri) -> bool:
         """HEAD the object: True if it exists."""
-        try:
-            self.client.head_object(Bucket=uri.bucket, Key=uri.key)
-        except ClientError as exc:
-            if _is_not_found(exc):
-                return False
-            raise translate(exc, action=f"checking {uri}") from exc
-        except BotoCoreError as exc:
-            raise translate(exc, action=f"checking {uri}") from exc
-        return True
+        head = _call_unless_missing(
+            f"checking {uri}", lambda: self.client.head_object(Bucket=uri.bucket, Key=uri.key)
+        )
+        return head is not None
 
     def etag(self, uri: S3Uri) -> str:
         """Return the object's ETag (raises :class:`StorageError` when it does not exist)."""
@@ -138,15 +145,12 @@ class S3Storage:
 
     def get_if_exists(self, uri: S3Uri) -> bytes | None:
         """Download an object, or return None when it does not exist (yet)."""
-        try:
-            response = self.client.get_object(Bucket=uri.bucket, Key=uri.key)
-            data = response["Body"].read()
-        except ClientError as exc:
-            if _is_not_found(exc):
-                return None
-            raise translate(exc, action=f"reading {uri}") from exc
-        except BotoCoreError as exc:
-            raise translate(exc, action=f"reading {uri}") from exc
+        data = _call_unless_missing(
+            f"reading {uri}",
+            lambda: self.client.get_object(Bucket=uri.bucket, Key=uri.key)["Body"].read(),
+        )
+        if data is None:
+            return None
         self._count(down=len(data))
         return bytes(data)
 

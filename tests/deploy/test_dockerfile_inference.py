@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import re
 from pathlib import Path
 
@@ -13,9 +14,8 @@ TRAINING_ONLY = ("sagemaker", "sagemaker-training", "pytest", "moto", "ruff", "h
 
 
 def _parser() -> DockerfileParser:
-    parser = DockerfileParser()
-    parser.content = (ROOT / "Dockerfile.inference").read_text()
-    return parser
+    # In memory: DockerfileParser() without a file object would write ./Dockerfile.
+    return DockerfileParser(fileobj=io.BytesIO((ROOT / "Dockerfile.inference").read_bytes()))
 
 
 def _lock() -> dict[str, str]:
