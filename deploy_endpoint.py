@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from common.process import run_main
+
 logger = logging.getLogger("deploy_endpoint")
 
 ENV_PREFIX = "FHE_DEPLOY_"
@@ -496,4 +498,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

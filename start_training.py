@@ -29,6 +29,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, NoReturn
 
+from common.process import run_main
 from inference.atomic import atomic_write_bytes
 from inference.contract import ContractError, parse_s3_uri
 from training.errors import LaunchConfigError, LaunchError, TrainingError
@@ -342,4 +343,4 @@ def _is_aws_error(exc: BaseException) -> bool:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

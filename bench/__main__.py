@@ -1,7 +1,6 @@
 """``python -m bench``: see :mod:`bench.cli`."""
 
-import sys
-
 from bench.cli import main
+from common.process import run_main
 
-sys.exit(main())
+run_main(main)

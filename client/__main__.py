@@ -1,8 +1,7 @@
 """``python -m client``: see :mod:`client.cli`."""
 
-import sys
-
 from client.cli import main
+from common.process import run_main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

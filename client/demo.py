@@ -38,6 +38,7 @@ import numpy as np
 from client.errors import EncryptedInferenceError
 from client.model import read_members
 from client.predictor import EncryptedPredictor
+from common.process import run_main
 from inference.contract import parse_s3_uri
 from inference.local.s3_server import (
     LOCAL_CREDENTIALS,
@@ -501,4 +502,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

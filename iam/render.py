@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from common.process import run_main
 from inference.atomic import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
@@ -491,4 +492,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -22,6 +22,7 @@ from importlib import resources
 from pathlib import Path
 from string import Template
 
+from common.process import run_main
 from inference.settings import Settings, SettingsError
 from inference.wsgi import LOG_FORMAT
 
@@ -61,6 +62,7 @@ def gunicorn_command(settings: Settings, *, bind: str) -> list[str]:
         "--log-level", "info",
         "--no-control-socket",
         "--error-logfile", "-",
+        "--config", "python:inference.gunicorn_conf",
         "inference.wsgi:build_app()",
     ]
 
@@ -158,4 +160,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -10,6 +10,7 @@ from pathlib import Path
 import boto3
 import pytest
 
+import common.pytest_plugin
 from inference.local.s3_server import LOCAL_CREDENTIALS, LOCAL_REGION, LocalS3Server
 from tests.fixtures.models import FixtureModel, build_fixture_model
 
@@ -21,6 +22,12 @@ os.environ.setdefault(
     "SAGEMAKER_USER_CONFIG_OVERRIDE", str(Path(__file__).parent / "sagemaker_config.yaml")
 )
 os.environ.pop("AWS_PROFILE", None)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Keep the exit status honest even where the kit's pytest11 entry point is not installed."""
+    if not config.pluginmanager.is_registered(common.pytest_plugin):
+        config.pluginmanager.register(common.pytest_plugin, "fhe-exit-status")
 
 
 @pytest.fixture(scope="session")

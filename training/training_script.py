@@ -42,6 +42,7 @@ if __package__ in (None, ""):
         sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
         sys.path.insert(0, str(_HERE.parent))
 
+from common.process import run_main
 from inference.atomic import atomic_write_bytes
 from training.artifact import (
     CLIENT_ZIP,
@@ -484,4 +485,4 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)
