@@ -11,9 +11,9 @@ built-in exception a caller would naturally catch (``ValueError`` for bad input,
     ├── InvalidInputError(ValueError)          X has the wrong shape, type or non-finite values
     ├── UnsupportedOperationError(TypeError)   e.g. predict_proba on a regressor
     ├── KeyStoreError(OSError)                 the key directory cannot be read or written
-    ├── InferenceFailedError                   the endpoint reported an error (status/code/message)
+    ├── InferenceFailedError(RuntimeError)     the endpoint reported an error (status/code/message)
     ├── InferenceTimeoutError(TimeoutError)    no result within the configured bound
-    └── StorageError                           an S3 call failed
+    └── StorageError(OSError)                  an S3 call failed
         └── ServiceUnavailableError(ConnectionError)   unreachable or throttled: retry later
 
 Every error has a ``retryable`` attribute: True when the same call may succeed later unchanged.
@@ -52,7 +52,7 @@ class KeyStoreError(EncryptedInferenceError, OSError):
     """The key directory cannot be created, read or written."""
 
 
-class InferenceFailedError(EncryptedInferenceError):
+class InferenceFailedError(EncryptedInferenceError, RuntimeError):
     """The endpoint reported an error for a request.
 
     Attributes:
@@ -86,7 +86,7 @@ class InferenceTimeoutError(EncryptedInferenceError, TimeoutError):
     retryable = True
 
 
-class StorageError(EncryptedInferenceError):
+class StorageError(EncryptedInferenceError, OSError):
     """An S3 call failed (access denied, missing bucket, ...)."""
 
 

@@ -171,6 +171,9 @@ def _load_csv(path: Path, label_column: str) -> Dataset:
             f"{', '.join(map(str, frame.columns[:20]))}): set hyperparameter 'label_column' to "
             "the target's column name"
         )
+    if frame.empty:
+        raise DataError(f"{path.name} has a header but no data rows: upload at least {MIN_ROWS}"
+                        " rows under the header")
     bad = [str(c) for c in frame.columns if not _numeric_column(frame[c])]
     if bad:
         raise DataError(

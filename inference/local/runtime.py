@@ -275,8 +275,14 @@ class LocalAsyncRuntime:
             try:
                 self._fail(job, 500, "InternalFailure", "the local runtime failed; see its log")
             except Exception:
-                logger.exception("async job %s: no output or failure object could be written;"
-                                 " it stays in the journal", job.inference_id)
+                if self._journal is None:
+                    logger.exception("async job %s is LOST: no output or failure object could be"
+                                     " written and there is no journal to replay it from (start"
+                                     " the runtime with journal_dir / --journal-dir)",
+                                     job.inference_id)
+                else:
+                    logger.exception("async job %s: no output or failure object could be written;"
+                                     " it stays in the journal", job.inference_id)
                 return
         if self._journal is not None:
             self._journal_path(job).unlink(missing_ok=True)

@@ -42,6 +42,21 @@ def test_check_versions_reports_unrecorded_versions() -> None:
         check_versions({k: v for k, v in HERE.items() if k != "concrete-ml"}, source="m")
 
 
+@pytest.mark.parametrize("package", ["concrete-python", "concrete-ml"])
+def test_check_versions_compares_the_patch_level(package: str) -> None:
+    major, minor, patch = HERE[package].split(".")[:3]
+    other = f"{major}.{minor}.{int(patch) + 1}"
+    expected = rf"{package}: model built with {other}, installed here {HERE[package]}"
+    with pytest.raises(VersionMismatchError, match=expected):
+        check_versions({**HERE, package: other}, source="m")
+
+
+def test_check_versions_refuses_an_unrecorded_python() -> None:
+    with pytest.raises(VersionMismatchError,
+                       match="Python: model built with an unrecorded version, this interpreter is"):
+        check_versions({k: v for k, v in HERE.items() if k != "python"}, source="m")
+
+
 def _copy(fixture_models, tmp_path: Path, kind: str = "linear") -> Path:
     target = tmp_path / "model"
     shutil.copytree(fixture_models[kind].model_dir, target)

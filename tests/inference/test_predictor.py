@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -288,6 +289,64 @@ def test_ping_is_503_until_the_model_loads(fixture_models: dict[str, FixtureMode
     client = create_app(settings).test_client()
     assert_error(client.get("/ping"), 503, "NotReady", "server.zip not found: set FHE_MODEL_DIR")
     assert_error(invoke(client, b"{}"), 503, "NotReady", "the model failed to load")
+
+
+@pytest.mark.parametrize("batch", [False, True], ids=["single", "batch"])
+def test_fingerprint_is_checked_before_any_s3_read(
+    batch: bool, fixture_models: dict[str, FixtureModel], s3_server: LocalS3Server,
+    serving_bucket: str, tmp_path: Path, keyed: dict[str, KeyedClient], uploader: Uploader,
+) -> None:
+    import boto3
+
+    from inference.local.s3_server import LOCAL_REGION
+
+    calls: list[str] = []
+    s3 = boto3.client("s3", endpoint_url=s3_server.endpoint_url, region_name=LOCAL_REGION)
+    s3.meta.events.register("before-call.s3", lambda model, **_: calls.append(model.name))
+    settings = server_settings(fixture_models["tree"], s3_server, serving_bucket, tmp_path)
+    client = create_app(settings, s3_client=s3).test_client()
+    fhe, rows = keyed["tree"], keyed["tree"].model.scaled_test[:2]
+    wrong = uploader.request(fhe, rows, batch=batch, model_fingerprint="0" * 64)
+    assert_error(invoke(client, wrong), 422, "ModelMismatch", "does not match the deployed model")
+    assert calls == []
+    right = uploader.request(fhe, rows, batch=batch,
+                             model_fingerprint=fhe.model.manifest.client_fingerprint)
+    assert invoke(client, right).status_code == 200
+    assert "GetObject" in calls  # the control: the same request, rightly fingerprinted, reads S3
+
+
+def test_ping_is_503_while_the_model_is_loading(
+    fixture_models: dict[str, FixtureModel], s3_server: LocalS3Server, serving_bucket: str,
+    tmp_path: Path, keyed: dict[str, KeyedClient], uploader: Uploader,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Background load (as under gunicorn): 503 NotReady until loaded, then a good answer."""
+    import threading
+
+    from inference.model import FheModel
+
+    release, real_load = threading.Event(), FheModel.load.__func__
+
+    def slow_load(cls: type[FheModel], model_dir: Path) -> FheModel:
+        assert release.wait(60)
+        return real_load(cls, model_dir)
+
+    monkeypatch.setattr(FheModel, "load", classmethod(slow_load))
+    settings = server_settings(fixture_models["tree"], s3_server, serving_bucket, tmp_path)
+    client = create_app(settings, background_load=True).test_client()
+    fhe, row = keyed["tree"], keyed["tree"].model.scaled_test[0]
+    body = uploader.request(fhe, row[None, :])
+    assert_error(client.get("/ping"), 503, "NotReady", "the model is still loading")
+    assert_error(invoke(client, body), 503, "NotReady", "retry after GET /ping answers 200")
+    assert metrics(client)["model_loaded"] is False
+    release.set()
+    deadline = time.monotonic() + 60
+    while client.get("/ping").status_code != 200:
+        assert time.monotonic() < deadline, "the model never finished loading"
+        time.sleep(0.05)
+    response = invoke(client, body)
+    assert response.status_code == 200, response.data[:300]
+    np.testing.assert_allclose(fhe.decrypt(response.data), fhe.expected(row))
 
 
 def test_a_model_dir_that_does_not_match_its_manifest_is_not_served(

@@ -66,6 +66,29 @@ def test_graceful_stop_fails_every_queued_invocation(hanging_container, serving_
     assert outcomes[1:] == [(503, "RuntimeStopped")] * 3
 
 
+def test_stop_with_s3_down_and_no_journal_names_every_lost_invocation(
+        hanging_container, tmp_path, caplog) -> None:
+    """Without a journal, invocations that cannot be failed to S3 are logged as LOST by id."""
+    server = LocalS3Server(log_path=tmp_path / "s3.log").start()
+    try:
+        s3 = boto3.client("s3", endpoint_url=server.endpoint_url, region_name=LOCAL_REGION)
+        s3.create_bucket(Bucket="lost")
+        s3.put_object(Bucket="lost", Key="requests/any.json", Body=b"{}")
+        runtime = make_runtime(hanging_container, "lost", s3, invocation_timeout=2,
+                               write_retry_seconds=0.5).start()
+        client = sm_runtime(runtime.url)
+        ids = [client.invoke_endpoint_async(EndpointName=runtime.endpoint_name,
+                                            InputLocation="s3://lost/requests/any.json")
+               ["InferenceId"] for _ in range(4)]
+        time.sleep(0.3)  # one is now waiting on the hanging container; it times out after 2 s
+    finally:
+        server.stop()
+    runtime.stop()
+    lost = [r.getMessage() for r in caplog.records if " is LOST: " in r.getMessage()]
+    assert sorted(m.split()[2] for m in lost) == sorted(ids)
+    assert all("--journal-dir" in m for m in lost)
+
+
 _RUNTIME_SCRIPT = """
 import sys, threading, boto3
 from inference.local.runtime import LocalAsyncRuntime

@@ -6,6 +6,7 @@ failure file, and never a half-written artefact.
 
 from __future__ import annotations
 
+import re
 import tempfile
 from pathlib import Path
 
@@ -69,14 +70,15 @@ DEFECTS = ("none", "nan", "inf", "one class", "text cell", "empty", "ragged", "h
 @st.composite
 def defective_channels(draw: st.DrawFn, defect: str) -> dict[str, bytes | np.ndarray]:
     """A valid dataset (npy pair or CSV) with the named ``defect`` injected ("none": valid)."""
-    rows, cols = draw(st.integers(8, 40)), draw(st.integers(1, 4))
+    # 15+ rows: the 20 % held out for metrics then holds at least 3 rows, one per class.
+    rows, cols = draw(st.integers(15, 40)), draw(st.integers(1, 4))
     x = draw(hnp.arrays("float64", (rows, cols), elements=st.floats(-1e3, 1e3, width=32)))
     y = np.arange(rows) % draw(st.integers(2, 3))
     row, col = draw(st.integers(0, rows - 1)), draw(st.integers(0, cols - 1))
     cells: np.ndarray = x.astype(object) if defect == "text cell" else x.copy()
     if defect in ("nan", "inf", "huge", "text cell"):
         cells[row, col] = {"nan": np.nan, "inf": -np.inf, "huge": 1.7e308,
-                           "text cell": "n/a"}[defect]
+                           "text cell": "high"}[defect]
         if defect == "huge":
             cells[(row + 1) % rows, col] = -1.7e308
     if defect == "one class":
@@ -106,8 +108,12 @@ def _first_words(failure: Path) -> str:
     return " ".join(failure.read_text().split()[:4]) if failure.exists() else "no failure file"
 
 
-def _train(files: dict[str, bytes | np.ndarray]) -> int:
-    """Run the script on ``files``; assert it trained fully or failed cleanly; return the code."""
+def _train(files: dict[str, bytes | np.ndarray]) -> tuple[int, str]:
+    """Run the script on ``files``; assert it trained fully or failed cleanly.
+
+    Returns:
+        The exit code and the failure file's text ("" after a good job).
+    """
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         channel = root / "channel"
@@ -125,25 +131,37 @@ def _train(files: dict[str, bytes | np.ndarray]) -> int:
         if code == 0:
             assert artefacts == sorted([CLIENT_ZIP, MANIFEST_NAME, SERVER_ZIP])
             assert not failure.exists()
-            return 0
+            return 0, ""
         assert code == EXIT_BAD_INPUT, failure.read_text() if failure.exists() else code
         message = failure.read_text()
         assert message.split(":", 1)[0].endswith("Error") and len(message) > 20, message
         assert "Traceback" not in message
         assert not {CLIENT_ZIP, SERVER_ZIP} & set(artefacts)
-        return code
+        return code, message
 
 
 TRAINS = {"none", "bool"}  # valid data; booleans are 0/1 features
+REASONS = {  # what the failure file must name, per injected defect
+    "nan": r"DataError: training data has 1 NaN feature values in 1 rows",
+    "inf": r"DataError: training data has 1 inf feature values in 1 rows",
+    "one class": r"DataError: labels hold a single class",
+    "text cell": r"DataError: (data\.csv has non-numeric columns: f\d|x_features\.npy has dtype"
+                 r" <U\d+ \(text\))",
+    "empty": r"DataError: (data\.csv has a header but no data rows|the training data is empty)",
+    "ragged": r"DataError: (features and labels length mismatch|training data has 1 NaN labels)",
+    "huge": r"DataError: feature values are too large to scale",
+}
 
 
 @pytest.mark.parametrize("defect", DEFECTS)
 @settings(FUZZ, max_examples=5)
 @given(data=st.data())
 def test_each_defect_is_refused_with_its_reason(defect: str, data: st.DataObject) -> None:
-    """Valid data trains; each injected defect ends in exit 1 and a failure file."""
-    code = _train(data.draw(defective_channels(defect)))
+    """Valid data trains; each injected defect ends in exit 1 and a failure file naming it."""
+    code, message = _train(data.draw(defective_channels(defect)))
     assert code == (0 if defect in TRAINS else EXIT_BAD_INPUT)
+    if defect not in TRAINS:
+        assert re.match(REASONS[defect], message), message
 
 
 @FUZZ
