@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -21,12 +24,26 @@ def client_snippet() -> str:
 
 
 @pytest.mark.slow
-def test_readme_snippet_runs(capsys) -> None:
-    namespace: dict[str, object] = {"__name__": "readme"}
+def test_readme_snippet_runs(capsys, monkeypatch) -> None:
+    """The snippet's encrypted predictions equal the clear quantised model of its own stack."""
+    import client.demo
+
+    real_stack, references = client.demo.local_stack, []
+
+    @contextmanager
+    def stack_keeping_its_reference(*args: Any, **kwargs: Any) -> Iterator[Any]:
+        with real_stack(*args, **kwargs) as stack:
+            yield stack
+            references.append(stack.reference()[0])  # before the stack is torn down
+
+    monkeypatch.setattr(client.demo, "local_stack", stack_keeping_its_reference)
+    namespace: dict[str, Any] = {"__name__": "readme"}
     exec(compile(client_snippet(), str(README), "exec"), namespace)
-    labels, proba = namespace["labels"], namespace["proba"]
+    labels, proba, patients = namespace["labels"], namespace["proba"], namespace["patients"]
     assert isinstance(labels, np.ndarray) and labels.shape == (5,)
-    assert set(labels.tolist()) <= {0, 1}
-    assert proba.shape == (5, 2)
-    np.testing.assert_array_equal(labels, np.argmax(proba, axis=1))
+    scaled = namespace["model"].model.manifest.scaler.transform(patients)
+    [reference] = references
+    np.testing.assert_array_equal(labels, reference.predict(scaled, fhe="disable"))
+    np.testing.assert_allclose(proba, reference.predict_proba(scaled, fhe="disable"),
+                               rtol=0, atol=1e-12)
     assert "EncryptedPredictor(endpoint_name=" in capsys.readouterr().out

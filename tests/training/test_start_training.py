@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+import sys
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +15,7 @@ import boto3
 import numpy as np
 import pytest
 from moto import mock_aws
+from sklearn.datasets import load_breast_cancer
 
 import start_training
 from start_training import LaunchSettings, main
@@ -34,6 +38,49 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 def _tar_names(data: bytes) -> list[str]:
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as archive:
         return sorted(archive.getnames())
+
+
+# Runs training_script.py the way the training toolkit does (``python training_script.py``
+# from the unpacked sourcedir), with only the interpreter's site-packages besides the sourcedir:
+# the checkout (and the kit's editable install) is hidden, so a missing package fails here.
+_ISOLATED_RUN = """
+import runpy, sys
+code = sys.argv[1]
+sys.meta_path[:] = [f for f in sys.meta_path if "__editable__" not in getattr(f, "__module__", "")]
+keep = [p for p in sys.path if p.startswith(sys.base_prefix) or "site-packages" in p]
+sys.path[:] = [code, *keep]
+sys.argv = [code + "/training_script.py", *sys.argv[2:]]
+try:
+    runpy.run_path(sys.argv[0], run_name="__main__")
+except SystemExit as exc:
+    status = exc.code
+kit = {m.__file__ for name, m in list(sys.modules.items())
+       if name.split(".")[0] in ("common", "training", "inference", "client")
+       and getattr(m, "__file__", None)}
+outside = sorted(f for f in kit if not f.startswith(code))
+print("outside:", outside)
+sys.exit(1 if outside else status)
+"""
+
+
+def _train_from_the_uploaded_code_alone(sourcedir: bytes, root: Path) -> None:
+    code, data, model = root / "code", root / "data", root / "model"
+    with tarfile.open(fileobj=io.BytesIO(sourcedir), mode="r:gz") as archive:
+        archive.extractall(code, filter="data")
+    data.mkdir()
+    x, y = load_breast_cancer(return_X_y=True)
+    np.save(data / "x_features.npy", x[:120])
+    np.save(data / "x_labels.npy", y[:120])
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run(
+        [sys.executable, "-c", _ISOLATED_RUN, str(code), "--model-dir", str(model),
+         "--train", str(data), "--output-data-dir", str(root / "output"),
+         "--model", "LogisticRegression", "--n_bits", "4"],
+        cwd=code, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert "outside: []" in result.stdout
+    assert sorted(p.name for p in model.iterdir()) == ["client.zip", "manifest.json",
+                                                       "server.zip"]
 
 
 def test_sagemaker_job_has_image_role_instance_hyperparameters_channel_output(
@@ -64,9 +111,11 @@ def test_sagemaker_job_has_image_role_instance_hyperparameters_channel_output(
 
     body = boto3.client("s3").get_object(Bucket="fhe-bucket",
                                          Key="code/fhe-job-1/source/sourcedir.tar.gz")["Body"]
-    names = _tar_names(body.read())
+    source = body.read()
+    names = _tar_names(source)
     assert {"training_script.py", "training/training_script.py", "training/artifact.py",
-            "inference/atomic.py"} <= set(names)
+            "inference/atomic.py", "common/process.py"} <= set(names)
+    _train_from_the_uploaded_code_alone(source, tmp_path / "job")
 
     expected = "s3://fhe-bucket/models/fhe-job-1/output/model.tar.gz"
     assert f"model_data: {expected}" in capsys.readouterr().out.splitlines()
