@@ -9,22 +9,32 @@ for, and before the exit handlers registered earlier (temporary folders, log flu
 failing test suite, a benchmark whose FHE output disagreed with the clear model or a training job
 with bad input would all report success.
 
-The cure is to unregister that handler before the interpreter exits; the process then ends with
-the status its entry point chose, and every other exit handler still runs. Skipping the runtime's
-shutdown was measured safe with concrete-python 2.10 (the threads end with the process; no crash,
-no hang): ``tests/common/test_process.py`` checks it for every entry point of the kit, and for
-pytest through :mod:`common.pytest_plugin`.
+Unregistering the handler is not enough: the runtime's threads then outlive the interpreter and
+the C-level teardown that follows can crash (a gunicorn worker exiting that way was measured to
+die of SIGSEGV). So :func:`exit_process` ends such a process the way the interpreter would, minus
+that teardown: it waits for non-daemon threads, runs every other exit handler, flushes the
+standard streams and leaves with ``os._exit(status)``. A process that never imported concrete
+exits normally.
+
+Every entry point of the kit exits through :func:`run_main`; pytest through
+:mod:`common.pytest_plugin`; gunicorn workers through :mod:`inference.gunicorn_conf`.
+``tests/common/test_process.py`` proves each of them.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
+import os
 import sys
+import threading
 from collections.abc import Callable
 from typing import NoReturn
 
 CONCRETE_COMPILER_MODULE = "concrete.compiler"
 CONCRETE_EXIT_HANDLER = "_terminate_df_parallelization"
+
+ExitStatus = int | str | None
 
 
 def disarm_concrete_exit_handler() -> bool:
@@ -42,18 +52,54 @@ def disarm_concrete_exit_handler() -> bool:
     return True
 
 
-def run_main(main: Callable[[], int | str | None]) -> NoReturn:
+def exit_code(status: ExitStatus) -> int:
+    """The process exit code ``sys.exit(status)`` would produce (a text status is printed)."""
+    if status is None:
+        return 0
+    if isinstance(status, int):
+        return status & 0xFF
+    print(status, file=sys.stderr)
+    return 1
+
+
+def exit_process(status: ExitStatus) -> NoReturn:
+    """Exit with ``status``, even after an FHE run in this process.
+
+    Args:
+        status: What ``sys.exit`` would take: None (0), an int, or a message (printed; 1).
+    """
+    if not disarm_concrete_exit_handler():
+        sys.exit(status)
+    code = exit_code(status)
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            stream.flush()
+    os._exit(code)
+
+
+def run_main(main: Callable[[], ExitStatus]) -> NoReturn:
     """Run an entry point and exit with the status it chose.
 
-    ``main`` may return a status or raise ``SystemExit``/any exception, exactly as under
-    ``sys.exit(main())``; concrete's exit handler is disarmed on every path, so that status
-    survives an FHE run inside ``main``.
+    ``main`` may return a status or raise, exactly as under ``sys.exit(main())``: a
+    ``SystemExit`` keeps its code, ``KeyboardInterrupt`` gives 130, and any other exception is
+    printed with its traceback and gives 1.
 
     Args:
         main: The entry point, called without arguments.
     """
     try:
-        status = main()
-    finally:
-        disarm_concrete_exit_handler()
-    sys.exit(status)
+        status: ExitStatus = main()
+    except SystemExit as exc:
+        status = exc.code
+    except KeyboardInterrupt:
+        status = 130
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+        status = 1
+    exit_process(status)

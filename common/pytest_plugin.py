@@ -7,12 +7,24 @@ test that executes a circuit would otherwise turn a failing run's status into 0.
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
-from common.process import disarm_concrete_exit_handler
+from common.process import CONCRETE_COMPILER_MODULE, exit_process
+
+_SESSION = pytest.StashKey[pytest.Session]()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Remember the session, whose ``exitstatus`` is final once every plugin has seen it."""
+    session.config.stash[_SESSION] = session
 
 
 @pytest.hookimpl(trylast=True)
 def pytest_unconfigure(config: pytest.Config) -> None:
-    """After the last test and report: let the interpreter exit with pytest's own status."""
-    disarm_concrete_exit_handler()
+    """After the last report: exit with pytest's own status if concrete was imported."""
+    session = config.stash.get(_SESSION, None)
+    if session is not None and CONCRETE_COMPILER_MODULE in sys.modules:
+        exit_process(int(session.exitstatus))
