@@ -15,7 +15,8 @@ prefixes). Their values come from the same configuration the scripts read: one J
       "deploy_endpoint": {"model_data": "s3://b/models/job/output/model.tar.gz",
                           "endpoint_name": "fhe-endpoint", "output_path": "s3://b/async-out",
                           "failure_path": "s3://b/async-fail", "role": "fhe-endpoint",
-                          "image_uri": "...", "allowed_s3_prefix": ["s3://b/clients/alice"]},
+                          "image_uri": "...", "allowed_s3_prefix": ["s3://b/clients/alice"],
+                          "delete_prefix": ["s3://b/async-out"]},
       "client": {"s3_prefix": "s3://b/clients/alice"}
     }
 
@@ -229,6 +230,23 @@ def _client_buckets(c: _Config) -> list[str]:
     return list(dict.fromkeys(o.split("/", 1)[0] for o in objects))
 
 
+def _split_objects(objects: list[str], part: int) -> list[str]:
+    """The buckets (``part=0``) or the ``/``-terminated prefixes (``part=1``) of ``bucket/prefix/``.
+
+    A ListBucket statement pairs every bucket with every prefix: exact when the locations share
+    one bucket (the usual layout), a listing-only superset when they span several.
+    """
+    return list(dict.fromkeys(o.split("/", 1)[part] for o in objects))
+
+
+def _delete_prefix_objects(c: _Config) -> list[str]:
+    """deploy_endpoint.py's ``--delete-prefix`` locations; none configured = no S3 grant at all."""
+    value = c.optional("deploy_endpoint", "delete_prefix")
+    if not value:
+        return []
+    return [loc.objects for loc in _locations(value, field="deploy_endpoint.delete_prefix")]
+
+
 def _data(c: _Config) -> list[S3Location]:
     return _locations(
         c.get("start_training", "train", hint="s3:// URI of the training data"),
@@ -293,6 +311,11 @@ _RESOLVERS: dict[str, _Resolver] = {
     ),
     "ClientObjects": _client_objects,
     "ClientBuckets": _client_buckets,
+    "ClientPrefixBuckets": lambda c: _split_objects(_client_objects(c), 0),
+    "ClientPrefixKeys": lambda c: _split_objects(_client_objects(c), 1),
+    "DeletePrefixObjects": _delete_prefix_objects,
+    "DeletePrefixBuckets": lambda c: _split_objects(_delete_prefix_objects(c), 0),
+    "DeletePrefixKeys": lambda c: _split_objects(_delete_prefix_objects(c), 1),
 }
 """Every placeholder the role templates may use, and how it is computed from the config."""
 
@@ -337,6 +360,18 @@ def fill(template: Any, values: Mapping[str, str | list[str]]) -> Any:
         expanded = _expand(template, values)
         return expanded[0] if len(expanded) == 1 else expanded
     return template
+
+
+def drop_empty_grants(policy: Any) -> Any:
+    """Remove the statements whose ``Resource`` expanded to nothing (an optional setting unset).
+
+    ``deploy_endpoint.delete_prefix`` is optional: without it the endpoint creator gets no S3
+    grant at all, rather than an invalid statement with an empty resource list.
+    """
+    if not isinstance(policy, dict) or not isinstance(policy.get("Statement"), list):
+        return policy
+    kept = [s for s in policy["Statement"] if s.get("Resource", "*") != []]
+    return {**policy, "Statement": kept}
 
 
 def resolve(config: Mapping[str, Any], names: set[str]) -> dict[str, str | list[str]]:
@@ -413,7 +448,7 @@ def render(
         raise RenderError(f"templates missing from {template_dir}: {missing}")
     selected = {name: templates[name] for name in sorted(wanted)}
     values = resolve(config, set().union(*(placeholders(t) for t in selected.values())))
-    rendered = {name: fill(t, values) for name, t in selected.items()}
+    rendered = {name: drop_empty_grants(fill(t, values)) for name, t in selected.items()}
     for bucket in _buckets(config, values):
         rendered[f"bucket-policy-{bucket}.json"] = fill(
             templates[BUCKET_POLICY], {"Bucket": bucket}

@@ -133,6 +133,66 @@ def test_deploy_endpoint_calls_are_allowed_by_the_endpoint_creator_policy(aws: A
     assert all(evaluate(policy, r) is Decision.IMPLICIT_DENY for r in out_of_scope)
 
 
+def _deploy_config(tmp_path: Path) -> Path:
+    """The IAM config's deploy_endpoint section, written as deploy_endpoint.py's own --config."""
+    path = tmp_path / "deploy.json"
+    path.write_text(json.dumps(DP))
+    return path
+
+
+@pytest.mark.skipif(importlib.util.find_spec("deploy_endpoint") is None,
+                    reason="deploy_endpoint.py is not in this checkout yet")
+def test_delete_prefix_calls_are_allowed_by_the_endpoint_creator_policy(
+    aws: Any, tmp_path: Path
+) -> None:
+    """``--delete --delete-prefix`` (from the IAM config, by the script's own option names)."""
+    import deploy_endpoint
+
+    aws.put_object(Bucket=BUCKET, Key=parse_s3_uri(DP["model_data"]).key, Body=b"model")
+    config = ["--config", str(_deploy_config(tmp_path)), "--region", REGION]
+    assert deploy_endpoint.main(config) == 0
+    doomed = {f"{parse_s3_uri(p + '/x').key[:-1]}{name}"
+              for p in DP["delete_prefix"] for name in ("a.bin", "sub/b.bin")}
+    kept = {"clients/alice-x/keys/k.ekl", "clients/bob/keys/k.ekl", "async-out-x/r.out",
+            parse_s3_uri(DP["model_data"]).key}
+    for key in doomed | kept - {parse_s3_uri(DP["model_data"]).key}:
+        aws.put_object(Bucket=BUCKET, Key=key, Body=b"x")
+    aws.create_bucket(Bucket="other-bucket")
+    aws.put_object(Bucket="other-bucket", Key="clients/alice/keys/k.ekl", Body=b"x")
+
+    with record_calls() as calls:
+        assert deploy_endpoint.main([*config, "--delete"]) == 0
+    remaining = {o["Key"] for o in aws.list_objects_v2(Bucket=BUCKET)["Contents"]}
+    assert remaining == kept  # the prefixes were emptied, the siblings survived
+    assert aws.list_objects_v2(Bucket="other-bucket")["KeyCount"] == 1
+
+    requests = _assert_all_allowed("endpoint-creator", calls)
+    deletes = [r for r in requests if r.action == "s3:DeleteObject"]
+    assert {r.resource for r in deletes} == {f"arn:aws:s3:::{BUCKET}/{k}" for k in doomed}
+    lists = [r for r in requests if r.action == "s3:ListBucket"]
+    assert {r.context["s3:prefix"] for r in lists} == {
+        "clients/alice/", "async-out/", "async-fail/"}
+    assert "sagemaker:DeleteEndpoint" in {r.action for r in requests}
+
+    policy = _policy("endpoint-creator")
+    list_, delete = lists[0], deletes[0]
+    http = {"aws:securetransport": False}
+    out_of_scope = [
+        _moved(list_, resource="arn:aws:s3:::other-bucket"),
+        _moved(list_, context={**list_.context, "s3:prefix": "clients/alice-x/"}),
+        _moved(list_, context={**list_.context, "s3:prefix": "clients/"}),
+        _moved(list_, context={**list_.context, "s3:prefix": ""}),
+        _moved(delete, resource="arn:aws:s3:::other-bucket/clients/alice/keys/k.ekl"),
+        _moved(delete, resource=f"arn:aws:s3:::{BUCKET}/clients/alice-x/keys/k.ekl"),
+        _moved(delete, resource=f"arn:aws:s3:::{BUCKET}/{parse_s3_uri(DP['model_data']).key}"),
+        _moved(delete, action="s3:GetObject"),  # may delete the clients' objects, never read
+        _moved(list_, context={**list_.context, **http}),
+        _moved(delete, context={**delete.context, **http}),
+    ]
+    assert [evaluate(policy, r) for r in out_of_scope] == [Decision.IMPLICIT_DENY] * 8 + [
+        Decision.EXPLICIT_DENY] * 2
+
+
 def _model_tar(model_dir: Path) -> bytes:
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as tar:

@@ -38,6 +38,43 @@ def test_several_client_prefixes_expand_into_several_resources() -> None:
     assert "bucket-policy-other-bucket.json" in render(config)
 
 
+def _s3_grants(config: dict) -> list[dict]:
+    doc = render(config, roles=["endpoint-creator"])["endpoint-creator-policy.json"]
+    return [s for s in doc["Statement"]
+            if s["Effect"] == "Allow" and str(s["Action"]).startswith("s3:")]
+
+
+def test_delete_prefix_grants_only_its_prefixes_and_is_optional() -> None:
+    grants = {s["Sid"]: s for s in _s3_grants(CONFIG)}
+    assert grants["DeleteObjectsUnderTheDeletePrefixes"]["Resource"] == [
+        "arn:aws:s3:::acme-fhe/clients/alice/*", "arn:aws:s3:::acme-fhe/async-out/*",
+        "arn:aws:s3:::acme-fhe/async-fail/*"]
+    listing = grants["ListOnlyTheDeletePrefixes"]
+    assert listing["Resource"] == ["arn:aws:s3:::acme-fhe"]
+    assert listing["Condition"] == {"StringLike": {"s3:prefix": [
+        "clients/alice/*", "async-out/*", "async-fail/*"]}}
+
+    section = {k: v for k, v in CONFIG["deploy_endpoint"].items() if k != "delete_prefix"}
+    assert _s3_grants({**CONFIG, "deploy_endpoint": section}) == []  # no S3 access at all
+    one = {**section, "delete-prefix": "s3://acme-fhe/async-out/"}  # flag spelling, a string
+    assert [s["Resource"] for s in _s3_grants({**CONFIG, "deploy_endpoint": one})] == [
+        ["arn:aws:s3:::acme-fhe"], ["arn:aws:s3:::acme-fhe/async-out/*"]]
+    bad = {**section, "delete_prefix": ["s3://acme-fhe/ok", "/local/dir"]}
+    with pytest.raises(RenderError, match=r"deploy_endpoint\.delete_prefix\[1\] must be an s3://"):
+        render({**CONFIG, "deploy_endpoint": bad}, roles=["endpoint-creator"])
+
+
+def test_endpoint_role_lists_only_the_client_key_and_query_prefixes() -> None:
+    config = {**CONFIG, "deploy_endpoint": {**CONFIG["deploy_endpoint"], "allowed_s3_prefix": [
+        "s3://acme-fhe/clients/alice", "s3://acme-fhe/clients/bob/"]}}
+    doc = render(config, roles=["endpoint-execution-role"])["endpoint-execution-role-policy.json"]
+    (listing,) = [s for s in doc["Statement"] if s["Action"] == "s3:ListBucket"]
+    assert listing["Resource"] == ["arn:aws:s3:::acme-fhe"]
+    assert listing["Condition"] == {"StringLike": {"s3:prefix": [
+        "clients/alice/keys/*", "clients/bob/keys/*",
+        "clients/alice/queries/*", "clients/bob/queries/*"]}}
+
+
 def test_every_missing_key_is_named_at_once() -> None:
     config = {"account_id": "12", "start_training": {"train": "/local/dir"}}
     with pytest.raises(RenderError) as info:

@@ -83,7 +83,7 @@ def test_identity_policies_deny_plain_http_and_unencrypted_uploads() -> None:
         sids = {s["Sid"] for s in rendered[name]["Statement"] if s["Effect"] == "Deny"}
         assert {"DenyPutObjectWithoutSSEHeader", "DenyPutObjectWithOtherEncryption"} <= sids, name
     for name in rendered:
-        if name.endswith("-policy.json") and name != "endpoint-creator-policy.json":
+        if name.endswith("-policy.json"):
             conditions = [s.get("Condition", {}) for s in rendered[name]["Statement"]
                           if s["Effect"] == "Deny"]
             assert {"Bool": {"aws:SecureTransport": "false"}} in conditions, name
