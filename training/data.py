@@ -231,6 +231,24 @@ def check_dataset(dataset: Dataset) -> None:
             "training data has " + "; ".join(problems)
             + ": drop or impute those rows before training (FHE models need finite numbers)"
         )
+    _check_ranges(dataset)
+
+
+def _check_ranges(dataset: Dataset) -> None:
+    """Refuse columns whose range overflows float64: neither scaling nor quantisation can work.
+
+    Checked on every row, before the split, so the outcome cannot depend on which rows are held
+    out.
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        span = dataset.features.max(axis=0) - dataset.features.min(axis=0)
+    cols = np.flatnonzero(~np.isfinite(span))
+    if cols.size:
+        names = [dataset.feature_names[i] if dataset.feature_names else f"#{i}" for i in cols]
+        raise DataError(
+            f"feature values are too large to scale (the range of columns {', '.join(names[:20])}"
+            " overflows float64): rescale those columns (e.g. divide by 1e100) before training"
+        )
 
 
 def _nonfinite_kinds(values: np.ndarray) -> str:
