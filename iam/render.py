@@ -228,6 +228,17 @@ def _client_buckets(c: _Config) -> list[str]:
     return list(dict.fromkeys(o.split("/", 1)[0] for o in objects))
 
 
+def _lifecycle_buckets(c: _Config) -> list[str]:
+    """Buckets deploy_endpoint.py writes lifecycle rules to: its clients' prefixes (as it
+    defaults them: --client-prefix, else --allowed-s3-prefix) and the async output/failure paths."""
+    dp = "deploy_endpoint"
+    clients = c.optional(dp, "client_prefix") or c.optional(dp, "allowed_s3_prefix") or []
+    uris = [*(clients if isinstance(clients, list) else [clients]),
+            c.get(dp, "output_path", hint="s3:// URI for async inference results"),
+            c.get(dp, "failure_path", hint="s3:// URI for async inference errors")]
+    return list(dict.fromkeys(loc.bucket for loc in _locations(uris, field=f"{dp} locations")))
+
+
 def _data(c: _Config) -> list[S3Location]:
     return _locations(
         c.get("start_training", "train", hint="s3:// URI of the training data"),
@@ -292,6 +303,7 @@ _RESOLVERS: dict[str, _Resolver] = {
     ),
     "ClientObjects": _client_objects,
     "ClientBuckets": _client_buckets,
+    "LifecycleBuckets": _lifecycle_buckets,
 }
 """Every placeholder the role templates may use, and how it is computed from the config."""
 

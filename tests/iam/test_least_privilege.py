@@ -119,16 +119,21 @@ def test_deploy_endpoint_calls_are_allowed_by_the_endpoint_creator_policy(aws: A
         assert deploy_endpoint.main(argv) == 0
         assert deploy_endpoint.main([*argv, "--delete"]) == 0
     requests = _assert_all_allowed("endpoint-creator", calls)
-    assert {"sagemaker:CreateEndpoint", "iam:PassRole"} <= {r.action for r in requests}
+    assert {"sagemaker:CreateEndpoint", "iam:PassRole", "s3:GetLifecycleConfiguration",
+            "s3:PutLifecycleConfiguration"} <= {r.action for r in requests}
+    assert {"PutBucketLifecycleConfiguration", "DeleteBucketLifecycle"} <= {
+        c.operation for c in calls if c.error_code is None}
     policy = _policy("endpoint-creator")
     pass_role = next(r for r in requests if r.action == "iam:PassRole")
     create = next(r for r in requests if r.action == "sagemaker:CreateEndpoint")
     scale = next(r for r in requests if r.action.endswith("RegisterScalableTarget"))
+    lifecycle = next(r for r in requests if r.action == "s3:PutLifecycleConfiguration")
     out_of_scope = [
         _moved(pass_role, resource=f"arn:aws:iam::{ACCOUNT}:role/admin"),
         _moved(create, resource=f"arn:aws:sagemaker:{REGION}:{ACCOUNT}:endpoint/prod-other"),
         _moved(scale, context={**scale.context,
                                "application-autoscaling:service-namespace": "ecs"}),
+        _moved(lifecycle, resource="arn:aws:s3:::another-bucket"),
     ]
     assert all(evaluate(policy, r) is Decision.IMPLICIT_DENY for r in out_of_scope)
 
