@@ -303,6 +303,8 @@ _RESOLVERS: dict[str, _Resolver] = {
     ),
     "ClientObjects": _client_objects,
     "ClientBuckets": _client_buckets,
+    "ClientPrefixBuckets": lambda c: list(dict.fromkeys(o.split("/", 1)[0]
+                                                        for o in _client_objects(c))),
     "LifecycleBuckets": _lifecycle_buckets,
 }
 """Every placeholder the role templates may use, and how it is computed from the config."""
