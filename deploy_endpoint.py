@@ -3,12 +3,16 @@
     python deploy_endpoint.py --image-uri IMAGE --model-data s3://…/model.tar.gz --role ARN \\
         --endpoint-name NAME --output-path s3://bucket/async-out --failure-path s3://bucket/async-fail
     python deploy_endpoint.py --endpoint-name NAME --delete [--delete-prefix s3://bucket/prefix ...]
+    python deploy_endpoint.py ... --dry-run      # print what would be created or deleted
     python deploy_endpoint.py --local --model-dir DIR --endpoint-name NAME \\
         --output-path s3://bucket/async-out --failure-path s3://bucket/async-fail
 
 Every option may also come from ``--config FILE.json`` (keys = option names, ``-`` or ``_``) or
 the environment (``FHE_DEPLOY_<OPTION>``, e.g. ``FHE_DEPLOY_ROLE``); flags win over the
 environment, which wins over the file.
+
+Unless ``--no-lifecycle``, S3 lifecycle rules (``s3_lifecycle.py``) expire what the kit leaves
+in S3: the clients' keys/, queries/ and requests/ and the async output and failure objects.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import s3_lifecycle
 from common.process import run_main
 
 logger = logging.getLogger("deploy_endpoint")
@@ -87,6 +92,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="remove endpoint, endpoint config, model, scaling policies and alarm")
     p.add_argument("--delete-prefix", action="append", default=None,
                    help="with --delete: also delete every object under this s3:// prefix")
+    p.add_argument("--client-prefix", action="append", default=None,
+                   help="s3://bucket/prefix a client uses (EncryptedPredictor's s3_prefix; repeat):"
+                        " its keys/, queries/ and requests/ expire; default: each"
+                        " --allowed-s3-prefix")
+    p.add_argument("--expire-keys-days", type=int, default=s3_lifecycle.DEFAULT_KEYS_DAYS,
+                   help="age of evaluation keys in S3 (clients re-upload them when missing)")
+    p.add_argument("--expire-requests-days", type=int,
+                   default=s3_lifecycle.DEFAULT_REQUESTS_DAYS,
+                   help="age of ciphertexts and request documents a client did not delete")
+    p.add_argument("--expire-results-days", type=int, default=s3_lifecycle.DEFAULT_RESULTS_DAYS,
+                   help="age of async results and failure objects")
+    p.add_argument("--no-lifecycle", action="store_true",
+                   help="leave the buckets' lifecycle configuration alone")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print what would be created (or deleted) and change nothing")
     p.add_argument("--local", action="store_true", help="run the whole endpoint on this machine")
     p.add_argument("--s3-endpoint-url", help="--local: S3 endpoint (default AWS_ENDPOINT_URL_S3,"
                                              " else an embedded S3 for --model-dir)")
@@ -151,6 +171,12 @@ def _require(args: argparse.Namespace) -> None:
                           f" {ENV_PREFIX}<OPTION> environment variables")
     if args.min_capacity < 0 or args.max_capacity < max(1, args.min_capacity):
         raise DeployError("need 0 <= --min-capacity <= --max-capacity and --max-capacity >= 1")
+    ages = ("expire_keys_days", "expire_requests_days", "expire_results_days")
+    bad_ages = [f"--{n.replace('_', '-')}={getattr(args, n)}" for n in ages if getattr(args, n) < 1]
+    if bad_ages:
+        raise DeployError(f"{', '.join(bad_ages)}: expiration ages are whole days >= 1")
+    if args.local and args.dry_run:
+        raise DeployError("--dry-run shows what an AWS deployment would do; drop --local")
 
 
 def allowed_prefixes(args: argparse.Namespace) -> list[str]:
@@ -159,6 +185,29 @@ def allowed_prefixes(args: argparse.Namespace) -> list[str]:
         return list(args.allowed_s3_prefix)
     bucket = args.output_path.removeprefix("s3://").split("/", 1)[0]
     return [f"s3://{bucket}"]
+
+
+def client_prefixes(args: argparse.Namespace) -> list[str]:
+    """The clients' S3 prefixes: the flags, or the container's allow-list."""
+    return list(args.client_prefix or allowed_prefixes(args))
+
+
+def lifecycle_rules(args: argparse.Namespace) -> list[s3_lifecycle.ExpiryRule]:
+    """The expiration rules of this deployment.
+
+    Raises:
+        DeployError: a rule would cover a whole bucket, the model data, or another rule.
+    """
+    ages = s3_lifecycle.Ages(keys_days=args.expire_keys_days,
+                             requests_days=args.expire_requests_days,
+                             results_days=args.expire_results_days)
+    try:
+        return s3_lifecycle.planned_rules(
+            client_prefixes=client_prefixes(args), output_path=args.output_path,
+            failure_path=args.failure_path, ages=ages,
+            protected=[args.model_data] if args.model_data else [])
+    except s3_lifecycle.LifecycleError as exc:
+        raise DeployError(str(exc)) from exc
 
 
 def container_env(args: argparse.Namespace) -> dict[str, str]:
@@ -200,12 +249,18 @@ class Names:
 
 
 def deploy(args: argparse.Namespace, boto_session: Any) -> dict[str, Any]:
-    """Create model, endpoint config, async endpoint and autoscaling; return a summary."""
+    """Create lifecycle rules, model, endpoint config, async endpoint and autoscaling.
+
+    The lifecycle rules go first: they are idempotent, and a refusal surfaces before the
+    endpoint takes minutes to create. Returns a summary.
+    """
     import sagemaker
     from sagemaker.async_inference import AsyncInferenceConfig
     from sagemaker.model import Model
 
     names = Names(args.endpoint_name)
+    lifecycle = lifecycle_changes(args, boto_session)
+    s3_lifecycle.execute(boto_session.client("s3"), lifecycle)
     session = sagemaker.Session(boto_session=boto_session)
     notification = {k: v for k, v in (("SuccessTopic", args.success_topic),
                                       ("ErrorTopic", args.error_topic)) if v}
@@ -231,7 +286,79 @@ def deploy(args: argparse.Namespace, boto_session: Any) -> dict[str, Any]:
     configure_autoscaling(args, boto_session)
     return {"endpoint_name": names.endpoint, "model_name": names.model,
             "invocation_timeout_seconds": args.timeout + TIMEOUT_MARGIN,
-            "output_path": args.output_path, "failure_path": args.failure_path}
+            "output_path": args.output_path, "failure_path": args.failure_path,
+            "lifecycle_rules": {c.bucket: c.owned for c in lifecycle}}
+
+
+def plan(args: argparse.Namespace, boto_session: Any) -> dict[str, Any]:
+    """What deploy (or --delete) would do, for --dry-run; reads lifecycle rules, writes nothing."""
+    names = Names(args.endpoint_name)
+    if args.delete:
+        lifecycle = [] if args.no_lifecycle else removal_changes(
+            boto_session.client("s3"), names.endpoint, lifecycle_buckets(args, boto_session))
+        return {"dry_run": True,
+                "delete": {"endpoint": names.endpoint, "model": names.model,
+                           "autoscaling": {"policies": [names.target_policy, names.wake_policy],
+                                           "scalable_target": names.resource_id,
+                                           "alarm": names.wake_alarm},
+                           "objects_under": list(args.delete_prefix or [])},
+                "lifecycle": [c.as_dict() for c in lifecycle]}
+    lifecycle = lifecycle_changes(args, boto_session)
+    return {"dry_run": True,
+            "create": {"model": names.model, "image_uri": args.image_uri,
+                       "model_data": args.model_data, "environment": container_env(args),
+                       "endpoint": names.endpoint, "instance_type": args.instance_type,
+                       "output_path": args.output_path, "failure_path": args.failure_path,
+                       "autoscaling": {"min_capacity": args.min_capacity,
+                                       "max_capacity": args.max_capacity,
+                                       "policies": [names.target_policy, names.wake_policy],
+                                       "alarm": names.wake_alarm}},
+            "lifecycle": [c.as_dict() for c in lifecycle]}
+
+
+def lifecycle_changes(args: argparse.Namespace, boto_session: Any
+                      ) -> list[s3_lifecycle.BucketChange]:
+    """This deployment's rules merged into each bucket's configuration (nothing written yet).
+
+    Raises:
+        DeployError: the rules cannot be planned (bad locations, missing buckets).
+    """
+    if args.no_lifecycle:
+        return []
+    try:
+        return s3_lifecycle.plan_apply(boto_session.client("s3"), args.endpoint_name,
+                                       lifecycle_rules(args))
+    except s3_lifecycle.LifecycleError as exc:
+        raise DeployError(str(exc)) from exc
+
+
+def lifecycle_buckets(args: argparse.Namespace, boto_session: Any) -> list[str]:
+    """Buckets that may hold this endpoint's lifecycle rules, for --delete.
+
+    The locations given on the command line, plus those the deployed endpoint was created
+    with (its async output/failure paths and its container's allow-list), when it still exists.
+    """
+    uris = [*(args.client_prefix or []), *(args.allowed_s3_prefix or []),
+            *(u for u in (args.output_path, args.failure_path) if u)]
+    uris += _deployed_locations(boto_session.client("sagemaker"), Names(args.endpoint_name))
+    return list(dict.fromkeys(u.removeprefix("s3://").split("/", 1)[0] for u in uris))
+
+
+def _deployed_locations(sm: Any, names: Names) -> list[str]:
+    from botocore.exceptions import ClientError
+
+    from inference.settings import ENV_ALLOWED_PREFIXES
+
+    uris: list[str] = []
+    with contextlib.suppress(ClientError, KeyError):
+        config = sm.describe_endpoint_config(EndpointConfigName=sm.describe_endpoint(
+            EndpointName=names.endpoint)["EndpointConfigName"])
+        output = config["AsyncInferenceConfig"]["OutputConfig"]
+        uris += [u for u in (output.get("S3OutputPath"), output.get("S3FailurePath")) if u]
+    with contextlib.suppress(ClientError, KeyError):
+        env = sm.describe_model(ModelName=names.model)["PrimaryContainer"]["Environment"]
+        uris += [u for u in env.get(ENV_ALLOWED_PREFIXES, "").split(",") if u]
+    return uris
 
 
 def configure_autoscaling(args: argparse.Namespace, boto_session: Any) -> None:
@@ -283,6 +410,7 @@ def delete(args: argparse.Namespace, boto_session: Any) -> list[str]:
     sm = boto_session.client("sagemaker")
     scaling = boto_session.client("application-autoscaling")
     removed: list[str] = []
+    buckets = [] if args.no_lifecycle else lifecycle_buckets(args, boto_session)
 
     def attempt(label: str, call: Any, **kwargs: Any) -> None:
         try:
@@ -308,7 +436,31 @@ def delete(args: argparse.Namespace, boto_session: Any) -> list[str]:
     attempt(f"model {names.model}", sm.delete_model, ModelName=names.model)
     for prefix in args.delete_prefix or []:
         removed.append(f"{delete_prefix(boto_session.client('s3'), prefix)} objects under {prefix}")
+    s3 = boto_session.client("s3")
+    for change in removal_changes(s3, names.endpoint, buckets):
+        attempt(f"{len(change.removed)} lifecycle rule(s) of bucket {change.bucket}",
+                s3_lifecycle.execute, s3=s3, changes=[change])
     return removed
+
+
+def removal_changes(s3: Any, endpoint_name: str, buckets: list[str]
+                    ) -> list[s3_lifecycle.BucketChange]:
+    """Each bucket's configuration without this endpoint's rules (others' rules stay).
+
+    Buckets that do not exist, or whose configuration S3 refuses to show, are skipped.
+    """
+    from botocore.exceptions import ClientError
+
+    changes = []
+    for bucket in buckets:
+        try:
+            changes += s3_lifecycle.plan_remove(s3, endpoint_name, [bucket])
+        except s3_lifecycle.MissingBucketError:
+            logger.info("skip lifecycle rules of bucket %s: it does not exist", bucket)
+        except ClientError as exc:
+            logger.warning("skip lifecycle rules of bucket %s: %s", bucket,
+                           exc.response.get("Error", {}).get("Code"))
+    return [c for c in changes if c.changed]
 
 
 def delete_prefix(s3: Any, uri: str) -> int:
@@ -482,6 +634,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         import boto3
 
         boto_session = boto3.Session(region_name=args.region)
+        if args.dry_run:
+            print(json.dumps(plan(args, boto_session), indent=2))
+            return 0
         if args.delete:
             for item in delete(args, boto_session):
                 print(f"deleted {item}")

@@ -25,6 +25,8 @@ class ModelCase:
         batch_rows: Rows of the throughput (P3) batch.
         batch_reps: Repetitions of that batch; 0 skips P3 for this model.
         key_sets: Key sets cached by the server when its RSS is read (1 = only the main one).
+        unnamed_queries: Single-row requests of a client that names its keys by URI only
+            (P4 for hash-less clients); 0 skips that measurement.
     """
 
     name: str
@@ -36,6 +38,7 @@ class ModelCase:
     batch_rows: int = 32
     batch_reps: int = 1
     key_sets: int = 3
+    unnamed_queries: int = 4
 
 
 # Decision tree: depth 4, 6 bits (the spec's measured case). NN: the reference configuration
@@ -54,8 +57,9 @@ CASES: dict[str, ModelCase] = {case.name: case for case in (
 
 
 def quick(case: ModelCase) -> ModelCase:
-    """The ``--quick`` variant: one repetition, a 4-row batch once, one key set."""
-    return replace(case, reps=1, limit_reps=1, batch_rows=4, batch_reps=1, key_sets=1)
+    """The ``--quick`` variant: 1 repetition, a 4-row batch once, 1 key set, 3 hash-less rows."""
+    return replace(case, reps=1, limit_reps=1, batch_rows=4, batch_reps=1, key_sets=1,
+                   unnamed_queries=3)
 
 
 @dataclass(frozen=True)

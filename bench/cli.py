@@ -9,6 +9,7 @@ Flags::
     --limit-reps [MODEL=]N      in-process limit repetitions
     --batch-reps [MODEL=]N      repetitions of the 32-query batch (0 skips P3)
     --key-sets [MODEL=]N        key sets cached by the server when its RSS is read
+    --unnamed-queries [MODEL=]N requests of a client naming its keys by URI only (0 skips)
     --batch-size N              EncryptedPredictor batch_size (default: the client's)
     --out-dir DIR               results folder (default bench/results)
     --work-dir DIR --keep       where logs, models and keys go; kept with --keep
@@ -93,7 +94,8 @@ class BenchSettings:
         cases = [quick(CASES[n]) if args.quick else CASES[n] for n in names]
         for field_name, items in (("reps", args.reps), ("limit_reps", args.limit_reps),
                                   ("batch_reps", args.batch_reps),
-                                  ("key_sets", args.key_sets)):
+                                  ("key_sets", args.key_sets),
+                                  ("unnamed_queries", args.unnamed_queries)):
             overrides = _overrides(items, f"--{field_name.replace('_', '-')}", names)
             cases = [replace(c, **{field_name: overrides[c.name]}) if c.name in overrides else c
                      for c in cases]
@@ -119,6 +121,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--limit-reps", action="append", default=[], metavar="[MODEL=]N")
     parser.add_argument("--batch-reps", action="append", default=[], metavar="[MODEL=]N")
     parser.add_argument("--key-sets", action="append", default=[], metavar="[MODEL=]N")
+    parser.add_argument("--unnamed-queries", action="append", default=[], metavar="[MODEL=]N")
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--out-dir", type=Path, default=None)
     parser.add_argument("--work-dir", type=Path, default=None)
@@ -169,7 +172,8 @@ def run(settings: BenchSettings, work_dir: Path) -> dict[str, Any]:
         "machine": info,
         "settings": {c.name: {"reps": c.reps, "limit_reps": c.limit_reps,
                               "batch_rows": c.batch_rows,
-                              "batch_reps": c.batch_reps, "key_sets": c.key_sets}
+                              "batch_reps": c.batch_reps, "key_sets": c.key_sets,
+                              "unnamed_queries": c.unnamed_queries}
                      for c in settings.cases},
         "models": models,
         "targets": [t.as_dict() for t in evaluate_targets(models)],

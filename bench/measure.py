@@ -27,9 +27,12 @@ from bench.stack import (
     parse_requests,
 )
 from bench.stats import summarize
+from bench.unnamed import UnnamedKeysClient
 from client.demo import local_session
 from client.keys import KeyStore
 from client.predictor import STAGES, EncryptedPredictor
+from client.storage import S3Storage
+from inference.contract import S3Uri, parse_s3_uri
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +77,7 @@ class LimitProbe:
         self._client: Any = None
         self._server: Any = None
         self._keys: Any = None
+        self._evaluation_keys = b""
 
     def __enter__(self) -> LimitProbe:
         from concrete import fhe
@@ -88,7 +92,8 @@ class LimitProbe:
         self._server = FHEModelServer(str(self.model.model_dir))
         load_seconds = time.perf_counter() - started
         started = time.perf_counter()
-        self._keys = fhe.EvaluationKeys.deserialize(keyset.read_evaluation_keys())
+        self._evaluation_keys = keyset.read_evaluation_keys()
+        self._keys = fhe.EvaluationKeys.deserialize(self._evaluation_keys)
         self.setup = {
             "keygen_seconds": keyset.seconds,
             "server_load_seconds": load_seconds,
@@ -101,6 +106,12 @@ class LimitProbe:
     def __exit__(self, *exc_info: object) -> None:
         self._client = self._server = self._keys = None
         gc.collect()
+
+    def unnamed_keys_client(self, storage: S3Storage, runtime: Any, endpoint_name: str,
+                            prefix: S3Uri) -> UnnamedKeysClient:
+        """A client of this probe's key set that names its keys only by URI."""
+        return UnnamedKeysClient(self._client, self._evaluation_keys, storage, runtime,
+                                 endpoint_name, prefix)
 
     def sample(self, row: np.ndarray, samples: Samples | None) -> np.ndarray:
         """Run one raw row; add its stage timings to ``samples`` (None: a warm-up)."""
@@ -262,6 +273,7 @@ class ModelBench:
         rss.append({"key_sets": 1, "rss_bytes": rss_bytes(pid),
                     "key_cache_memory_bytes": after_all["key_cache"]["memory_bytes"]})
         rss += self._extra_key_sets(endpoint, pid, checks)
+        unnamed = self.measure_unnamed_keys(endpoint, probe)
         key_bytes = self._key_bytes()
         return {
             "client_batch_size": batch_size,
@@ -283,12 +295,51 @@ class ModelBench:
                                                                   "deserializations"),
                                 "memory_hits": _delta(before, after_all, "memory_hits")},
                 "evaluation_keys_bytes": key_bytes,
+                "unnamed_keys": unnamed["key_cache"],
             },
             "s3_objects": objects,
             "server_rss": rss,
             "correctness": {"limit": _merge_checks(self.limit_checks),
-                            "pipeline": _merge_checks(checks)},
+                            "pipeline": _merge_checks(checks),
+                            **({"unnamed_keys": _merge_checks(unnamed["checks"])}
+                               if unnamed["checks"] else {})},
         }
+
+    def measure_unnamed_keys(self, endpoint: Endpoint, probe: LimitProbe) -> dict[str, Any]:
+        """P4 for clients that send no key hash: key bytes the server moves per request.
+
+        The probe's key set is uploaded once under a fixed name (as the AWS sample's client
+        does), then ``case.unnamed_queries`` single-row requests name it by URI only. The
+        server's ``downloads`` counter around each request gives the bytes it moved.
+        """
+        rows = self.split.x_held[: self.case.unnamed_queries]
+        downloads: list[int] = []
+        checks: list[dict[str, Any]] = []
+        if not len(rows):
+            return {"key_cache": None, "checks": checks}
+        session = local_session()
+        storage = S3Storage(session.client("s3", endpoint_url=self.stack.s3_server.endpoint_url))
+        runtime = session.client("sagemaker-runtime", endpoint_url=endpoint.runtime_url)
+        client = probe.unnamed_keys_client(storage, runtime, endpoint.name,
+                                           parse_s3_uri(f"{self.s3_prefix}-unnamed",
+                                                        field="prefix"))
+        try:
+            client.upload_keys()
+            scaler = self._trained().manifest.scaler
+            for index, row in enumerate(rows):
+                before = endpoint.metrics()
+                output = client.predict_proba(scaler.transform(row[None, :]))
+                downloads.append(_delta(before, endpoint.metrics(), "downloads"))
+                checks.append(self.verify(output, row[None, :],
+                                          what=f"unnamed-keys query {index}"))
+        finally:
+            storage.client.close()
+            runtime.close()
+        key_bytes = len(client.evaluation_keys)
+        return {"key_cache": {"queries": len(rows), "client_uploads": 1,
+                              "server_downloads": sum(downloads),
+                              "server_key_bytes_per_request": [key_bytes * n for n in downloads]},
+                "checks": checks}
 
     def _extra_key_sets(self, endpoint: Endpoint, pid: int,
                         checks: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -365,6 +416,13 @@ def derived(result: dict[str, Any]) -> dict[str, Any]:
     out["p4_key_bytes_all_queries"] = cache["evaluation_keys_bytes"] * (
         cache["all_queries"]["client_uploads"] + cache["all_queries"]["server_downloads"])
     out["p4_queries"] = cache["all_queries"]["queries"]
+    unnamed = cache.get("unnamed_keys")
+    if unnamed and unnamed["queries"]:
+        moved = unnamed["server_key_bytes_per_request"]
+        out["p4_unnamed_key_bytes_first_query"] = moved[0]
+        out["p4_unnamed_key_bytes_per_later_query"] = (
+            sum(moved[1:]) / (len(moved) - 1) if len(moved) > 1 else None)
+        out["p4_unnamed_queries"] = unnamed["queries"]
     first_keys = cache["first_query"]["server_key_seconds"]
     out["p5_key_load_ratio"] = (cache["second_query"]["server_key_seconds"] / first_keys
                                 if first_keys > 0 else None)

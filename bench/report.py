@@ -60,6 +60,11 @@ def evaluate_targets(models: Mapping[str, Mapping[str, Any]]) -> list[Target]:
                           " (uploads + server downloads)",
                           cache["client_uploads"] + cache["server_downloads"], "== 2",
                           cache["client_uploads"] == 1 and cache["server_downloads"] == 1))
+        unnamed = result["key_cache"].get("unnamed_keys")
+        if unnamed:
+            out.append(Target("P4", name, f"hash-less client: server key downloads over"
+                              f" {unnamed['queries']} queries", unnamed["server_downloads"],
+                              "== 1", unnamed["server_downloads"] == 1))
         if name != "logreg" and t["p5_key_load_ratio"] is not None:
             out.append(Target("P5", name, "server key load, 2nd / 1st query",
                               t["p5_key_load_ratio"], "<= 0.05", t["p5_key_load_ratio"] <= 0.05))
@@ -202,6 +207,14 @@ def render_readme_section(doc: Mapping[str, Any], *, chart_path: str = "bench/re
         return (f"{_size(t['p4_key_bytes_first_query'])} / {_size(t['p4_key_bytes_all_queries'])}"
                 f" ({t['p4_queries']} q.)")
 
+    def p4_unnamed(r: Mapping[str, Any]) -> str:
+        t = r["targets"]
+        if "p4_unnamed_queries" not in t:
+            return "not measured"
+        later = t["p4_unnamed_key_bytes_per_later_query"]
+        return (f"{_size(t['p4_unnamed_key_bytes_first_query'])} /"
+                f" {'-' if later is None else _size(later)} ({t['p4_unnamed_queries']} q.)")
+
     def p3(r: Mapping[str, Any]) -> str:
         b = r.get("batch")
         if not b:
@@ -239,6 +252,8 @@ def render_readme_section(doc: Mapping[str, Any], *, chart_path: str = "bench/re
              cells(ratio("p2_overhead_ms", "{:.0f}"))),
         _row("**P3** batch throughput / raw sequential (≥ 0.90)", cells(p3)),
         _row("**P4** key bytes moved, first query / all queries", cells(p4)),
+        _row("**P4** hash-less client (keys by URI only): server key bytes, 1st / each later"
+             " request", cells(p4_unnamed)),
         _row("**P5** server key load, 2nd / 1st query (≤ 5 %)", cells(
             lambda r: "-" if r["targets"]["p5_key_load_ratio"] is None else
             f"{100 * r['targets']['p5_key_load_ratio']:.1f} %"

@@ -122,17 +122,29 @@ class LocalStack:
 
     def reference(self) -> tuple[Any, dict[str, Any]]:
         """The clear concrete-ml model and metrics.json from the training job's output.tar.gz."""
-        from concrete.ml.common.serialization.loaders import loads
+        return reference_model(self.output_data, s3=self.s3_client())
 
-        uri = parse_s3_uri(self.output_data, field="output_data")
-        body = self.s3_client().get_object(Bucket=uri.bucket, Key=uri.key)["Body"].read()
-        with tempfile.TemporaryDirectory() as tmp:
-            archive = Path(tmp) / "output.tar.gz"
-            archive.write_bytes(body)
-            members = read_members(
-                archive, {REFERENCE_MODEL: 256 << 20, METRICS: 1 << 20}, source=self.output_data
-            )
-        return loads(members[REFERENCE_MODEL].decode()), json.loads(members[METRICS])
+
+def reference_model(output_data: str, *, s3: Any) -> tuple[Any, dict[str, Any]]:
+    """The clear quantised model and metrics.json of a training job, from its output.tar.gz.
+
+    ``model.predict_proba(scaled_rows, fhe="disable")`` is what FHE predictions must equal.
+
+    Args:
+        output_data: ``s3://…/output/output.tar.gz`` written by the training job.
+        s3: A boto3 S3 client that may read it.
+    """
+    from concrete.ml.common.serialization.loaders import loads
+
+    uri = parse_s3_uri(output_data, field="output_data")
+    body = s3.get_object(Bucket=uri.bucket, Key=uri.key)["Body"].read()
+    with tempfile.TemporaryDirectory() as tmp:
+        archive = Path(tmp) / "output.tar.gz"
+        archive.write_bytes(body)
+        members = read_members(
+            archive, {REFERENCE_MODEL: 256 << 20, METRICS: 1 << 20}, source=output_data
+        )
+    return loads(members[REFERENCE_MODEL].decode()), json.loads(members[METRICS])
 
 
 def local_session() -> boto3.session.Session:

@@ -247,6 +247,17 @@ def _delete_prefix_objects(c: _Config) -> list[str]:
     return [loc.objects for loc in _locations(value, field="deploy_endpoint.delete_prefix")]
 
 
+def _lifecycle_buckets(c: _Config) -> list[str]:
+    """Buckets deploy_endpoint.py writes lifecycle rules to: its clients' prefixes (as it
+    defaults them: --client-prefix, else --allowed-s3-prefix) and the async output/failure paths."""
+    dp = "deploy_endpoint"
+    clients = c.optional(dp, "client_prefix") or c.optional(dp, "allowed_s3_prefix") or []
+    uris = [*(clients if isinstance(clients, list) else [clients]),
+            c.get(dp, "output_path", hint="s3:// URI for async inference results"),
+            c.get(dp, "failure_path", hint="s3:// URI for async inference errors")]
+    return list(dict.fromkeys(loc.bucket for loc in _locations(uris, field=f"{dp} locations")))
+
+
 def _data(c: _Config) -> list[S3Location]:
     return _locations(
         c.get("start_training", "train", hint="s3:// URI of the training data"),
@@ -316,6 +327,7 @@ _RESOLVERS: dict[str, _Resolver] = {
     "DeletePrefixObjects": _delete_prefix_objects,
     "DeletePrefixBuckets": lambda c: _split_objects(_delete_prefix_objects(c), 0),
     "DeletePrefixKeys": lambda c: _split_objects(_delete_prefix_objects(c), 1),
+    "LifecycleBuckets": _lifecycle_buckets,
 }
 """Every placeholder the role templates may use, and how it is computed from the config."""
 

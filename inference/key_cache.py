@@ -1,7 +1,16 @@
-"""Evaluation keys cached by sha256: on disk (shared by workers) and deserialised in memory."""
+"""Evaluation keys cached by sha256: on disk (shared by workers) and deserialised in memory.
+
+Requests that name their keys' sha256 find them directly. Requests that only give a URI (the
+AWS sample's client, plain concrete-ml clients) go through a URI index: ``uri -> (version,
+sha256)``, where the version is what S3 says identifies the stored bytes (ETag, VersionId,
+size). The server compares it with a HEAD of the object, so an unchanged object is never
+downloaded twice and a changed one is.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import re
 import threading
@@ -21,6 +30,9 @@ KEY_SUFFIX = ".ekl"
 # benchmark measured a worker's RSS growing 5.5-6.3x the serialized size per cached key set
 # (tree: +460 MB for 77 MB of keys). The LRU bound counts this estimate, not the wire size.
 RESIDENT_BYTES_PER_SERIALIZED_BYTE = 6.5
+# URI index entries are small (a URI, an S3 version, a sha256); this bounds their number.
+DEFAULT_MAX_URI_ENTRIES = 4096
+URI_INDEX_DIR = "uris"
 
 
 @dataclass
@@ -30,8 +42,11 @@ class KeyCacheStats:
     memory_hits: int = 0
     disk_hits: int = 0
     downloads: int = 0
+    download_bytes: int = 0
     deserializations: int = 0
     evictions: int = 0
+    revalidations: int = 0
+    revalidated_hits: int = 0
 
 
 class KeyCache:
@@ -47,15 +62,20 @@ class KeyCache:
             ``RESIDENT_BYTES_PER_SERIALIZED_BYTE`` x the serialized size of each key set. A key
             set bigger than the bound is still used for its request, then dropped.
         deserialize: Turns serialized bytes into the runtime object (``fhe.EvaluationKeys``).
+        max_uri_entries: Most URI index entries held in memory (least recently used go first;
+            the on-disk copy stays, so an evicted entry costs a small file read, not a download).
     """
 
     def __init__(self, directory: Path, *, max_bytes: int,
-                 deserialize: Callable[[bytes], Any]) -> None:
+                 deserialize: Callable[[bytes], Any],
+                 max_uri_entries: int = DEFAULT_MAX_URI_ENTRIES) -> None:
         self._dir = Path(directory)
         self._max_bytes = max_bytes
         self._deserialize = deserialize
         self._memory: OrderedDict[str, tuple[Any, int]] = OrderedDict()
         self._memory_bytes = 0
+        self._uris: OrderedDict[str, tuple[str, str]] = OrderedDict()
+        self._max_uri_entries = max_uri_entries
         self._lock = threading.Lock()
         self.stats = KeyCacheStats()
 
@@ -98,6 +118,61 @@ class KeyCache:
         except OSError:
             logger.warning("could not write key cache file for %s", sha256[:12], exc_info=True)
         return keys
+
+    @property
+    def uri_entries(self) -> int:
+        """URI index entries held in memory."""
+        return len(self._uris)
+
+    def sha_for_uri(self, uri: str, version: str) -> str | None:
+        """The sha256 of the keys last read from ``uri`` if S3 still names them ``version``.
+
+        Args:
+            uri: The ``s3://`` URI of the keys object.
+            version: What S3 says identifies the object's bytes now (``ObjectVersion.token``).
+        """
+        with self._lock:
+            entry = self._uris.get(uri)
+            if entry is not None:
+                self._uris.move_to_end(uri)
+        if entry is None or entry[0] != version:  # another worker may have read the new one
+            entry = self._read_uri_file(uri)
+            if entry is not None:
+                self._remember_uri(uri, entry)
+        return entry[1] if entry is not None and entry[0] == version else None
+
+    def remember_uri(self, uri: str, version: str, sha256: str) -> None:
+        """Record that ``uri``, as S3 names it ``version``, holds the keys named ``sha256``."""
+        self.path_for(sha256)  # validates the name
+        self._remember_uri(uri, (version, sha256))
+        doc = {"uri": uri, "version": version, "sha256": sha256}
+        try:
+            atomic_write_bytes(self._uri_path(uri), json.dumps(doc).encode(), mode=0o600)
+        except OSError:
+            logger.warning("could not write the key URI index file", exc_info=True)
+
+    def _remember_uri(self, uri: str, entry: tuple[str, str]) -> None:
+        with self._lock:
+            self._uris[uri] = entry
+            self._uris.move_to_end(uri)
+            while len(self._uris) > self._max_uri_entries:
+                self._uris.popitem(last=False)
+
+    def _uri_path(self, uri: str) -> Path:
+        return self._dir / URI_INDEX_DIR / f"{hashlib.sha256(uri.encode()).hexdigest()}.json"
+
+    def _read_uri_file(self, uri: str) -> tuple[str, str] | None:
+        """The on-disk entry of ``uri`` (written by any worker), or None if absent or unusable."""
+        try:
+            doc = json.loads(self._uri_path(uri).read_bytes())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(doc, dict) or doc.get("uri") != uri:
+            return None
+        version, sha256 = doc.get("version"), doc.get("sha256")
+        if not isinstance(version, str) or not isinstance(sha256, str) or not _SHA_RE.match(sha256):
+            return None
+        return version, sha256
 
     def _remember(self, sha256: str, data: bytes) -> Any:
         keys = self._deserialize(data)

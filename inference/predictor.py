@@ -13,6 +13,8 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -210,27 +212,64 @@ def _invoke(services: Services, request_id: str) -> Response:
 def _evaluation_keys(services: Services, req: contract.InferenceRequest) -> Any:
     """The deserialised keys: from the cache when possible, else downloaded and cached."""
     cache = services.keys
-    if req.evaluation_keys_sha256 is not None:
-        keys = cache.get(req.evaluation_keys_sha256)
-        if keys is not None:
-            return keys
-        data = _download_keys(services, req)
-        return cache.put(req.evaluation_keys_sha256, data)
-    data = _download_keys(services, req)
+    if req.evaluation_keys_sha256 is None:
+        return _keys_by_uri(services, req.evaluation_keys_uri)
+    keys = cache.get(req.evaluation_keys_sha256)
+    if keys is not None:
+        return keys
+    data = _download_keys(services, req.evaluation_keys_uri,
+                          expected_sha256=req.evaluation_keys_sha256)
+    return cache.put(req.evaluation_keys_sha256, data)
+
+
+def _keys_by_uri(services: Services, uri: contract.S3Uri) -> Any:
+    """Keys named only by their URI: a HEAD tells whether the cached copy is still current.
+
+    The cache entry records the version S3 served the bytes as (ETag, VersionId, size), so
+    an unchanged object is not downloaded again, an overwritten one is, and a deleted one is
+    a 404 ``EvaluationKeysNotFound`` even while its keys are still cached.
+    """
+    cache = services.keys
+    with _keys_missing():
+        current = services.store.version(uri, what="evaluation keys")
+    cache.stats.revalidations += 1
+    sha = cache.sha_for_uri(str(uri), current.token)
+    keys = None if sha is None else cache.get(sha)
+    if keys is not None:
+        cache.stats.revalidated_hits += 1
+        return keys
+    with _keys_missing():
+        data, served = services.store.read_versioned(uri, what="evaluation keys")
+    _count_download(cache, data)
     sha = contract.sha256_hex(data)
     keys = cache.get(sha)
-    return cache.put(sha, data) if keys is None else keys
+    if keys is None:
+        keys = cache.put(sha, data)
+    cache.remember_uri(str(uri), served.token, sha)
+    return keys
 
 
-def _download_keys(services: Services, req: contract.InferenceRequest) -> bytes:
-    """Read the evaluation keys object (verified against its sha256 when the request names it)."""
+def _download_keys(services: Services, uri: contract.S3Uri, *,
+                   expected_sha256: str) -> bytes:
+    """Read the evaluation keys object, verified against the sha256 the request names."""
+    with _keys_missing():
+        data = services.store.read(uri, what="evaluation keys", expected_sha256=expected_sha256)
+    _count_download(services.keys, data)
+    return data
+
+
+def _count_download(cache: KeyCache, data: bytes) -> None:
+    cache.stats.downloads += 1
+    cache.stats.download_bytes += len(data)
+
+
+@contextmanager
+def _keys_missing() -> Iterator[None]:
+    """A missing keys object is ``EvaluationKeysNotFound``: the client uploads its keys again."""
     try:
-        data = services.store.read(req.evaluation_keys_uri, what="evaluation keys",
-                                   expected_sha256=req.evaluation_keys_sha256)
+        yield
     except ObjectNotFound as exc:
         raise EvaluationKeysNotFound(exc.message) from exc
-    services.keys.stats.downloads += 1
-    return data
 
 
 def _ciphertexts(services: Services, req: contract.InferenceRequest) -> list[bytes]:

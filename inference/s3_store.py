@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import json
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import boto3
@@ -25,6 +28,45 @@ _DENIED = frozenset({"AccessDenied", "403", "Forbidden", "AllAccessDisabled", "I
                      "SignatureDoesNotMatch", "ExpiredToken"})
 _UNAVAILABLE = frozenset({"SlowDown", "ServiceUnavailable", "InternalError", "503", "500",
                           "RequestTimeout"})
+
+
+@dataclass(frozen=True)
+class ObjectVersion:
+    """What S3 says identifies the stored bytes of an object: a HEAD or GET answer's headers.
+
+    Any write of an object changes its ETag (or, in a versioned bucket, its VersionId), so two
+    answers with equal versions describe the same bytes.
+    """
+
+    etag: str
+    version_id: str | None
+    size: int
+
+    @classmethod
+    def of(cls, response: Mapping[str, Any]) -> ObjectVersion:
+        """The version described by a ``head_object`` / ``get_object`` response."""
+        return cls(etag=str(response.get("ETag", "")), version_id=response.get("VersionId"),
+                   size=int(response.get("ContentLength", 0)))
+
+    @property
+    def token(self) -> str:
+        """One string naming this version (what a cache entry stores and compares)."""
+        return json.dumps([self.etag, self.version_id, self.size])
+
+
+@contextmanager
+def _translated(uri: S3Uri, what: str) -> Iterator[None]:
+    """Turn botocore errors raised inside the block into the server's errors."""
+    try:
+        yield
+    except ClientError as exc:
+        raise _translate_client_error(exc, uri, what) from exc
+    except (ConnectionError, HTTPClientError) as exc:
+        raise StorageUnavailable(
+            f"S3 is unreachable while reading {what} {uri} ({type(exc).__name__}); retry later"
+        ) from exc
+    except BotoCoreError as exc:
+        raise StorageUnavailable(f"S3 read of {what} {uri} failed: {exc}; retry later") from exc
 
 
 def make_s3_client(settings: Settings) -> Any:
@@ -75,8 +117,7 @@ class S3Store:
         Raises:
             AccessDenied, ObjectNotFound, PayloadTooLarge, IntegrityError, StorageUnavailable.
         """
-        self.check_allowed([uri])
-        data = self._get(uri, what)
+        data, _ = self.read_versioned(uri, what=what)
         if expected_sha256 is not None and sha256_hex(data) != expected_sha256:
             raise IntegrityError(
                 f"{what} {uri} has sha256 {sha256_hex(data)}, the request says {expected_sha256}:"
@@ -84,26 +125,37 @@ class S3Store:
             )
         return data
 
-    def _get(self, uri: S3Uri, what: str) -> bytes:
-        try:
+    def read_versioned(self, uri: S3Uri, *, what: str = "object") -> tuple[bytes, ObjectVersion]:
+        """Read one allowed object and the version S3 served it as (from the same GET).
+
+        Raises:
+            AccessDenied, ObjectNotFound, PayloadTooLarge, StorageUnavailable.
+        """
+        self.check_allowed([uri])
+        with _translated(uri, what):
             response = self._client.get_object(Bucket=uri.bucket, Key=uri.key)
-            length = int(response.get("ContentLength", 0))
-            if length > self._max_bytes:
+            version = ObjectVersion.of(response)
+            if version.size > self._max_bytes:
                 response["Body"].close()
-                raise self._too_large(uri, what, length)
+                raise self._too_large(uri, what, version.size)
             data = response["Body"].read(self._max_bytes + 1)
             response["Body"].close()
-        except ClientError as exc:
-            raise _translate_client_error(exc, uri, what) from exc
-        except (ConnectionError, HTTPClientError) as exc:
-            raise StorageUnavailable(
-                f"S3 is unreachable while reading {what} {uri} ({type(exc).__name__}); retry later"
-            ) from exc
-        except BotoCoreError as exc:
-            raise StorageUnavailable(f"S3 read of {what} {uri} failed: {exc}; retry later") from exc
         if len(data) > self._max_bytes:
             raise self._too_large(uri, what, len(data))
-        return data
+        return data, version
+
+    def version(self, uri: S3Uri, *, what: str = "object") -> ObjectVersion:
+        """The current version of one allowed object (a HEAD: no body is transferred).
+
+        Raises:
+            AccessDenied, ObjectNotFound, PayloadTooLarge, StorageUnavailable.
+        """
+        self.check_allowed([uri])
+        with _translated(uri, what):
+            version = ObjectVersion.of(self._client.head_object(Bucket=uri.bucket, Key=uri.key))
+        if version.size > self._max_bytes:
+            raise self._too_large(uri, what, version.size)
+        return version
 
     def _too_large(self, uri: S3Uri, what: str, size: int) -> PayloadTooLarge:
         return PayloadTooLarge(

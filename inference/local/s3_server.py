@@ -69,12 +69,13 @@ class LocalS3Server:
     Attributes:
         endpoint_url: ``http://127.0.0.1:<port>``, for ``boto3.client("s3", endpoint_url=...)``
             or the ``AWS_ENDPOINT_URL_S3`` environment variable.
+        log_path: Where the server's output goes (one line per HTTP request), if anywhere.
     """
 
     def __init__(self, *, port: int | None = None, log_path: str | Path | None = None) -> None:
         self.port = port or free_port()
         self.endpoint_url = f"http://127.0.0.1:{self.port}"
-        self._log_path = Path(log_path) if log_path else None
+        self.log_path = Path(log_path) if log_path else None
         self._process: subprocess.Popen[bytes] | None = None
 
     def __repr__(self) -> str:
@@ -95,7 +96,7 @@ class LocalS3Server:
         """Start the server and wait until it answers."""
         if self.running:
             return self
-        log = open(self._log_path, "ab") if self._log_path else subprocess.DEVNULL  # noqa: SIM115
+        log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         env = {**os.environ, **LOCAL_CREDENTIALS, "AWS_DEFAULT_REGION": LOCAL_REGION}
         self._process = subprocess.Popen(
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],

@@ -72,6 +72,20 @@ def test_quick_run_keys_move_once(quick_run: dict[str, Any]) -> None:
     assert result["s3_objects"]["keys"] == {"objects": 1, "bytes": cache["evaluation_keys_bytes"]}
 
 
+def test_quick_run_hashless_client_keys_move_once(quick_run: dict[str, Any]) -> None:
+    result = quick_run["doc"]["models"]["logreg"]
+    unnamed = result["key_cache"]["unnamed_keys"]
+    size = result["key_cache"]["evaluation_keys_bytes"]
+    # a client naming its keys by URI only: one download, then no key bytes per request
+    assert unnamed == {"queries": 3, "client_uploads": 1, "server_downloads": 1,
+                       "server_key_bytes_per_request": [size, 0, 0]}
+    assert result["targets"]["p4_unnamed_key_bytes_first_query"] == size
+    assert result["targets"]["p4_unnamed_key_bytes_per_later_query"] == 0
+    assert result["correctness"]["unnamed_keys"]["rows"] == 3
+    hashless = [t for t in quick_run["doc"]["targets"] if "hash-less" in t["description"]]
+    assert [(t["value"], t["met"]) for t in hashless] == [(1, True)]
+
+
 def test_quick_run_checked_fhe_against_clear(quick_run: dict[str, Any]) -> None:
     correctness = quick_run["doc"]["models"]["logreg"]["correctness"]
     assert correctness["limit"]["rows"] == 2  # warm-up row + 1 repetition
@@ -91,6 +105,9 @@ def test_quick_run_writes_chart_and_readme(quick_run: dict[str, Any]) -> None:
     assert "LogisticRegression (breast cancer)" in section
     assert f"{quick_run['doc']['machine']['nproc']} x" in section
     assert "**P2**" in section and "latency.png" in section
+    size = quick_run["doc"]["models"]["logreg"]["key_cache"]["evaluation_keys_bytes"]
+    assert ("| **P4** hash-less client (keys by URI only): server key bytes, 1st / each later"
+            f" request | {size} B / 0 B (3 q.) |") in section
 
 
 def test_render_readme_only_regenerates_from_latest(quick_run: dict[str, Any],

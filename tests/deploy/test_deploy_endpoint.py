@@ -41,10 +41,11 @@ def deploy_argv(**extra: str) -> list[str]:
 
 @pytest.fixture
 def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """moto's control plane; the SDK's polling sleeps patched out."""
+    """moto's control plane and the deployment's bucket; the SDK's polling sleeps patched out."""
     monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
     monkeypatch.setattr(time, "sleep", lambda _s: None)
     with mock_aws():
+        boto3.client("s3", region_name=LOCAL_REGION).create_bucket(Bucket="results")
         yield
 
 

@@ -358,6 +358,10 @@ _MAPPERS: dict[tuple[str, str], _Map] = {
     ("s3", "HeadBucket"): _s3_bucket("s3:ListBucket"),
     ("s3", "GetBucketLocation"): _s3_bucket("s3:GetBucketLocation"),
     ("s3", "CreateBucket"): _s3_bucket("s3:CreateBucket"),
+    ("s3", "GetBucketLifecycleConfiguration"): _s3_bucket("s3:GetLifecycleConfiguration"),
+    ("s3", "PutBucketLifecycleConfiguration"): _s3_bucket("s3:PutLifecycleConfiguration"),
+    # DeleteBucketLifecycle has no IAM action of its own: S3 authorises it as the Put.
+    ("s3", "DeleteBucketLifecycle"): _s3_bucket("s3:PutLifecycleConfiguration"),
     ("sts", "GetCallerIdentity"): _free,
     ("iam", "GetRole"): _iam_role("iam:GetRole"),
     ("sagemaker", "CreateTrainingJob"): _TRAINING("CreateTrainingJob"),

@@ -119,16 +119,21 @@ def test_deploy_endpoint_calls_are_allowed_by_the_endpoint_creator_policy(aws: A
         assert deploy_endpoint.main(argv) == 0
         assert deploy_endpoint.main([*argv, "--delete"]) == 0
     requests = _assert_all_allowed("endpoint-creator", calls)
-    assert {"sagemaker:CreateEndpoint", "iam:PassRole"} <= {r.action for r in requests}
+    assert {"sagemaker:CreateEndpoint", "iam:PassRole", "s3:GetLifecycleConfiguration",
+            "s3:PutLifecycleConfiguration"} <= {r.action for r in requests}
+    assert {"PutBucketLifecycleConfiguration", "DeleteBucketLifecycle"} <= {
+        c.operation for c in calls if c.error_code is None}
     policy = _policy("endpoint-creator")
     pass_role = next(r for r in requests if r.action == "iam:PassRole")
     create = next(r for r in requests if r.action == "sagemaker:CreateEndpoint")
     scale = next(r for r in requests if r.action.endswith("RegisterScalableTarget"))
+    lifecycle = next(r for r in requests if r.action == "s3:PutLifecycleConfiguration")
     out_of_scope = [
         _moved(pass_role, resource=f"arn:aws:iam::{ACCOUNT}:role/admin"),
         _moved(create, resource=f"arn:aws:sagemaker:{REGION}:{ACCOUNT}:endpoint/prod-other"),
         _moved(scale, context={**scale.context,
                                "application-autoscaling:service-namespace": "ecs"}),
+        _moved(lifecycle, resource="arn:aws:s3:::another-bucket"),
     ]
     assert all(evaluate(policy, r) is Decision.IMPLICIT_DENY for r in out_of_scope)
 
@@ -277,3 +282,54 @@ def test_client_calls_are_allowed_by_the_inference_client_policy(
     assert [evaluate(policy, r) for r in out_of_scope] == [
         Decision.IMPLICIT_DENY, Decision.IMPLICIT_DENY, Decision.EXPLICIT_DENY,
         Decision.EXPLICIT_DENY, Decision.IMPLICIT_DENY, Decision.IMPLICIT_DENY]
+
+
+def test_server_calls_are_allowed_by_the_endpoint_execution_role(
+    aws: Any, fixture_models: dict[str, Any], tmp_path: Path
+) -> None:
+    """The container's S3 reads, including the 404 of keys a lifecycle rule expired."""
+    from concrete.ml.deployment import FHEModelClient
+
+    from inference.contract import build_request, parse_error_body
+    from inference.predictor import create_app
+    from inference.settings import Settings, parse_allowed_prefix
+
+    linear = fixture_models["linear"]
+    fhe = FHEModelClient(str(linear.model_dir), key_dir=str(tmp_path / "keys"))
+    fhe.generate_private_and_evaluation_keys()
+    prefix = parse_s3_uri(CL["s3_prefix"] + "/x").key.rsplit("/", 1)[0]
+    keys, query = f"{prefix}/keys/k.ekl", f"{prefix}/queries/q.bin"
+    aws.put_object(Bucket=BUCKET, Key=keys, Body=fhe.get_serialized_evaluation_keys())
+    aws.put_object(Bucket=BUCKET, Key=query,
+                   Body=fhe.quantize_encrypt_serialize(linear.scaled_test[:1]))
+    settings = Settings(model_dir=linear.model_dir, key_cache_dir=tmp_path / "cache",
+                        allowed_prefixes=tuple(map(parse_allowed_prefix,
+                                                   DP["allowed_s3_prefix"])))
+    app = create_app(settings, s3_client=boto3.client("s3", region_name=REGION)).test_client()
+    body = build_request(evaluation_keys_uri=f"s3://{BUCKET}/{keys}",
+                         encrypted_query_uri=f"s3://{BUCKET}/{query}")
+    with record_calls() as calls:
+        ok = app.post("/invocations", data=body, content_type="application/json")
+    aws.delete_object(Bucket=BUCKET, Key=keys)  # what the keys/ lifecycle rule does
+    with record_calls() as expired:
+        missing = app.post("/invocations", data=body, content_type="application/json")
+    assert ok.status_code == 200, ok.data[:300]
+    np.testing.assert_allclose(fhe.deserialize_decrypt_dequantize(ok.data),
+                               linear.clear_model.predict_proba(linear.scaled_test[:1],
+                                                                fhe="disable"))
+    assert parse_error_body(missing.data)[:2] == (404, "EvaluationKeysNotFound")
+
+    requests = _assert_all_allowed("endpoint-execution-role", [*calls, *expired])
+    assert {str(c) for c in calls} == {"s3:HeadObject", "s3:GetObject"}
+    list_bucket = next(r for r in requests if r.action == "s3:ListBucket")
+    get = next(r for r in requests if r.action == "s3:GetObject")
+    policy = _policy("endpoint-execution-role")
+    out_of_scope = [
+        _moved(get, resource=f"arn:aws:s3:::{BUCKET}/clients/bob/keys/k.ekl"),
+        _moved(get, resource=f"arn:aws:s3:::{BUCKET}/data/breast-cancer/train.csv"),
+        _moved(list_bucket, resource="arn:aws:s3:::another-bucket"),
+        _moved(get, context={"aws:securetransport": False}),
+    ]
+    assert [evaluate(policy, r) for r in out_of_scope] == [
+        Decision.IMPLICIT_DENY, Decision.IMPLICIT_DENY, Decision.IMPLICIT_DENY,
+        Decision.EXPLICIT_DENY]

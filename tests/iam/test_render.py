@@ -75,6 +75,20 @@ def test_endpoint_role_lists_only_the_client_key_and_query_prefixes() -> None:
         "clients/alice/queries/*", "clients/bob/queries/*"]}}
 
 
+def _lifecycle_resources(deploy: dict[str, object]) -> object:
+    config = {**CONFIG, "deploy_endpoint": {**CONFIG["deploy_endpoint"], **deploy}}
+    doc = render(config, roles=["endpoint-creator"])["endpoint-creator-policy.json"]
+    return next(s["Resource"] for s in doc["Statement"]
+                if s["Sid"] == "ExpireTheKitsObjectsWithLifecycleRules")
+
+
+def test_lifecycle_buckets_follow_deploy_endpoints_own_defaults() -> None:
+    assert _lifecycle_resources({}) == "arn:aws:s3:::acme-fhe"
+    assert _lifecycle_resources({"client-prefix": ["s3://clients-b/alice"],
+                                 "failure_path": "s3://fail-b/x"}) == [
+        "arn:aws:s3:::clients-b", "arn:aws:s3:::acme-fhe", "arn:aws:s3:::fail-b"]
+
+
 def test_every_missing_key_is_named_at_once() -> None:
     config = {"account_id": "12", "start_training": {"train": "/local/dir"}}
     with pytest.raises(RenderError) as info:

@@ -17,6 +17,8 @@ EXAMPLE_CONFIG = TEMPLATE_DIR / "config.example.json"
 # - Application Auto Scaling scalable-target ARNs embed a random id created by
 #   RegisterScalableTarget itself, so those actions are scoped by the condition keys
 #   application-autoscaling:service-namespace=sagemaker and :scalable-dimension instead.
+# - deploy_endpoint.py writes S3 lifecycle rules that expire the kit's objects: a lifecycle
+#   rule deletes objects, which is the point (only on the buckets of the deployment).
 TRUST_FINDING = ("MALFORMED", "Statement contains neither Resource nor NotResource")
 AUTOSCALING_STAR = (
     "RESOURCE_STAR",
@@ -27,7 +29,12 @@ AUTOSCALING_STAR = (
         "application-autoscaling:RegisterScalableTarget",
     ],
 )
-IGNORED = {"endpoint-creator-policy.json": [AUTOSCALING_STAR]}
+LIFECYCLE_DELETES = (
+    "RESOURCE_POLICY_PRIVILEGE_ESCALATION",
+    "Possible resource policy privilege escalation on arn:aws:s3:::acme-fhe due to"
+    " s3:DeleteObject not being allowed, but does allow s3:PutLifecycleConfiguration",
+)
+IGNORED = {"endpoint-creator-policy.json": [LIFECYCLE_DELETES, AUTOSCALING_STAR]}
 
 
 def _rendered() -> dict[str, object]:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from inference.key_cache import RESIDENT_BYTES_PER_SERIALIZED_BYTE, KeyCache
+from inference.key_cache import RESIDENT_BYTES_PER_SERIALIZED_BYTE, URI_INDEX_DIR, KeyCache
 
 
 def _sha(data: bytes) -> str:
@@ -65,3 +65,46 @@ def test_names_must_be_sha256(tmp_path: Path) -> None:
     cache = _cache(tmp_path, max_bytes=1, calls=[])
     with pytest.raises(ValueError, match="not a sha256"):
         cache.path_for("../../etc/passwd")
+
+
+# -- the URI index (keys named only by their S3 URI) ------------------------------------------
+URI = "s3://bucket/fhe/keys/client.ekl"
+
+
+def test_uri_index_answers_only_for_the_version_it_recorded(tmp_path: Path) -> None:
+    cache = _cache(tmp_path, max_bytes=10_000, calls=[])
+    data = b"k" * 10
+    assert cache.sha_for_uri(URI, "v1") is None
+    cache.remember_uri(URI, "v1", _sha(data))
+    assert cache.sha_for_uri(URI, "v1") == _sha(data)
+    assert cache.sha_for_uri(URI, "v2") is None  # the object changed: read it again
+    assert cache.sha_for_uri("s3://bucket/fhe/keys/other.ekl", "v1") is None
+
+
+def test_uri_index_is_shared_on_disk_and_bounded_in_memory(tmp_path: Path) -> None:
+    writer = KeyCache(tmp_path / "cache", max_bytes=0, deserialize=bytes, max_uri_entries=2)
+    for index in range(3):
+        writer.remember_uri(f"{URI}.{index}", "v", _sha(bytes([index])))
+    assert writer.uri_entries == 2
+    reader = KeyCache(tmp_path / "cache", max_bytes=0, deserialize=bytes, max_uri_entries=2)
+    # Every entry is on disk: the evicted one and those of another worker still answer.
+    assert [reader.sha_for_uri(f"{URI}.{i}", "v") for i in range(3)] == [
+        _sha(bytes([i])) for i in range(3)]
+    assert reader.uri_entries == 2
+    writer.remember_uri(f"{URI}.0", "v2", _sha(b"new"))
+    assert reader.sha_for_uri(f"{URI}.0", "v2") == _sha(b"new")  # stale in memory, fresh on disk
+    index_dir = tmp_path / "cache" / URI_INDEX_DIR
+    assert {stat.S_IMODE(p.stat().st_mode) for p in index_dir.iterdir()} == {0o600}
+
+
+@pytest.mark.parametrize("content", [b"not json", b"[]", b'{"uri": "s3://b/other", "version": "v",'
+                                     b' "sha256": "' + b"a" * 64 + b'"}',
+                                     b'{"uri": "' + URI.encode() + b'", "version": "v",'
+                                     b' "sha256": "../x"}'])
+def test_uri_index_ignores_unusable_files(tmp_path: Path, content: bytes) -> None:
+    cache = _cache(tmp_path, max_bytes=10_000, calls=[])
+    cache.remember_uri(URI, "v", "b" * 64)
+    path = next((tmp_path / "cache" / URI_INDEX_DIR).iterdir())
+    path.write_bytes(content)
+    fresh = _cache(tmp_path, max_bytes=10_000, calls=[])
+    assert fresh.sha_for_uri(URI, "v") is None

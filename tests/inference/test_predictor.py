@@ -25,7 +25,8 @@ from inference.contract import (
 from inference.local.s3_server import LocalS3Server, free_port
 from inference.predictor import create_app
 from tests.fixtures.models import FixtureModel
-from tests.inference.conftest import KeyedClient, Uploader, server_settings
+from tests.fixtures.serving import s3_requests
+from tests.inference.conftest import KeyedClient, Uploader, make_keyed_client, server_settings
 
 AppFactory = Callable[..., FlaskClient]
 
@@ -113,13 +114,81 @@ def test_named_keys_are_downloaded_and_deserialised_once(
     assert (cache["downloads"], cache["deserializations"], cache["memory_hits"]) == (1, 1, 1)
 
 
-def test_unnamed_keys_are_downloaded_each_time_but_deserialised_once(
-        make_client: AppFactory, keyed: dict[str, KeyedClient], uploader: Uploader) -> None:
+def _unnamed(fhe: KeyedClient, uploader: Uploader, row: np.ndarray, keys_uri: str) -> bytes:
+    """A request as the AWS sample's client sends it: two URIs, no hashes."""
+    query = uploader.put(f"queries/{uuid.uuid4().hex}.bin", fhe.encrypt(row))
+    return build_request(evaluation_keys_uri=keys_uri, encrypted_query_uri=query)
+
+
+def _assert_predicts(client: FlaskClient, fhe: KeyedClient, uploader: Uploader,
+                     rows: np.ndarray, keys_uri: str) -> None:
+    for row in rows:
+        response = invoke(client, _unnamed(fhe, uploader, row, keys_uri))
+        assert response.status_code == 200, response.data[:300]
+        np.testing.assert_allclose(fhe.decrypt(response.data), fhe.expected(row))
+
+
+def test_unnamed_keys_are_downloaded_once_while_the_object_is_unchanged(
+        make_client: AppFactory, keyed: dict[str, KeyedClient], uploader: Uploader,
+        s3_server: LocalS3Server) -> None:
     client, fhe = make_client("tree"), keyed["tree"]
-    for row in fhe.model.scaled_test[:2]:
-        assert invoke(client, uploader.request(fhe, row[None, :])).status_code == 200
+    keys_uri = uploader.keys(fhe)
+    _assert_predicts(client, fhe, uploader, fhe.model.scaled_test[:3], keys_uri)
+    assert uploader.keys(fhe) == keys_uri  # the same bytes again, as a client re-uploads them
+    _assert_predicts(client, fhe, uploader, fhe.model.scaled_test[3:5], keys_uri)
+    assert s3_requests(s3_server, "GET", keys_uri) == 1
+    assert s3_requests(s3_server, "HEAD", keys_uri) == 5
     cache = metrics(client)["key_cache"]
-    assert (cache["downloads"], cache["deserializations"], cache["memory_hits"]) == (2, 1, 1)
+    assert (cache["downloads"], cache["download_bytes"], cache["deserializations"],
+            cache["revalidations"], cache["revalidated_hits"]) == (1, len(fhe.keys), 1, 5, 4)
+
+
+def test_unnamed_keys_overwritten_in_place_are_downloaded_again(
+        make_client: AppFactory, keyed: dict[str, KeyedClient], uploader: Uploader,
+        s3_server: LocalS3Server, tmp_path: Path) -> None:
+    client, first = make_client("tree"), keyed["tree"]
+    second = make_keyed_client(first.model, tmp_path / "other-keys")
+    assert second.keys_sha != first.keys_sha
+    keys_uri = uploader.put("keys/client.ekl", first.keys)
+    _assert_predicts(client, first, uploader, first.model.scaled_test[:2], keys_uri)
+    assert uploader.put("keys/client.ekl", second.keys) == keys_uri
+    # Queries encrypted under the new secret key decrypt right only if the new keys are used.
+    _assert_predicts(client, second, uploader, first.model.scaled_test[2:5], keys_uri)
+    assert s3_requests(s3_server, "GET", keys_uri) == 2
+    cache = metrics(client)["key_cache"]
+    assert (cache["downloads"], cache["download_bytes"], cache["deserializations"]) == (
+        2, len(first.keys) + len(second.keys), 2)
+
+
+def test_unnamed_keys_deleted_from_s3_are_not_found_even_while_cached(
+        make_client: AppFactory, keyed: dict[str, KeyedClient], uploader: Uploader,
+        s3_server: LocalS3Server) -> None:
+    client, fhe = make_client("tree"), keyed["tree"]
+    keys_uri = uploader.keys(fhe)
+    row = fhe.model.scaled_test[0]
+    _assert_predicts(client, fhe, uploader, row[None, :], keys_uri)
+    uploader.s3.delete_object(Bucket=uploader.bucket, Key=keys_uri.split("/", 3)[3])
+    assert_error(invoke(client, _unnamed(fhe, uploader, row, keys_uri)), 404,
+                 "EvaluationKeysNotFound", f"evaluation keys {keys_uri} does not exist")
+    uploader.keys(fhe)  # what the client does on EvaluationKeysNotFound
+    _assert_predicts(client, fhe, uploader, row[None, :], keys_uri)
+    assert s3_requests(s3_server, "GET", keys_uri) == 1  # same bytes, same ETag: no download
+
+
+def test_unnamed_keys_index_is_shared_by_workers_within_the_memory_bound(
+        fixture_models: dict[str, FixtureModel], s3_server: LocalS3Server, serving_bucket: str,
+        tmp_path: Path, keyed: dict[str, KeyedClient], uploader: Uploader) -> None:
+    fhe = keyed["tree"]
+    settings = server_settings(fixture_models["tree"], s3_server, serving_bucket, tmp_path / "c",
+                               key_cache_max_bytes=len(fhe.keys) - 1)
+    keys_uri = uploader.keys(fhe)
+    rows = fhe.model.scaled_test[:2]
+    first, second = (create_app(settings).test_client() for _ in range(2))
+    _assert_predicts(first, fhe, uploader, rows, keys_uri)
+    _assert_predicts(second, fhe, uploader, rows, keys_uri)
+    assert s3_requests(s3_server, "GET", keys_uri) == 1
+    cache = metrics(second)["key_cache"]
+    assert (cache["downloads"], cache["disk_hits"], cache["memory_bytes"]) == (0, 2, 0)
 
 
 def test_disk_cache_is_shared_by_a_second_worker_without_s3(
@@ -263,8 +332,10 @@ def test_unexpected_error_is_500_and_logged(make_client: AppFactory, keyed: dict
     services = client.application.extensions["fhe"]
 
     class BrokenS3:
-        def get_object(self, **_: Any) -> Any:
+        def head_object(self, **_: Any) -> Any:
             raise KeyError("injected fault")
+
+        get_object = head_object
 
     services.store._client = BrokenS3()
     assert_error(invoke(client, _good(keyed["tree"], uploader)), 500, "InternalError",

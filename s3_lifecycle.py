@@ -1,0 +1,331 @@
+"""S3 lifecycle rules that expire what the kit leaves in its buckets, owned by one endpoint.
+
+The client deletes its per-request objects after a successful read, but not after failures,
+timeouts or crashes, and never its evaluation keys; SageMaker's async output and failure
+objects stay too. ``deploy_endpoint.py`` gives each of these locations an expiration rule:
+
+========================================  ===========================  ======================
+objects                                   where                        default age
+========================================  ===========================  ======================
+evaluation keys                           ``<client prefix>/keys/``    30 days (re-uploaded
+                                                                       on EvaluationKeysNotFound)
+ciphertexts, request documents            ``<client prefix>/queries/``,  2 days
+                                          ``<client prefix>/requests/``
+async results and failure objects         ``--output-path``,           7 days
+                                          ``--failure-path``
+========================================  ===========================  ======================
+
+Every rule also aborts incomplete multipart uploads after a day and expires noncurrent
+versions after a day (versioned buckets). A rule is ours when its ID starts with
+``concrete-fhe-kit:<endpoint name>:``; rules of anything else (other tools, other endpoints)
+are kept as they are. Applying is idempotent (nothing is written when our rules are already
+there) and removing deletes only our rules.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+RULE_ID_PREFIX = "concrete-fhe-kit"
+DEFAULT_KEYS_DAYS = 30
+DEFAULT_REQUESTS_DAYS = 2
+DEFAULT_RESULTS_DAYS = 7
+ABORT_MULTIPART_DAYS = 1
+NONCURRENT_DAYS = 1
+# The folders EncryptedPredictor writes under its s3_prefix (client/predictor.py).
+CLIENT_FOLDERS = ("keys", "queries", "requests")
+_NO_CONFIGURATION = "NoSuchLifecycleConfiguration"
+_NO_BUCKET = "NoSuchBucket"
+
+
+class LifecycleError(ValueError):
+    """The rules cannot be planned as asked; the message names every problem and the fix."""
+
+
+@dataclass(frozen=True)
+class Ages:
+    """Days after which each kind of object expires.
+
+    Attributes:
+        keys_days: Evaluation keys (``keys/``).
+        requests_days: Ciphertexts and request documents (``queries/``, ``requests/``).
+        results_days: Async results and failure objects (output and failure paths).
+    """
+
+    keys_days: int = DEFAULT_KEYS_DAYS
+    requests_days: int = DEFAULT_REQUESTS_DAYS
+    results_days: int = DEFAULT_RESULTS_DAYS
+
+    def check(self) -> None:
+        """Raises LifecycleError unless every age is a whole number of days >= 1."""
+        bad = [f"{name}={value!r}" for name, value in vars(self).items()
+               if isinstance(value, bool) or not isinstance(value, int) or value < 1]
+        if bad:
+            raise LifecycleError(f"expiration ages must be whole days >= 1: {', '.join(bad)}")
+
+
+@dataclass(frozen=True)
+class ExpiryRule:
+    """One location to expire: objects under ``s3://bucket/prefix`` after ``days``.
+
+    Attributes:
+        bucket: The bucket.
+        prefix: A ``/``-terminated key prefix (``""`` never: that would be the whole bucket).
+        days: Age in days.
+        kind: What lives there (``keys``, ``queries``, ``requests``, ``output``, ``failure``).
+    """
+
+    bucket: str
+    prefix: str
+    days: int
+    kind: str
+
+    def rule_id(self, endpoint_name: str) -> str:
+        """``concrete-fhe-kit:<endpoint>:<kind>:<digest of the prefix>`` (under 255 chars)."""
+        digest = hashlib.sha256(self.prefix.encode()).hexdigest()[:12]
+        return f"{owner_prefix(endpoint_name)}{self.kind}:{digest}"
+
+    def to_s3(self, endpoint_name: str, *, legacy_prefix: bool = False) -> dict[str, Any]:
+        """The rule as ``put_bucket_lifecycle_configuration`` takes it.
+
+        Args:
+            endpoint_name: The owning endpoint (part of the rule ID).
+            legacy_prefix: Use the top-level ``Prefix`` form, for buckets whose existing rules
+                use it (S3 refuses a configuration that mixes it with ``Filter``).
+        """
+        location = {"Prefix": self.prefix} if legacy_prefix else {"Filter": {"Prefix": self.prefix}}
+        return {
+            "ID": self.rule_id(endpoint_name),
+            **location,
+            "Status": "Enabled",
+            "Expiration": {"Days": self.days},
+            "NoncurrentVersionExpiration": {"NoncurrentDays": NONCURRENT_DAYS},
+            "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": ABORT_MULTIPART_DAYS},
+        }
+
+    def __str__(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix} ({self.kind}, {self.days} days)"
+
+
+def owner_prefix(endpoint_name: str) -> str:
+    """The ID prefix of the rules owned by ``endpoint_name``."""
+    return f"{RULE_ID_PREFIX}:{endpoint_name}:"
+
+
+def split_location(uri: str, *, field_name: str) -> tuple[str, str]:
+    """``s3://bucket[/prefix]`` -> (bucket, ``/``-terminated prefix or ``""``).
+
+    Raises:
+        LifecycleError: not an S3 URI.
+    """
+    from inference.settings import SettingsError, parse_allowed_prefix
+
+    try:
+        location = parse_allowed_prefix(uri)
+    except SettingsError as exc:
+        raise LifecycleError(f"{field_name} must look like s3://bucket/prefix, got {uri!r}"
+                             ) from exc
+    key = location.prefix.strip("/")
+    return location.bucket, f"{key}/" if key else ""
+
+
+def planned_rules(*, client_prefixes: Sequence[str], output_path: str, failure_path: str,
+                  ages: Ages, protected: Sequence[str] = ()) -> list[ExpiryRule]:
+    """The rules for one endpoint's locations.
+
+    Args:
+        client_prefixes: The ``s3_prefix`` of each client (keys/, queries/, requests/ below).
+        output_path: The endpoint's async output path.
+        failure_path: Its async failure path.
+        ages: Days per kind of object.
+        protected: ``s3://`` URIs of objects no rule may expire (the model data).
+
+    Raises:
+        LifecycleError: every problem at once (a rule on a whole bucket, a rule that would
+            expire a protected object, a rule inside another one with a shorter age).
+    """
+    ages.check()
+    rules: list[ExpiryRule] = []
+    problems: list[str] = []
+    for uri in dict.fromkeys(client_prefixes):
+        bucket, prefix = split_location(uri, field_name="--client-prefix")
+        days = {"keys": ages.keys_days}
+        rules += [ExpiryRule(bucket, f"{prefix}{folder}/", days.get(folder, ages.requests_days),
+                             folder) for folder in CLIENT_FOLDERS]
+    for kind, flag, uri in (("output", "--output-path", output_path),
+                            ("failure", "--failure-path", failure_path)):
+        bucket, prefix = split_location(uri, field_name=flag)
+        if not prefix:
+            problems.append(f"{flag} {uri} is a whole bucket: its rule would expire every object"
+                            f" in {bucket}; use a prefix such as s3://{bucket}/async-{kind}")
+            continue
+        rules.append(ExpiryRule(bucket, prefix, ages.results_days, kind))
+    rules = list(dict.fromkeys(rules))
+    problems += _protected_problems(rules, protected) + _overlap_problems(rules)
+    if problems:
+        raise LifecycleError("cannot set up S3 lifecycle rules: " + "; ".join(problems)
+                             + " (or pass --no-lifecycle to manage expiry yourself)")
+    return rules
+
+
+def _protected_problems(rules: Sequence[ExpiryRule], protected: Sequence[str]) -> list[str]:
+    problems = []
+    for uri in protected:
+        bucket, _, key = uri.removeprefix("s3://").partition("/")
+        for rule in rules:
+            if rule.bucket == bucket and key.startswith(rule.prefix):
+                problems.append(f"{uri} lies under {rule}: the endpoint needs it whenever it"
+                                " starts an instance; keep model data outside the kit's prefixes")
+    return problems
+
+
+def _overlap_problems(rules: Sequence[ExpiryRule]) -> list[str]:
+    """Rules inside a rule with a shorter age: S3 applies the shorter age to both."""
+    return [f"{inner} lies under {outer}, whose shorter age S3 would apply to it; give"
+            f" {inner.kind} its own prefix"
+            for outer in rules for inner in rules
+            if outer != inner and inner.bucket == outer.bucket
+            and inner.prefix.startswith(outer.prefix) and outer.days < inner.days]
+
+
+@dataclass
+class BucketChange:
+    """What applying or removing our rules does to one bucket's lifecycle configuration.
+
+    Attributes:
+        bucket: The bucket.
+        rules: The whole configuration afterwards (foreign rules first, as they were).
+        added / replaced / removed: IDs of our rules written new, rewritten, deleted.
+        kept: IDs of the rules that are not ours, left untouched.
+        owned: IDs of our rules in the configuration afterwards.
+        extra: Top-level settings of the configuration that are kept as they were.
+    """
+
+    bucket: str
+    rules: list[dict[str, Any]]
+    added: list[str] = field(default_factory=list)
+    replaced: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)
+    owned: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def changed(self) -> bool:
+        """True when the configuration must be written."""
+        return bool(self.added or self.replaced or self.removed)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON form (what ``--dry-run`` prints)."""
+        return {"bucket": self.bucket, "changed": self.changed, "added": self.added,
+                "replaced": self.replaced, "removed": self.removed, "kept": self.kept,
+                "owned": self.owned, "rules": self.rules}
+
+
+class MissingBucketError(LifecycleError):
+    """A bucket named by the deployment does not exist."""
+
+
+def read_rules(s3: Any, bucket: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The bucket's lifecycle rules (empty when it has none) and its top-level settings.
+
+    Raises:
+        MissingBucketError: the bucket does not exist.
+        botocore.exceptions.ClientError: S3 refused otherwise (e.g. AccessDenied).
+    """
+    from botocore.exceptions import ClientError
+
+    try:
+        response = s3.get_bucket_lifecycle_configuration(Bucket=bucket)
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code")
+        if code == _NO_CONFIGURATION:
+            return [], {}
+        if code == _NO_BUCKET:
+            raise MissingBucketError(f"bucket {bucket} does not exist") from exc
+        raise
+    extra = {k: response[k] for k in ("TransitionDefaultMinimumObjectSize",) if k in response}
+    return list(response.get("Rules", [])), extra
+
+
+def plan_apply(s3: Any, endpoint_name: str, rules: Iterable[ExpiryRule]) -> list[BucketChange]:
+    """Read each bucket's configuration; return it merged with our rules (nothing is written).
+
+    Raises:
+        LifecycleError: naming every bucket that does not exist.
+    """
+    by_bucket: dict[str, list[ExpiryRule]] = {}
+    for rule in rules:
+        by_bucket.setdefault(rule.bucket, []).append(rule)
+    current_rules: dict[str, tuple[list[dict[str, Any]], dict[str, Any]]] = {}
+    missing = []
+    for bucket in by_bucket:
+        try:
+            current_rules[bucket] = read_rules(s3, bucket)
+        except MissingBucketError:
+            missing.append(bucket)
+    if missing:
+        raise LifecycleError(f"bucket(s) {', '.join(missing)} do not exist: create them (clients"
+                             " upload there and the endpoint writes its results there) or fix"
+                             " --client-prefix / --output-path / --failure-path")
+    changes = []
+    for bucket, wanted in by_bucket.items():
+        current, extra = current_rules[bucket]
+        mine, foreign = _split(current, endpoint_name)
+        legacy = any("Prefix" in r and "Filter" not in r for r in foreign)
+        desired = {r.rule_id(endpoint_name): r.to_s3(endpoint_name, legacy_prefix=legacy)
+                   for r in wanted}
+        change = BucketChange(bucket, [*foreign, *desired.values()], kept=_ids(foreign),
+                              owned=list(desired), extra=extra)
+        for rule_id, rule in desired.items():
+            if rule_id not in mine:
+                change.added.append(rule_id)
+            elif _canonical(mine[rule_id]) != _canonical(rule):
+                change.replaced.append(rule_id)
+        change.removed = [rule_id for rule_id in mine if rule_id not in desired]
+        changes.append(change)
+    return changes
+
+
+def plan_remove(s3: Any, endpoint_name: str, buckets: Iterable[str]) -> list[BucketChange]:
+    """Read each bucket's configuration; return it without our rules (nothing is written)."""
+    changes = []
+    for bucket in dict.fromkeys(buckets):
+        current, extra = read_rules(s3, bucket)
+        mine, foreign = _split(current, endpoint_name)
+        changes.append(BucketChange(bucket, foreign, removed=list(mine), kept=_ids(foreign),
+                                    extra=extra))
+    return changes
+
+
+def execute(s3: Any, changes: Iterable[BucketChange]) -> None:
+    """Write the configurations that changed (an empty one deletes the configuration)."""
+    for change in changes:
+        if not change.changed:
+            continue
+        if change.rules:
+            s3.put_bucket_lifecycle_configuration(
+                Bucket=change.bucket, LifecycleConfiguration={"Rules": change.rules},
+                **change.extra)
+        else:
+            s3.delete_bucket_lifecycle(Bucket=change.bucket)
+
+
+def _split(rules: Sequence[Mapping[str, Any]], endpoint_name: str
+           ) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
+    """(our rules by ID, everything else in its order)."""
+    prefix = owner_prefix(endpoint_name)
+    mine = {str(r["ID"]): dict(r) for r in rules if str(r.get("ID", "")).startswith(prefix)}
+    return mine, [dict(r) for r in rules if str(r.get("ID", "")) not in mine]
+
+
+def _ids(rules: Sequence[Mapping[str, Any]]) -> list[str]:
+    return [str(r.get("ID", "")) for r in rules]
+
+
+def _canonical(rule: Mapping[str, Any]) -> str:
+    return json.dumps(rule, sort_keys=True, default=str)
