@@ -177,6 +177,22 @@ def _require(args: argparse.Namespace) -> None:
         raise DeployError(f"{', '.join(bad_ages)}: expiration ages are whole days >= 1")
     if args.local and args.dry_run:
         raise DeployError("--dry-run shows what an AWS deployment would do; drop --local")
+    if not args.delete:
+        _check_allowed_prefixes(args)
+
+
+def _check_allowed_prefixes(args: argparse.Namespace) -> None:
+    """Every --allowed-s3-prefix must parse, before anything is created (all listed)."""
+    from inference.settings import SettingsError, parse_allowed_prefix
+
+    problems = []
+    for text in args.allowed_s3_prefix or ():
+        try:
+            parse_allowed_prefix(text)
+        except SettingsError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise DeployError("bad --allowed-s3-prefix: " + "; ".join(problems))
 
 
 def allowed_prefixes(args: argparse.Namespace) -> list[str]:
@@ -505,6 +521,7 @@ class LocalEndpoint:
 
         from inference.local.runtime import LocalAsyncRuntime
         from inference.local.s3_server import LocalS3Server, free_port
+        from inference.settings import parse_allowed_prefix
 
         s3_url = self.args.s3_endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3")
         s3_env: dict[str, str] = {}
@@ -532,6 +549,7 @@ class LocalEndpoint:
             s3_client=s3, max_concurrency=self.args.max_concurrent_invocations,
             invocation_timeout=self.args.timeout + TIMEOUT_MARGIN, port=self.args.runtime_port,
             journal_dir=self.args.journal_dir,
+            allowed_input_prefixes=[parse_allowed_prefix(p) for p in allowed_prefixes(self.args)],
         ).start()
         return {"endpoint_name": self.args.endpoint_name, "runtime_url": self.runtime.url,
                 "serve_url": serve_url, "s3_endpoint_url": s3_url or "",

@@ -228,7 +228,7 @@ def _check_s3(flag: str, uri: str | None, *, required: bool, env: str = "") -> l
         return [f"{flag} is required (s3://bucket/prefix{'; env ' + env if env else ''})"] \
             if required else []
     try:
-        parse_s3_uri(uri, field=flag)
+        parse_s3_uri(uri.rstrip("/"), field=flag)  # a prefix: a trailing "/" is optional
     except ContractError as exc:
         return [str(exc)]
     return []
@@ -291,7 +291,8 @@ def launch_sagemaker(settings: LaunchSettings) -> LaunchResult:
     assert settings.output_path and settings.image_uri and settings.role  # checked by validate()
     boto_session = boto3.session.Session(region_name=settings.region)
     session = sagemaker.Session(boto_session=boto_session,
-                                default_bucket=parse_s3_uri(settings.output_path).bucket)
+                                default_bucket=parse_s3_uri(
+                                    settings.output_path.rstrip("/")).bucket)
     estimator = Concrete(
         image_uri=settings.image_uri, role=settings.role, instance_type=settings.instance_type,
         instance_count=settings.instance_count, output_path=settings.output_path,

@@ -22,9 +22,10 @@ prefixes). Their values come from the same configuration the scripts read: one J
 
 Each script section can also be read straight from that script's own config file
 (``--start-training-config``, ``--deploy-endpoint-config``, ``--client-config``). S3 URIs are
-split into bucket and prefix here; a prefix always ends with ``/`` so ``s3://b/models`` never
-grants ``s3://b/models-other``. Rendering fails with one error naming every missing or
-malformed key, and the output never contains a placeholder.
+split into bucket and prefix by :mod:`inference.s3_location` (the grammar and segment-bounded
+prefix the server and the local runtime match with); a prefix always ends with ``/`` so
+``s3://b/models`` never grants ``s3://b/models-other``. Rendering fails with one error naming
+every missing or malformed key, and the output never contains a placeholder.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from typing import Any
 
 from common.process import run_main
 from inference.atomic import atomic_write_bytes
+from inference.s3_location import S3LocationError, parse_s3_prefix, parse_s3_uri
 
 logger = logging.getLogger(__name__)
 
@@ -60,12 +62,16 @@ SECTIONS = ("start_training", "deploy_endpoint", "client")
 DEFAULT_BASE_JOB_NAME = "concrete-fhe"
 """start_training.py's default --base-job-name (a test keeps the two equal)."""
 _PLACEHOLDER_RE = re.compile(r"\$\{([A-Za-z][A-Za-z0-9]*)\}")
-_ACCOUNT_RE = re.compile(r"^\d{12}$")
-_REGION_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d$")
-_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
-_ECR_RE = re.compile(r"^\d{12}\.dkr\.ecr\.[a-z0-9-]+\.amazonaws\.com(?:\.cn)?/(?P<repo>[^:@]+)")
-_ROLE_ARN_RE = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/(?:.*/)?(?P<name>[\w+=,.@-]+)$")
-_ROLE_NAME_RE = re.compile(r"^[\w+=,.@-]{1,64}$")
+# Matched with fullmatch and ASCII classes: no trailing newline, no Unicode digits.
+_ACCOUNT_RE = re.compile(r"[0-9]{12}", re.ASCII)
+_REGION_RE = re.compile(r"[a-z]{2}(-[a-z]+)+-[0-9]", re.ASCII)
+_ECR_RE = re.compile(
+    r"[0-9]{12}\.dkr\.ecr\.[a-z0-9-]+\.amazonaws\.com(?:\.cn)?"
+    r"/(?P<repo>(?:[a-z0-9]+(?:[._-][a-z0-9]+)*/)*[a-z0-9]+(?:[._-][a-z0-9]+)*)"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}|@sha256:[0-9a-f]{64})?", re.ASCII)
+_ROLE_ARN_RE = re.compile(
+    r"arn:aws[a-z-]*:iam::[0-9]{12}:role/(?:[\w+=,.@-]+/)*(?P<name>[\w+=,.@-]{1,64})", re.ASCII)
+_ROLE_NAME_RE = re.compile(r"[\w+=,.@-]{1,64}", re.ASCII)
 
 
 class RenderError(ValueError):
@@ -94,18 +100,20 @@ class _Missing(LookupError):
 
 
 def split_s3_uri(uri: Any, *, field: str, exact: bool = False) -> S3Location:
-    """Split ``s3://bucket/prefix``; with ``exact`` the key is one object, not a prefix."""
-    if not isinstance(uri, str) or not uri.startswith("s3://"):
-        raise _Missing(f"{field} must be an s3://bucket/prefix URI, got {uri!r}")
-    bucket, _, key = uri[len("s3://") :].partition("/")
-    if not _BUCKET_RE.match(bucket) or ".." in key.split("/") or "*" in key or "$" in key:
-        raise _Missing(f"{field} must be an s3://bucket/prefix URI, got {uri!r}")
-    if exact:
-        if not key or key.endswith("/"):
-            raise _Missing(f"{field} must name one object (s3://bucket/key), got {uri!r}")
-        return S3Location(bucket, key)
-    key = key.strip("/")
-    return S3Location(bucket, f"{key}/" if key else "")
+    """Split ``s3://bucket/prefix``; with ``exact`` the key is one object, not a prefix.
+
+    The grammar and the ``/``-terminated prefix are :mod:`inference.s3_location`'s, the
+    same the server's allow-list and the local runtime match with, so the rendered
+    ``bucket/prefix/*`` grants exactly what they allow.
+    """
+    try:
+        if exact:
+            obj = parse_s3_uri(uri, field=field)
+            return S3Location(obj.bucket, obj.key)
+        folder = parse_s3_prefix(uri, field=field)
+    except S3LocationError as exc:
+        raise _Missing(str(exc)) from exc
+    return S3Location(folder.bucket, folder.prefix)
 
 
 def _normalise(section: Mapping[str, Any]) -> dict[str, Any]:
@@ -148,16 +156,16 @@ def _locations(values: Any, *, field: str, exact: bool = False) -> list[S3Locati
 
 def _role_name(value: Any, *, field: str) -> str:
     text = str(value)
-    match = _ROLE_ARN_RE.match(text)
+    match = _ROLE_ARN_RE.fullmatch(text)
     if match:
         return match["name"]
-    if _ROLE_NAME_RE.match(text):
+    if _ROLE_NAME_RE.fullmatch(text):
         return text
     raise _Missing(f"{field} must be an IAM role ARN or name, got {value!r}")
 
 
 def _repository(value: Any, *, field: str) -> str:
-    match = _ECR_RE.match(str(value))
+    match = _ECR_RE.fullmatch(str(value))
     if match is None:
         raise _Missing(
             f"{field} must be an ECR image URI "
@@ -168,7 +176,7 @@ def _repository(value: Any, *, field: str) -> str:
 
 def _account(c: _Config) -> str:
     value = str(c.get(None, "account_id", hint="the 12-digit AWS account id"))
-    if not _ACCOUNT_RE.match(value):
+    if not _ACCOUNT_RE.fullmatch(value):
         raise _Missing(f"account_id must be 12 digits, got {value!r}")
     return value
 
@@ -176,7 +184,7 @@ def _account(c: _Config) -> str:
 def _region(c: _Config) -> str:
     value = c.top.get("region") or c.optional("start_training", "region")
     value = str(value or c.get(None, "region", hint="the AWS region, e.g. eu-west-1"))
-    if not _REGION_RE.match(value):
+    if not _REGION_RE.fullmatch(value):
         raise _Missing(f"region must look like eu-west-1, got {value!r}")
     return value
 

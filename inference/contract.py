@@ -14,6 +14,8 @@ Request (the body of ``POST /invocations``, also the async input object), JSON::
       "encrypted_query_sha256": "<sha256>" | ["<sha256>", …]       # optional, verified
     }
 
+The body is UTF-8 JSON (RFC 8259: no NaN/Infinity, no field twice); every URI follows the one
+grammar of :mod:`inference.s3_location`, checked in full before any S3 read.
 Exactly one of the three query fields is given. ``encrypted_query_sha256`` is a string for
 ``encrypted_query_uri`` and ``encrypted_batch_uri`` (the hash of the whole object) and a list,
 one per URI, for ``encrypted_query_uris``.
@@ -38,9 +40,13 @@ import hashlib
 import json
 import re
 import struct
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from inference.s3_location import S3LocationError, S3Uri
+from inference.s3_location import parse_s3_uri as _parse_location
 
 CONTENT_TYPE_JSON = "application/json"
 CONTENT_TYPE_RESULT = "application/octet-stream"
@@ -51,8 +57,7 @@ BATCH_VERSION = 1
 _HEADER = struct.Struct(">4sBI")
 _FRAME_LEN = struct.Struct(">Q")
 
-_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
-_S3_URI_RE = re.compile(r"^s3://(?P<bucket>[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9])/(?P<key>.+)$")
+_SHA256_RE = re.compile(r"[0-9a-f]{64}", re.ASCII)
 
 FIELD_KEYS = "evaluation_keys_uri"
 FIELD_QUERY = "encrypted_query_uri"
@@ -77,17 +82,6 @@ class ContractError(ValueError):
 
 class BatchTooLargeError(ContractError):
     """A batch body holds more items than the receiver accepts (HTTP 413)."""
-
-
-@dataclass(frozen=True)
-class S3Uri:
-    """A parsed ``s3://bucket/key`` URI."""
-
-    bucket: str
-    key: str
-
-    def __str__(self) -> str:
-        return f"s3://{self.bucket}/{self.key}"
 
 
 @dataclass(frozen=True)
@@ -119,23 +113,19 @@ def sha256_hex(data: bytes) -> str:
 
 
 def parse_s3_uri(uri: Any, *, field: str = "uri") -> S3Uri:
-    """Parse ``s3://bucket/key``.
+    """Parse ``s3://bucket/key`` (the grammar of :mod:`inference.s3_location`).
 
     Raises:
         ContractError: ``uri`` is not a string of that form.
     """
-    if not isinstance(uri, str):
-        raise ContractError(
-            f"'{field}' must be a string 's3://bucket/key', got {type(uri).__name__}"
-        )
-    match = _S3_URI_RE.match(uri)
-    if match is None or ".." in match["key"].split("/"):
-        raise ContractError(f"'{field}' must look like 's3://bucket/key', got {uri[:200]!r}")
-    return S3Uri(match["bucket"], match["key"])
+    try:
+        return _parse_location(uri, field=field)
+    except S3LocationError as exc:
+        raise ContractError(str(exc)) from exc
 
 
 def _parse_sha(value: Any, field: str) -> str:
-    if not isinstance(value, str) or not _SHA256_RE.match(value):
+    if not isinstance(value, str) or not _SHA256_RE.fullmatch(value):
         raise ContractError(f"'{field}' must be 64 lowercase hex characters (a sha256)")
     return value
 
@@ -168,16 +158,43 @@ def _parse_query_sha(value: Any, n_objects: int, batch_list: bool) -> tuple[str,
     return (_parse_sha(value, FIELD_QUERY_SHA),)
 
 
+def _unique_fields(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    doc = dict(pairs)
+    if len(doc) != len(pairs):
+        repeated = sorted(name for name, n in Counter(k for k, _ in pairs).items() if n > 1)
+        raise ContractError(f"field(s) {', '.join(map(ascii, repeated))} given more than once")
+    return doc
+
+
+def _refuse_constant(name: str) -> None:
+    raise ContractError(f"request body is not valid JSON: {name} is not a JSON number")
+
+
+def _load_json(body: bytes) -> Any:
+    """Decode UTF-8 JSON (RFC 8259), refusing duplicate fields, NaN/Infinity and any failure."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ContractError(f"request body is not valid JSON: it must be UTF-8 ({exc})") from exc
+    try:
+        return json.loads(text, object_pairs_hook=_unique_fields,
+                          parse_constant=_refuse_constant)
+    except RecursionError as exc:
+        raise ContractError("request body nests JSON too deeply; the request is one flat"
+                            " object of strings (and one list)") from exc
+    except ContractError:
+        raise
+    except ValueError as exc:  # JSONDecodeError, and e.g. integers over Python's digit limit
+        raise ContractError(f"request body is not valid JSON: {exc}") from exc
+
+
 def parse_request(body: bytes) -> InferenceRequest:
     """Validate a request body.
 
     Raises:
         ContractError: the body is not JSON, or fields are missing, unknown or mistyped.
     """
-    try:
-        doc = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ContractError(f"request body is not valid JSON: {exc}") from exc
+    doc = _load_json(body)
     if not isinstance(doc, dict):
         raise ContractError("request body must be a JSON object")
     unknown = sorted(set(doc) - _KNOWN_FIELDS)

@@ -24,7 +24,7 @@ from inference.atomic import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
-_SHA_RE = re.compile(r"^[0-9a-f]{64}$")
+_SHA_RE = re.compile(r"[0-9a-f]{64}")
 KEY_SUFFIX = ".ekl"
 # Deserialised evaluation keys take several times their serialized size in memory: the
 # benchmark measured a worker's RSS growing 5.5-6.3x the serialized size per cached key set
@@ -86,7 +86,7 @@ class KeyCache:
 
     def path_for(self, sha256: str) -> Path:
         """Where the key set named ``sha256`` is (or would be) stored on disk."""
-        if not _SHA_RE.match(sha256):
+        if not _SHA_RE.fullmatch(sha256):
             raise ValueError(f"not a sha256: {sha256!r}")
         return self._dir / f"{sha256}{KEY_SUFFIX}"
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import threading
 import time
 import uuid
@@ -20,6 +21,7 @@ from typing import Any
 
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
+from werkzeug.wsgi import get_input_stream
 
 from inference import contract
 from inference.errors import (
@@ -39,6 +41,7 @@ logger = logging.getLogger(__name__)
 
 INFERENCE_ID_HEADER = "X-Amzn-SageMaker-Inference-Id"
 REQUEST_ID_HEADER = "X-Fhe-Request-Id"
+_INFERENCE_ID_RE = re.compile(r"[\x21-\x7e][\x20-\x7e]{0,63}")
 
 
 class ModelSlot:
@@ -115,7 +118,6 @@ def create_app(settings: Settings, *, background_load: bool = False,
         counters=Counter(),
     )
     app = Flask("inference")
-    app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.extensions["fhe"] = services
     _register_routes(app, services)
     if background_load:
@@ -140,7 +142,7 @@ def _register_routes(app: Flask, services: Services) -> None:
 
     @app.post("/invocations")
     def invocations() -> Response:
-        request_id = request.headers.get(INFERENCE_ID_HEADER) or uuid.uuid4().hex
+        request_id = _request_id(request.headers.get(INFERENCE_ID_HEADER))
         started = time.perf_counter()
         try:
             response = _invoke(services, request_id)
@@ -154,11 +156,6 @@ def _register_routes(app: Flask, services: Services) -> None:
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:
-        if exc.code == 413:
-            return _error_response(PayloadTooLarge(
-                f"request body is over {services.settings.max_request_bytes} bytes: send S3 URIs,"
-                f" not data (or raise {ENV_MAX_REQUEST_BYTES})"
-            ))
         error = ServingError(exc.description or exc.name)
         error.status, error.code = exc.code or 500, (exc.name or "Error").replace(" ", "")
         return _error_response(error)
@@ -170,10 +167,18 @@ def _register_routes(app: Flask, services: Services) -> None:
         return _error_response(ServingError("internal error; the server log has the details"))
 
 
+def _request_id(inference_id: str | None) -> str:
+    """SageMaker's inference id when it has SageMaker's shape (printable ASCII, 1-64), else a
+    fresh one: the id goes to logs and a response header, so it must not carry anything else."""
+    if inference_id and _INFERENCE_ID_RE.fullmatch(inference_id):
+        return inference_id
+    return uuid.uuid4().hex
+
+
 def _invoke(services: Services, request_id: str) -> Response:
     services.counters["requests"] += 1
     model = services.slot.get()
-    body = request.get_data(cache=False)
+    body = _read_body(services.settings.max_request_bytes)
     try:
         req = contract.parse_request(body)
     except contract.ContractError as exc:
@@ -207,6 +212,34 @@ def _invoke(services: Services, request_id: str) -> Response:
         return Response(contract.pack_batch(results), status=200,
                         mimetype=contract.CONTENT_TYPE_BATCH)
     return Response(results[0], status=200, mimetype=contract.CONTENT_TYPE_RESULT)
+
+
+def _read_body(limit: int) -> bytes:
+    """The request body, at most ``limit`` bytes, however it is framed.
+
+    A ``Content-Length`` over the limit is refused unread; a chunked body (no length: gunicorn
+    without nginx de-chunks it) is read up to one byte past the limit, never cut silently.
+
+    Raises:
+        PayloadTooLarge: the body is over ``limit`` bytes.
+    """
+    too_large = PayloadTooLarge(f"request body is over {limit} bytes: send S3 URIs, not data"
+                                f" (or raise {ENV_MAX_REQUEST_BYTES})")
+    length = request.content_length
+    if length is not None and length > limit:
+        raise too_large
+    stream = get_input_stream(request.environ, max_content_length=None)
+    chunks: list[bytes] = []
+    size = 0
+    while size <= limit:
+        chunk = stream.read(limit + 1 - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    if size > limit:
+        raise too_large
+    return b"".join(chunks)
 
 
 def _evaluation_keys(services: Services, req: contract.InferenceRequest) -> Any:

@@ -12,7 +12,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, ConnectionError, HTTPClientError
 
-from inference.contract import S3Uri, sha256_hex
+from inference.contract import sha256_hex
 from inference.errors import (
     AccessDenied,
     IntegrityError,
@@ -21,7 +21,8 @@ from inference.errors import (
     ServingError,
     StorageUnavailable,
 )
-from inference.settings import ENV_ALLOWED_PREFIXES, AllowedPrefix, Settings
+from inference.s3_location import S3Prefix, S3Uri, is_within
+from inference.settings import ENV_ALLOWED_PREFIXES, Settings
 
 _NOT_FOUND = frozenset({"NoSuchKey", "NoSuchBucket", "404", "NotFound"})
 _DENIED = frozenset({"AccessDenied", "403", "Forbidden", "AllAccessDisabled", "InvalidAccessKeyId",
@@ -85,11 +86,12 @@ class S3Store:
 
     Args:
         client: A boto3 S3 client.
-        allowed_prefixes: Readable ``s3://bucket/prefix`` locations; empty = nothing is readable.
+        allowed_prefixes: Readable folders, matched segment by segment
+            (:meth:`S3Prefix.contains`); empty = nothing is readable.
         max_object_bytes: Largest object read; bigger ones raise :class:`PayloadTooLarge`.
     """
 
-    def __init__(self, client: Any, *, allowed_prefixes: Iterable[AllowedPrefix],
+    def __init__(self, client: Any, *, allowed_prefixes: Iterable[S3Prefix],
                  max_object_bytes: int) -> None:
         self._client = client
         self._allowed = tuple(allowed_prefixes)
@@ -101,7 +103,7 @@ class S3Store:
         Raises:
             AccessDenied: at least one URI is not under an allowed prefix.
         """
-        refused = sorted({str(u) for u in uris if not any(p.allows(u) for p in self._allowed)})
+        refused = sorted({str(u) for u in uris if not is_within(u, self._allowed)})
         if not refused:
             return
         allowed = ", ".join(map(str, self._allowed)) or "nothing (the list is empty)"

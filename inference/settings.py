@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from inference.contract import ContractError, S3Uri, parse_s3_uri
+from inference.s3_location import S3LocationError, S3Prefix, parse_s3_prefix
 
 ENV_PORT = "SAGEMAKER_BIND_TO_PORT"
 ENV_HOST = "FHE_BIND_HOST"
@@ -46,36 +46,16 @@ class SettingsError(ValueError):
     """An environment variable holds a value the server cannot use."""
 
 
-@dataclass(frozen=True)
-class AllowedPrefix:
-    """One ``s3://bucket/prefix`` the server may read from (an empty prefix = the whole bucket)."""
-
-    bucket: str
-    prefix: str
-
-    def allows(self, uri: S3Uri) -> bool:
-        """True when ``uri`` lies under this prefix."""
-        return uri.bucket == self.bucket and uri.key.startswith(self.prefix)
-
-    def __str__(self) -> str:
-        return f"s3://{self.bucket}/{self.prefix}"
-
-
-def parse_allowed_prefix(text: str) -> AllowedPrefix:
-    """Parse ``s3://bucket``, ``s3://bucket/`` or ``s3://bucket/prefix``.
+def parse_allowed_prefix(text: str) -> S3Prefix:
+    """Parse one allow-list entry: ``s3://bucket``, ``s3://bucket/`` or ``s3://bucket/prefix``.
 
     Raises:
-        SettingsError: not of that form.
+        SettingsError: not of that form (see :mod:`inference.s3_location`).
     """
-    text = text.strip()
-    bucket, _, prefix = text.removeprefix("s3://").partition("/")
     try:
-        if not text.startswith("s3://"):
-            raise ContractError(f"must look like 's3://bucket/prefix', got {text[:200]!r}")
-        parse_s3_uri(f"s3://{bucket}/{prefix or 'x'}", field=ENV_ALLOWED_PREFIXES)
-    except ContractError as exc:
-        raise SettingsError(f"{ENV_ALLOWED_PREFIXES}: {exc}") from exc
-    return AllowedPrefix(bucket, prefix)
+        return parse_s3_prefix(text.strip(), field=ENV_ALLOWED_PREFIXES)
+    except S3LocationError as exc:
+        raise SettingsError(str(exc)) from exc
 
 
 @dataclass(frozen=True)
@@ -88,7 +68,8 @@ class Settings:
         workers: gunicorn worker processes; each loads the circuit and runs one query at a time.
         timeout: Seconds one invocation may take, end to end (gunicorn, nginx, SageMaker).
         model_dir: Holds server.zip, client.zip, manifest.json.
-        allowed_prefixes: S3 locations the server may read; anything else is refused (403).
+        allowed_prefixes: S3 folders the server may read (segment-bounded, see
+            :mod:`inference.s3_location`); anything else is refused (403) before any read.
         key_cache_dir: On-disk cache of evaluation keys, by sha256 (shared by workers).
         key_cache_max_bytes: Bound of the in-memory LRU of deserialised keys (estimated
             resident size, see ``inference.key_cache``).
@@ -105,7 +86,7 @@ class Settings:
     workers: int = DEFAULT_WORKERS
     timeout: int = DEFAULT_TIMEOUT
     model_dir: Path = Path(DEFAULT_MODEL_DIR)
-    allowed_prefixes: tuple[AllowedPrefix, ...] = field(default_factory=tuple)
+    allowed_prefixes: tuple[S3Prefix, ...] = field(default_factory=tuple)
     key_cache_dir: Path = Path(DEFAULT_KEY_CACHE_DIR)
     key_cache_max_bytes: int = DEFAULT_KEY_CACHE_MAX_BYTES
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
@@ -139,7 +120,7 @@ class Settings:
                 return default
             return value
 
-        prefixes: list[AllowedPrefix] = []
+        prefixes: list[S3Prefix] = []
         for item in filter(None, (p.strip() for p in env.get(ENV_ALLOWED_PREFIXES, "").split(","))):
             try:
                 prefixes.append(parse_allowed_prefix(item))

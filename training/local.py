@@ -117,8 +117,9 @@ def stage_channel(source: str, channel_dir: Path, s3: Any) -> int:
 
 
 def _download_prefix(uri: str, channel_dir: Path, s3: Any) -> int:
-    parsed = parse_s3_uri(uri, field="--train")
-    bucket, prefix = parsed.bucket, parsed.key
+    parsed = parse_s3_uri(uri.rstrip("/"), field="--train")
+    # SageMaker's S3Prefix channel semantics: the key prefix as given (a file or a folder/).
+    bucket, prefix = parsed.bucket, parsed.key + ("/" if uri.endswith("/") else "")
     count = 0
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         for item in page.get("Contents", []):

@@ -31,6 +31,7 @@ import re
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -47,15 +48,17 @@ from inference.contract import (
     parse_error_body,
     parse_s3_uri,
 )
+from inference.local.api_model import ConstraintViolation, operation_rules
+from inference.s3_location import S3Prefix, is_within
 
 logger = logging.getLogger(__name__)
 
-_PATH_RE = re.compile(r"^/endpoints/(?P<name>[^/]+)/async-invocations/?$")
+_PATH_RE = re.compile(r"/endpoints/(?P<name>[^/]+)/async-invocations/?")
 DEFAULT_REQUEST_TTL = 21600
 DEFAULT_INVOCATION_TIMEOUT = 900
-MAX_INVOCATION_TIMEOUT = 3600
 DEFAULT_WRITE_RETRY_SECONDS = 120.0
 JOURNAL_SUFFIX = ".job.json"
+MAX_BODY_READ = 1 << 20  # bodies up to this are read and checked (the model allows 128000)
 _H = "X-Amzn-SageMaker-"
 
 
@@ -117,13 +120,18 @@ class LocalAsyncRuntime:
             what a previous (crashed) runtime left there. None = no journal.
         write_retry_seconds: How long to keep retrying the write of an output or failure
             object while S3 is unreachable.
+        allowed_input_prefixes: The folders the endpoint's execution role may read, matched
+            segment by segment (:mod:`inference.s3_location`): an ``InputLocation`` outside
+            them is never read and gets a ``403 AccessDenied`` failure object, as S3 refuses
+            the role on AWS. None = no restriction (the role may read anything).
     """
 
     def __init__(self, *, endpoint_name: str, container_url: str, output_path: str,
                  failure_path: str, s3_client: Any, max_concurrency: int = 1,
                  invocation_timeout: int = DEFAULT_INVOCATION_TIMEOUT,
                  host: str = "127.0.0.1", port: int = 0, journal_dir: str | os.PathLike[str] |
-                 None = None, write_retry_seconds: float = DEFAULT_WRITE_RETRY_SECONDS) -> None:
+                 None = None, write_retry_seconds: float = DEFAULT_WRITE_RETRY_SECONDS,
+                 allowed_input_prefixes: Sequence[S3Prefix] | None = None) -> None:
         self.endpoint_name = endpoint_name
         self.container_url = container_url.rstrip("/")
         self._output = parse_s3_uri(output_path.rstrip("/") + "/x", field="output_path")
@@ -139,6 +147,8 @@ class LocalAsyncRuntime:
         self._journal = Path(journal_dir) if journal_dir is not None else None
         self._write_retry_seconds = write_retry_seconds
         self._stopping = threading.Event()
+        self._allowed_inputs = None if allowed_input_prefixes is None else tuple(
+            allowed_input_prefixes)
 
     @property
     def url(self) -> str:
@@ -188,47 +198,57 @@ class LocalAsyncRuntime:
 
     # -- front end -------------------------------------------------------------------------
 
-    def submit(self, path: str, headers: Any) -> AsyncJob:
+    def submit(self, path: str, headers: Any, body: bytes = b"") -> AsyncJob:
         """Validate an InvokeEndpointAsync call and queue it.
 
+        Every member is checked against botocore's service model first
+        (:mod:`inference.local.api_model`), all violations in one ValidationError.
+
         Raises:
-            RuntimeRequestError: unknown endpoint, missing or bad headers.
+            RuntimeRequestError: unknown operation or endpoint, constraint violations, no
+                readable InputLocation.
         """
-        match = _PATH_RE.match(path.split("?", 1)[0])
+        match = _PATH_RE.fullmatch(path.split("?", 1)[0])
         if match is None:
             raise RuntimeRequestError(f"unknown operation {path!r}", status=404,
                                       code="UnknownOperationException")
-        name = requests.utils.unquote(match["name"])
-        if name != self.endpoint_name:
-            raise RuntimeRequestError(f"Endpoint {name} not found (this local runtime serves"
-                                      f" {self.endpoint_name}).")
-        location = headers.get(_H + "InputLocation")
+        rules = operation_rules()
+        wire = {rule.name: headers.get(rule.wire_name) for rule in rules.members
+                if rule.location == "header"}
+        try:
+            values = rules.validate({**wire, "EndpointName": requests.utils.unquote(
+                match["name"]), "Body": body or None})
+        except ConstraintViolation as exc:
+            raise RuntimeRequestError(str(exc)) from exc
+        if values["EndpointName"] != self.endpoint_name:
+            raise RuntimeRequestError(f"Endpoint {values['EndpointName']} not found (this local"
+                                      f" runtime serves {self.endpoint_name}).")
+        location = values.get("InputLocation")
         if not location:
             raise RuntimeRequestError("InputLocation is required: upload the request JSON to S3"
-                                      " and pass its s3:// URI")
+                                      " and pass its s3:// URI (this local runtime reads no Body)")
         try:
             parse_s3_uri(location, field="InputLocation")
         except ContractError as exc:
             raise RuntimeRequestError(str(exc)) from exc
-        inference_id = headers.get(_H + "Inference-Id") or str(uuid.uuid4())
-        filename = headers.get(_H + "Filename") or f"{inference_id}.out"
-        extension = (headers.get(_H + "S3OutputPathExtension") or "").strip("/")
+        inference_id = values.get("InferenceId") or str(uuid.uuid4())
+        filename = values.get("Filename") or f"{inference_id}.out"
+        extension = (values.get("S3OutputPathExtension") or "").strip("/")
         out_prefix = "/".join(p for p in (self._output.key[:-2], extension) if p)
         job = AsyncJob(
             inference_id=inference_id,
             input_location=location,
-            content_type=headers.get(_H + "Content-Type") or CONTENT_TYPE_JSON,
-            accept=headers.get(_H + "Accept"),
-            custom_attributes=headers.get(_H + "Custom-Attributes"),
+            content_type=values.get("ContentType") or CONTENT_TYPE_JSON,
+            accept=values.get("Accept"),
+            custom_attributes=values.get("CustomAttributes"),
             output_key=(self._output.bucket, f"{out_prefix}/{filename}".lstrip("/")),
             failure_key=(self._failure.bucket,
                          f"{self._failure.key[:-2]}/{inference_id}-error.out".lstrip("/")),
             enqueued=time.monotonic(),
             accepted_at=time.time(),
-            ttl_seconds=_int_header(headers, "RequestTTLSeconds", DEFAULT_REQUEST_TTL, 60, 21600),
-            timeout_seconds=min(self.invocation_timeout, _int_header(
-                headers, "InvocationTimeoutSeconds", self.invocation_timeout, 1,
-                MAX_INVOCATION_TIMEOUT)),
+            ttl_seconds=values.get("RequestTTLSeconds", DEFAULT_REQUEST_TTL),
+            timeout_seconds=min(self.invocation_timeout, values.get(
+                "InvocationTimeoutSeconds", self.invocation_timeout)),
         )
         if self._journal is not None:
             atomic_write_bytes(self._journal_path(job), job.to_json())
@@ -295,6 +315,12 @@ class LocalAsyncRuntime:
                        f" {job.ttl_seconds} s")
             return
         source = parse_s3_uri(job.input_location)
+        if self._allowed_inputs is not None and not is_within(source, self._allowed_inputs):
+            allowed = ", ".join(map(str, self._allowed_inputs)) or "nothing"
+            self._fail(job, 403, "AccessDenied",
+                       f"the endpoint's execution role may not read InputLocation {source}:"
+                       f" upload the request under one of {allowed}")
+            return
         try:
             body = self._s3.get_object(Bucket=source.bucket, Key=source.key)["Body"].read()
         except Exception as exc:
@@ -361,30 +387,21 @@ def _input_error_status(exc: Exception) -> int:
     return 503
 
 
-def _int_header(headers: Any, name: str, default: int, low: int, high: int) -> int:
-    raw = headers.get(_H + name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError as exc:
-        raise RuntimeRequestError(f"{name} must be an integer, got {raw!r}") from exc
-    if not low <= value <= high:
-        raise RuntimeRequestError(f"{name} must be between {low} and {high}, got {value}")
-    return value
-
-
 def _handler_for(runtime: LocalAsyncRuntime) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         disable_nagle_algorithm = True  # headers and body go out as separate writes
 
         def do_POST(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            if length:
-                self.rfile.read(length)
+            length = self.headers.get("Content-Length") or "0"
+            if not length.isascii() or not length.isdigit() or int(length) > MAX_BODY_READ:
+                self.close_connection = True  # the body is not read: the stream is unusable
+                self._send(400, {"message": f"Content-Length must be 0..{MAX_BODY_READ}"},
+                           {"x-amzn-ErrorType": "ValidationError"})
+                return
+            body = self.rfile.read(int(length))
             try:
-                job = runtime.submit(self.path, self.headers)
+                job = runtime.submit(self.path, self.headers, body)
             except RuntimeRequestError as exc:
                 self._send(exc.status, {"message": str(exc)}, {"x-amzn-ErrorType": exc.code})
                 return

@@ -121,10 +121,10 @@ def test_options_layer_flags_over_env_over_config(tmp_path: Path) -> None:
     config.write_text(json.dumps({"endpoint-name": "from-file", "role": ROLE, "timeout": 100,
                                   "image_uri": IMAGE, "model_data": "s3://m/model.tar.gz",
                                   "output_path": "s3://o/out", "failure_path": "s3://o/fail"}))
-    env = {"FHE_DEPLOY_TIMEOUT": "200", "FHE_DEPLOY_ALLOWED_S3_PREFIX": "s3://a/x,s3://b/y"}
+    env = {"FHE_DEPLOY_TIMEOUT": "200", "FHE_DEPLOY_ALLOWED_S3_PREFIX": "s3://bkt-a/x,s3://bkt-b/y"}
     args = parse_args(["--config", str(config), "--endpoint-name", "from-flag"], env)
     assert (args.endpoint_name, args.timeout, args.role) == ("from-flag", 200, ROLE)
-    assert args.allowed_s3_prefix == ["s3://a/x", "s3://b/y"]
+    assert args.allowed_s3_prefix == ["s3://bkt-a/x", "s3://bkt-b/y"]
 
 
 def test_missing_options_are_listed_with_the_fix() -> None:
@@ -189,3 +189,11 @@ def test_local_endpoint_end_to_end(fixture_models: dict[str, FixtureModel],
         output = process.communicate(timeout=60)[0].decode()
     assert process.returncode == 0, output[-3000:]
     assert "endpoint local-ep ready: runtime http://127.0.0.1:" in output
+
+
+def test_bad_allowed_prefixes_are_refused_before_anything_is_created() -> None:
+    env = {"FHE_DEPLOY_ALLOWED_S3_PREFIX": "s3://bkt-a/x/../y,s3://bkt-a/%2f"}
+    with pytest.raises(DeployError, match=r"bad --allowed-s3-prefix: .*'\.\.' segment; .*'%'"):
+        parse_args(["--endpoint-name", NAME, "--image-uri", IMAGE, "--model-data",
+                    "s3://m-1/model.tar.gz", "--role", ROLE, "--output-path", "s3://o-1/out",
+                    "--failure-path", "s3://o-1/fail"], env)

@@ -6,8 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from iam.render import RenderError, main, render, split_s3_uri
+from inference.s3_location import parse_s3_uri
+from inference.settings import parse_allowed_prefix
+from tests.iam.evaluator import Decision, Request, evaluate
 from tests.iam.test_templates import EXAMPLE_CONFIG
 
 CONFIG = json.loads(EXAMPLE_CONFIG.read_text())
@@ -94,7 +99,8 @@ def test_every_missing_key_is_named_at_once() -> None:
     with pytest.raises(RenderError) as info:
         render(config)
     message = str(info.value)
-    for expected in ("account_id must be 12 digits", "missing region", "start_training.train must",
+    for expected in ("account_id must be 12 digits", "missing region",
+                     "'start_training.train' must",
                      "missing start_training.output_path", "missing start_training.role",
                      "missing start_training.image_uri", "missing deploy_endpoint.endpoint_name",
                      "missing deploy_endpoint.model_data", "missing deploy_endpoint.role",
@@ -129,3 +135,28 @@ def test_cli_reads_the_scripts_own_config_files(tmp_path: Path, capsys) -> None:
 
 
 ACCOUNT = CONFIG["account_id"]
+
+
+_FOLDERS = st.sampled_from(["alice", "alice", "alice-x", "alicex", "alice.", "Alice", "bob", "al"])
+_SUBFOLDERS = st.sampled_from(["keys", "queries", "requests", "other", "keys-x"])
+_LEAVES = st.text(alphabet="abc.-_", min_size=1, max_size=6).filter(lambda s: s not in (".", ".."))
+
+
+@settings(max_examples=200, derandomize=True, database=None, deadline=None)
+@given(folder=_FOLDERS, subfolder=_SUBFOLDERS, leaf=_LEAVES)
+def test_the_endpoint_role_and_the_server_allow_list_share_one_boundary(
+        folder: str, subfolder: str, leaf: str) -> None:
+    """Nothing the rendered endpoint policy lets the role read lies outside the server's
+    allow-list (both come from inference/s3_location.py), and a sibling is refused by both."""
+    prefix = CONFIG["deploy_endpoint"]["allowed_s3_prefix"][0]  # s3://acme-fhe/clients/alice
+    role = "endpoint-execution-role"
+    policy = render(CONFIG, roles=[role])[f"{role}-policy.json"]
+    key = f"clients/{folder}/{subfolder}/{leaf}"
+    iam = evaluate([policy], Request("s3:GetObject", f"arn:aws:s3:::acme-fhe/{key}",
+                                     {"aws:securetransport": True})) is Decision.ALLOW
+    server = parse_allowed_prefix(prefix).contains(parse_s3_uri(f"s3://acme-fhe/{key}"))
+    assert not iam or server, key
+    if folder != "alice":
+        assert not iam and not server, key
+    elif subfolder in ("keys", "queries", "requests"):
+        assert iam and server, key

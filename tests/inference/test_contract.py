@@ -82,6 +82,51 @@ def test_bad_requests_name_the_problem(body: bytes, message: str) -> None:
         parse_request(body)
 
 
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"[" * 10_000 + b"]" * 10_000, "nests JSON too deeply"),
+        (b'{"a":' * 10_000 + b"1" + b"}" * 10_000, "nests JSON too deeply"),
+        (b"[" * 50_000, "nests JSON too deeply"),
+        (b'{"evaluation_keys_uri": ' + b"1" * 5000 + b"}", "not valid JSON: Exceeds the limit"),
+        (b'{"evaluation_keys_uri": NaN}', "NaN is not a JSON number"),
+        (_body(evaluation_keys_uri=KEYS).replace(b"}", b', "evaluation_keys_uri": "x"}'),
+         "field\\(s\\) 'evaluation_keys_uri' given more than once"),
+        (_body(evaluation_keys_uri=KEYS, encrypted_query_uri=QUERY).decode().encode("utf-16"),
+         "it must be UTF-8"),
+        (b'{"evaluation_keys_uri": "s3://bucket-a/k\\ud800", "encrypted_query_uri": "s3://b/q"}',
+         r"'\\ud800' \(U\+D800\)"),
+        (b'{"\\udfff": 1}', r"unknown field\(s\) '\\udfff'"),
+        (b'{"evaluation_keys_uri": "s3://bucket-a/k\\u0000", "encrypted_query_uri": "s3://b/q"}',
+         r"U\+0000"),
+    ],
+    ids=["arrays-10000-deep", "objects-10000-deep", "unclosed-50000-deep", "5000-digit-int",
+         "NaN", "duplicate-field", "utf-16", "lone-surrogate-uri", "lone-surrogate-field",
+         "nul-in-uri"],
+)
+def test_malformed_bodies_are_contract_errors_not_crashes(body: bytes, message: str) -> None:
+    """Class 2 of issue 10: RecursionError and friends escaped parse_request (500)."""
+    with pytest.raises(ContractError, match=message):
+        parse_request(body)
+
+
+@pytest.mark.parametrize("field", ["evaluation_keys_uri", "encrypted_query_uri"])
+def test_a_uri_with_a_trailing_newline_is_refused(field: str) -> None:
+    """Class 4 of issue 10: '$' matched before a final newline, so 'k.bin\\n' read 'k.bin'."""
+    doc = {"evaluation_keys_uri": KEYS, "encrypted_query_uri": QUERY}
+    doc[field] += "\n"
+    with pytest.raises(ContractError, match=rf"'{field}' must look like .*U\+000A"):
+        parse_request(json.dumps(doc).encode())
+
+
+@pytest.mark.parametrize("field", ["model_fingerprint", "evaluation_keys_sha256",
+                                   "encrypted_query_sha256"])
+def test_a_sha256_with_a_trailing_newline_is_refused(field: str) -> None:
+    body = _body(evaluation_keys_uri=KEYS, encrypted_query_uri=QUERY, **{field: SHA + "\n"})
+    with pytest.raises(ContractError, match=f"'{field}' must be 64 lowercase hex"):
+        parse_request(body)
+
+
 def test_s3_uri_round_trip() -> None:
     uri = parse_s3_uri("s3://my.bucket-1/a/b/c.bin")
     assert (uri.bucket, uri.key, str(uri)) == ("my.bucket-1", "a/b/c.bin", "s3://my.bucket-1/a/b/c.bin")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -24,7 +26,10 @@ from inference.contract import (
 )
 from inference.local.s3_server import LocalS3Server, free_port
 from inference.predictor import create_app
+from inference.s3_store import make_s3_client
+from inference.settings import parse_allowed_prefix
 from tests.fixtures.models import FixtureModel
+from tests.fixtures.s3_reads import S3RequestLog
 from tests.fixtures.serving import s3_requests
 from tests.inference.conftest import KeyedClient, Uploader, make_keyed_client, server_settings
 
@@ -434,3 +439,125 @@ def test_a_model_dir_that_does_not_match_its_manifest_is_not_served(
     client = create_app(settings).test_client()
     assert_error(client.get("/ping"), 503, "NotReady",
                  "server.zip does not match the sha256 in manifest.json")
+
+
+# -- issue 10: the allow-list boundary, malformed bodies, the body limit ---------------------
+
+
+class Boundary:
+    """An app allowed ``s3://<bucket>/client`` (no trailing slash, as client/demo.py deploys it),
+    good objects under ``client/`` and look-alike objects planted under ``client-evil/``.
+
+    The planted ciphertext encrypts another row than the good one, so a result computed from
+    it decrypts to another prediction; ``log`` records every request the app sends to S3.
+    """
+
+    def __init__(self, model: FixtureModel, fhe: KeyedClient, s3_server: LocalS3Server,
+                 bucket: str, cache_dir: Path) -> None:
+        settings = server_settings(model, s3_server, bucket, cache_dir,
+                                   allowed_prefixes=(parse_allowed_prefix(f"s3://{bucket}/client"),))
+        s3 = make_s3_client(settings)
+        self.fhe, self.bucket = fhe, bucket
+        self.good_row, self.planted_row = fhe.model.scaled_test[0], fhe.model.scaled_test[5]
+        assert not np.allclose(fhe.expected(self.good_row), fhe.expected(self.planted_row))
+        self.uris: dict[str, dict[str, str]] = {}
+        for folder, row in (("client", self.good_row), ("client-evil", self.planted_row)):
+            up = Uploader(s3, bucket, f"{folder}/")
+            ciphertext = fhe.encrypt(row)
+            self.uris[folder] = {"keys": up.keys(fhe), "query": up.put("q.bin", ciphertext),
+                                 "batch": up.put("b.fheb", pack_batch([ciphertext]))}
+        self.log = S3RequestLog.attach(s3)
+        self.client = create_app(settings, s3_client=s3).test_client()
+
+    def body(self, field: str, folder: str) -> bytes:
+        """A request whose ``field`` names the object in ``folder``, the rest the good ones."""
+        good, other = self.uris["client"], self.uris[folder]
+        keys = other["keys"] if field == "keys" else good["keys"]
+        if field == "queries":
+            return build_request(evaluation_keys_uri=keys,
+                                 encrypted_query_uris=[good["query"], other["query"]])
+        if field == "batch":
+            return build_request(evaluation_keys_uri=keys, encrypted_batch_uri=other["batch"])
+        return build_request(evaluation_keys_uri=keys,
+                             encrypted_query_uri=other["query"] if field == "query"
+                             else good["query"])
+
+
+@pytest.fixture
+def boundary(fixture_models: dict[str, FixtureModel], keyed: dict[str, KeyedClient],
+             s3_server: LocalS3Server, bucket: str, tmp_path: Path) -> Boundary:
+    return Boundary(fixture_models["linear"], keyed["linear"], s3_server, bucket, tmp_path)
+
+
+@pytest.mark.parametrize("field", ["keys", "query", "queries", "batch"])
+def test_a_sibling_prefix_is_refused_before_any_s3_read(boundary: Boundary, field: str) -> None:
+    """Class 1 of issue 10: 'client' allowed 'client-evil/...' (startswith, no boundary)."""
+    response = invoke(boundary.client, boundary.body(field, "client-evil"))
+    assert_error(response, 403, "AccessDenied",
+                 f"may not read s3://{boundary.bucket}/client-evil/")
+    assert "allowed prefixes (s3://" in parse_error_body(response.data)[2]
+    assert boundary.log.sent == [], "the server sent S3 requests for a refused request"
+
+    response = invoke(boundary.client, boundary.body(field, "client"))
+    assert response.status_code == 200, response.data[:300]
+    results = unpack_batch(response.data) if field in ("queries", "batch") else [response.data]
+    for result in results:
+        np.testing.assert_allclose(boundary.fhe.decrypt(result),
+                                   boundary.fhe.expected(boundary.good_row))
+    assert {key.split("/")[0] for _, key in boundary.log.reads()} == {"client"}
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    (b'{"evaluation_keys_uri": "s3://b-1/client/k\\ud800.ekl", "encrypted_query_uri":'
+     b' "s3://b-1/client/q.bin"}', r"'\ud800' (U+D800)"),
+    (b"[" * 10_000 + b"]" * 10_000, "nests JSON too deeply"),
+    (b'{"evaluation_keys_uri": ' + b"9" * 5000 + b"}", "Exceeds the limit"),
+    (b"\xed\xa0\x80", "it must be UTF-8"),
+], ids=["lone-surrogate-uri", "10000-deep", "5000-digit-int", "raw-surrogate-bytes"])
+def test_malformed_bodies_are_400_with_the_contract_error(
+        boundary: Boundary, body: bytes, message: str) -> None:
+    """Class 2 of issue 10: these were 500 InternalError (UnicodeEncodeError, RecursionError)."""
+    assert_error(invoke(boundary.client, body), 400, "BadRequest", message)
+    assert boundary.log.sent == []
+    assert metrics(boundary.client)["counters"].get("errors_500") is None
+
+
+def _chunked(client: FlaskClient, body: bytes) -> Any:
+    """POST ``body`` the way gunicorn hands a chunked request over: no length, a terminated
+    stream (``wsgi.input_terminated``)."""
+    return client.post("/invocations", input_stream=io.BytesIO(body),
+                       content_type="application/json",
+                       environ_overrides={"wsgi.input_terminated": True})
+
+
+def test_a_chunked_body_over_the_limit_is_413_not_truncated(make_client: AppFactory,
+                                                           keyed: dict[str, KeyedClient],
+                                                           uploader: Uploader) -> None:
+    """The WSGI view of a de-chunked body: over the limit is 413, at the limit is served (the
+    regression of class 3 of issue 10 is in test_serve.py, through gunicorn alone)."""
+    fhe = keyed["linear"]
+    good = _good(fhe, uploader)
+    client = make_client("linear", max_request_bytes=len(good) + 10)
+    padded = good[:-1] + b" " * 11 + b"}"  # valid JSON one byte over the limit
+    assert_error(_chunked(client, padded), 413, "PayloadTooLarge",
+                 f"request body is over {len(good) + 10} bytes")
+    assert_error(invoke(client, padded), 413, "PayloadTooLarge", "over")
+    response = _chunked(client, good[:-1] + b" " * 10 + b"}")  # exactly the limit
+    assert response.status_code == 200, response.data[:300]
+    np.testing.assert_allclose(fhe.decrypt(response.data), fhe.expected(fhe.model.scaled_test[0]))
+
+
+@pytest.mark.parametrize(("inference_id", "echoed"), [
+    ("job-1", True), ("i" * 64, True), ("i" * 65, False), ("\x1b[31mred", False),
+    (" lead", False), ("caf\xe9", False), ("", False)])
+def test_only_a_sagemaker_shaped_inference_id_becomes_the_request_id(
+        make_client: AppFactory, inference_id: str, echoed: bool) -> None:
+    """The id reaches logs and a response header: it is SageMaker's shape or replaced."""
+    response = make_client("linear").post("/invocations", data=b"{",
+                                           headers={"X-Amzn-SageMaker-Inference-Id": inference_id})
+    assert response.status_code == 400
+    request_id = response.headers["X-Fhe-Request-Id"]
+    if echoed:
+        assert request_id == inference_id
+    else:
+        assert re.fullmatch(r"[0-9a-f]{32}", request_id), request_id

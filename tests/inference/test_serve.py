@@ -11,11 +11,12 @@ import pytest
 import requests
 
 from inference.contract import build_request, parse_error_body, unpack_batch
+from inference.local.s3_server import LocalS3Server, free_port
 from inference.serve import render_nginx_conf
 from inference.settings import Settings
 from tests.fixtures.models import FixtureModel
-from tests.fixtures.serving import RunningServe, assert_nginx_in_front
-from tests.inference.conftest import KeyedClient, Uploader, make_keyed_client
+from tests.fixtures.serving import RunningServe, assert_nginx_in_front, serve_process
+from tests.inference.conftest import KeyedClient, Uploader, make_keyed_client, server_settings
 
 
 def post(serve: RunningServe, body: bytes) -> requests.Response:
@@ -122,3 +123,34 @@ def test_serve_without_nginx_binds_gunicorn_and_says_so(
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0
+
+
+@pytest.mark.parametrize("flags", [(), ("--no-nginx",)], ids=["nginx", "gunicorn-alone"])
+def test_a_body_over_the_limit_is_413_json_however_it_is_framed(
+        flags: tuple[str, ...], fixture_models: dict[str, FixtureModel], s3_server: LocalS3Server,
+        serving_bucket: str, keyed: dict[str, KeyedClient], uploader: Uploader,
+        tmp_path: Path) -> None:
+    """Class 3 of issue 10: gunicorn alone cut a chunked body at the limit and parsed it."""
+    fhe = keyed["linear"]
+    good = uploader.request(fhe, fhe.model.scaled_test[:1])
+    limit = len(good) + 100
+    over = good[:-1] + b" " * 101 + b"}"  # valid JSON, one byte over
+    settings = server_settings(fixture_models["linear"], s3_server, serving_bucket,
+                               tmp_path / "cache", port=free_port(), host="127.0.0.1",
+                               timeout=60, max_request_bytes=limit)
+    with serve_process(settings, tmp_path / "serve.log", extra_env=s3_server.env(),
+                       flags=flags) as serve:
+        for name, data in (("content-length", over), ("chunked", iter([over[:50], over[50:]]))):
+            response = requests.post(f"{serve.url}/invocations", data=data, timeout=60,
+                                     headers={"Content-Type": "application/json"})
+            assert response.status_code == 413, (name, response.content[:300])
+            assert response.headers["Content-Type"].startswith("application/json"), name
+            assert parse_error_body(response.content) == (
+                413, "PayloadTooLarge", f"request body is over {limit} bytes: send S3 URIs, not"
+                " data (or raise FHE_MAX_REQUEST_BYTES)"), name
+        response = requests.post(f"{serve.url}/invocations", timeout=60,
+                                 data=iter([good[:50], good[50:]]),
+                                 headers={"Content-Type": "application/json"})
+        assert response.status_code == 200, response.content[:300]
+        np.testing.assert_allclose(fhe.decrypt(response.content),
+                                   fhe.expected(fhe.model.scaled_test[0]))

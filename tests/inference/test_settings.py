@@ -30,8 +30,9 @@ def test_reads_sagemaker_names_and_round_trips() -> None:
 def test_all_bad_values_in_one_error() -> None:
     env = {"SAGEMAKER_BIND_TO_PORT": "http", "SAGEMAKER_MODEL_SERVER_WORKERS": "0",
            "FHE_ALLOWED_S3_PREFIXES": "bucket/x"}
-    with pytest.raises(SettingsError, match=r"FHE_ALLOWED_S3_PREFIXES: must look like 's3://bucket"
-                                            r"/prefix', got 'bucket/x'; "
+    with pytest.raises(SettingsError, match=r"'FHE_ALLOWED_S3_PREFIXES' must look like 's3://"
+                                            r"bucket/prefix', got 'bucket/x': it must start with"
+                                            r" 's3://'; "
                                             r"SAGEMAKER_BIND_TO_PORT='http' is not a whole number; "
                                             r"SAGEMAKER_MODEL_SERVER_WORKERS='0' must be >= 1$"):
         Settings.from_env(env)
@@ -39,7 +40,22 @@ def test_all_bad_values_in_one_error() -> None:
 
 def test_prefix_matching() -> None:
     prefix = parse_allowed_prefix("s3://bucket/fhe/")
-    assert prefix.allows(S3Uri("bucket", "fhe/keys/a.ekl"))
-    assert not prefix.allows(S3Uri("bucket", "other/fhe/a"))
-    assert not prefix.allows(S3Uri("bucket2", "fhe/a"))
-    assert parse_allowed_prefix("s3://bucket").allows(S3Uri("bucket", "anything"))
+    assert prefix.contains(S3Uri("bucket", "fhe/keys/a.ekl"))
+    assert not prefix.contains(S3Uri("bucket", "other/fhe/a"))
+    assert not prefix.contains(S3Uri("bucket2", "fhe/a"))
+    assert parse_allowed_prefix("s3://bucket").contains(S3Uri("bucket", "anything"))
+
+
+def test_an_allowed_prefix_without_a_slash_is_segment_bounded() -> None:
+    """The demo's FHE_ALLOWED_S3_PREFIXES=s3://fhe-demo/client never allows client-evil/."""
+    (prefix,) = Settings.from_env({"FHE_ALLOWED_S3_PREFIXES": "s3://fhe-demo/client"}
+                                  ).allowed_prefixes
+    assert str(prefix) == "s3://fhe-demo/client/"
+    assert prefix.contains(S3Uri("fhe-demo", "client/q.bin"))
+    assert not prefix.contains(S3Uri("fhe-demo", "client-evil/q.bin"))
+
+
+def test_allowed_prefixes_with_encodings_or_dot_segments_are_refused() -> None:
+    env = {"FHE_ALLOWED_S3_PREFIXES": "s3://b-1/a/../c,s3://b-1/%2e,s3://b-1/x\\n"}
+    with pytest.raises(SettingsError, match=r"'\.' or '\.\.' segment; .*'%'.*; .*'\\\\'"):
+        Settings.from_env(env)

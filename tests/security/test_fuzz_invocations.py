@@ -23,6 +23,7 @@ import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from inference import contract
 from inference.contract import (
     FIELD_BATCH,
     FIELD_FINGERPRINT,
@@ -35,6 +36,7 @@ from inference.contract import (
     pack_batch,
     parse_error_body,
     sha256_hex,
+    unpack_batch,
 )
 from inference.local.s3_server import LOCAL_REGION
 from inference.predictor import create_app
@@ -187,6 +189,85 @@ def test_fuzz_request_json(tree_app: InProcess) -> None:
 
     prop()
     tree_app.good_query_decrypts()
+
+
+# -- JSON structure: depth, size, encodings, surrogates, numbers, duplicates -----------------
+
+
+@st.composite
+def structured_bodies(draw: st.DrawFn, app: InProcess) -> bytes:
+    """A good request, or one bent in its JSON structure rather than in its fields' values."""
+    doc = {FIELD_KEYS: app.keys_uri, FIELD_QUERY: app.query_uri}
+    good = json.dumps(doc)
+    kind = draw(st.sampled_from(["deep", "deep", "wide", "encoding", "surrogate", "number",
+                                 "duplicate", "good"]))
+    if kind == "deep":
+        depth = draw(st.integers(1, 40_000))
+        opener, closer = draw(st.sampled_from([("[", "]"), ('{"a":', "}"), ('{"' + FIELD_KEYS
+                                                                            + '":', "}")]))
+        inner = draw(st.sampled_from(["1", '"x"', "{}", good]))
+        nested = opener * depth + inner + (closer * depth if draw(st.booleans()) else "")
+        if draw(st.booleans()):  # as the value of a real field
+            nested = good[:-1] + f', "{FIELD_FINGERPRINT}": {nested}}}'
+        return nested.encode()
+    if kind == "wide":
+        n = draw(st.sampled_from([0, 1, 2, 257, 700, 3000]))  # batch limit 256, body 64 KiB
+        return json.dumps({FIELD_KEYS: app.keys_uri, FIELD_QUERIES: [app.query_uri] * n}).encode()
+    if kind == "encoding":
+        codec = draw(st.sampled_from(["utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-8-sig",
+                                      "latin-1", "cp1252"]))
+        text = good if draw(st.booleans()) else good.replace("fuzz", "f\u00fczz").replace(
+            "\\u00fc", "\u00fc")
+        return text.encode(codec, errors="replace")
+    if kind == "surrogate":
+        code = draw(st.sampled_from(["\\ud800", "\\udfff", "\\udc00\\ud800",
+                                     "\\ud83d\\ude00", "\\ud800x"]))
+        where = draw(st.sampled_from(["uri", "field", "raw"]))
+        if where == "raw":  # CESU-8 bytes of a lone surrogate inside a string
+            return good.encode().replace(b".bin", b"\xed\xa0\x80.bin")
+        if where == "field":
+            return (good[:-1] + f', "{code}x": 1}}').encode()
+        return good.replace(".bin", f"{code}.bin").encode()
+    if kind == "number":
+        number = draw(st.sampled_from(["1" * 5000, "9" * 4301, "1e999", "-0", "NaN", "Infinity",
+                                       "-Infinity", "01", "0x10", "1" * 4300]))
+        field = draw(st.sampled_from([FIELD_KEYS, FIELD_FINGERPRINT, "extra"]))
+        return (good[:-1] + f', "{field}": {number}}}').encode()
+    if kind == "duplicate":
+        field = draw(st.sampled_from([FIELD_KEYS, FIELD_QUERY]))
+        return (good[:-1] + f', "{field}": "s3://{app.up.bucket}/elsewhere/x"}}').encode()
+    return good.encode()
+
+
+def test_fuzz_request_json_structure(linear_app: InProcess) -> None:
+    """parse_request either parses or raises ContractError, and the server answers exactly
+    what the contract decided: 413 over the body or batch limit, else 400 with its message,
+    else 200 and the right prediction."""
+    limits = linear_app.app.extensions["fhe"].settings
+
+    @fuzz_settings(300)
+    @given(body=structured_bodies(linear_app))
+    def prop(body: bytes) -> None:
+        RUNS["json-structure"] += 1
+        try:
+            n_queries, verdict = len(contract.parse_request(body).query_uris), None
+        except contract.ContractError as exc:
+            n_queries, verdict = 0, str(exc)
+        status, response = linear_app.post(body)
+        check(status, response)
+        if len(body) > limits.max_request_bytes or n_queries > limits.max_batch_size:
+            assert status == 413, (len(body), n_queries, response[:300])
+        elif verdict is not None:
+            assert (status, parse_error_body(response)[2]) == (400, verdict), body[:200]
+        else:
+            assert status == 200, response[:300]
+            results = unpack_batch(response) if response[:4] == b"FHEB" else [response]
+            for result in results:
+                np.testing.assert_array_equal(linear_app.fhe.decrypt(result),
+                                              linear_app.fhe.expected(linear_app.row))
+
+    prop()
+    linear_app.good_query_decrypts()
 
 
 # -- ciphertext and key bytes --------------------------------------------------------------------
