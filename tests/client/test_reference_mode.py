@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import tarfile
-import time
 import uuid
 import zipfile
 from collections.abc import Iterator
@@ -26,6 +25,7 @@ from client.errors import VersionMismatchError
 from client.model import describe, load_client_model
 from inference.local.s3_server import LOCAL_REGION, LocalS3Server
 from tests.fixtures.models import breast_cancer_split
+from tests.fixtures.serving import wait_for_ready_file
 from training.artifact import NoScaler, file_sha256
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -134,12 +134,7 @@ def plain_endpoint(plain_model: PlainModel, s3_server: LocalS3Server,
              "--failure-path", f"s3://{bucket}/async/failures", "--ready-file", str(ready)],
             cwd=ROOT, env={**os.environ, **s3_server.env()}, stdout=out, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 300
-        while not ready.exists():
-            assert process.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, "the local endpoint never became ready"
-            time.sleep(0.2)
-        info = json.loads(ready.read_text())
+        info = wait_for_ready_file(ready, process, log)
         yield Endpoint("plain", bucket, model_data, info["runtime_url"], s3_server.endpoint_url)
     finally:
         process.send_signal(signal.SIGTERM)
