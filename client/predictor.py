@@ -454,17 +454,7 @@ class EncryptedPredictor:
         inference_id = uuid.uuid4().hex
         query = _join(self.s3_prefix, "queries", f"{inference_id}.{'bin' if raw else 'fheb'}")
         request = _join(self.s3_prefix, "requests", f"{inference_id}.json")
-        if raw:  # exactly the two fields the AWS sample's server accepts
-            body = build_request(evaluation_keys_uri=str(keys_uri),
-                                 encrypted_query_uri=str(query))
-        else:
-            body = build_request(
-                evaluation_keys_uri=str(keys_uri),
-                encrypted_batch_uri=str(query),
-                model_fingerprint=self.fingerprint,
-                evaluation_keys_sha256=keys.evaluation_keys_sha256,
-                encrypted_query_sha256=sha256_hex(payload),
-            )
+        body = self._request_body(query, payload, keys, keys_uri)
         start = time.perf_counter()
         query_type = CONTENT_TYPE_RESULT if raw else CONTENT_TYPE_BATCH
         uploads = [
@@ -487,6 +477,20 @@ class EncryptedPredictor:
             output,
             parse_s3_uri(failure, field="FailureLocation") if failure else None,
             raw=raw,
+        )
+
+    def _request_body(self, query: S3Uri, payload: bytes, keys: KeySet, keys_uri: S3Uri
+                      ) -> bytes:
+        """The request JSON: the batch form with every check, or the sample's two fields."""
+        if self.model.reference_mode:  # exactly what the AWS sample's server accepts
+            return build_request(evaluation_keys_uri=str(keys_uri),
+                                 encrypted_query_uri=str(query))
+        return build_request(
+            evaluation_keys_uri=str(keys_uri),
+            encrypted_batch_uri=str(query),
+            model_fingerprint=self.fingerprint,
+            evaluation_keys_sha256=keys.evaluation_keys_sha256,
+            encrypted_query_sha256=sha256_hex(payload),
         )
 
     def _invoke(self, request: S3Uri, inference_id: str) -> dict[str, Any]:
