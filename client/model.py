@@ -117,7 +117,8 @@ def check_versions(
         + "\n  - ".join(problems)
         + f"\nFix: run the client with Python {want_py or '<as the training image>'} and"
         f" `pip install {pins or 'the pinned concrete-python and concrete-ml'}`"
-        " (requirements/lock.txt pins them), or retrain with an image built for this environment"
+        " (requirements/lock.txt pins them for 3.11, lock-py312.txt for 3.12), or retrain with an"
+        " image built for this environment"
         f" (Dockerfile build argument PYTHON_VERSION={have_py})."
     )
 
