@@ -2,6 +2,7 @@
 
     python deploy_endpoint.py --image-uri IMAGE --model-data s3://…/model.tar.gz --role ARN \\
         --endpoint-name NAME --output-path s3://bucket/async-out --failure-path s3://bucket/async-fail
+    python deploy_endpoint.py ... --latest-training-job MNIST     # instead of --model-data
     python deploy_endpoint.py --endpoint-name NAME --delete [--delete-prefix s3://bucket/prefix ...]
     python deploy_endpoint.py ... --dry-run      # print what would be created or deleted
     python deploy_endpoint.py --local --model-dir DIR --endpoint-name NAME \\
@@ -45,6 +46,7 @@ SCALABLE_DIMENSION = "sagemaker:variant:DesiredInstanceCount"
 BACKLOG_METRIC = "ApproximateBacklogSizePerInstance"
 WAKE_METRIC = "HasBacklogWithoutCapacity"
 TIMEOUT_MARGIN = 60  # SageMaker's invocation timeout exceeds the server's, so the server answers
+MODEL_SOURCES = ("model_data", "model_dir", "training_job", "latest_training_job")
 
 
 class DeployError(RuntimeError):
@@ -61,6 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--endpoint-name", help="endpoint (also model and config) name")
     p.add_argument("--image-uri", help="inference image (Dockerfile.inference) in ECR")
     p.add_argument("--model-data", help="s3://…/model.tar.gz produced by training")
+    p.add_argument("--training-job", help="instead of --model-data: the model of this completed"
+                                          " training job (DescribeTrainingJob)")
+    p.add_argument("--latest-training-job", metavar="BASE_JOB_NAME",
+                   help="instead of --model-data: the model of the newest completed training"
+                        " job named BASE_JOB_NAME or BASE_JOB_NAME-…")
     p.add_argument("--model-dir", help="--local only: a model directory instead of --model-data")
     p.add_argument("--role", help="execution role ARN of the endpoint")
     p.add_argument("--region", help="AWS region (default: the SDK's)")
@@ -155,19 +162,28 @@ def parse_args(argv: Sequence[str] | None, environ: Mapping[str, str] | None = N
 
 
 def _require(args: argparse.Namespace) -> None:
+    sources = [n for n in MODEL_SOURCES if getattr(args, n)]
     if args.delete:
         needed = ["endpoint_name"]
     elif args.local:
-        needed = ["endpoint_name", "output_path", "failure_path"]
-        if not (args.model_data or args.model_dir):
-            needed.append("model_data (or model_dir)")
+        needed = ["endpoint_name", "output_path", "failure_path", "model source"]
     else:
-        needed = ["endpoint_name", "image_uri", "model_data", "role", "output_path",
+        needed = ["endpoint_name", "image_uri", "model source", "role", "output_path",
                   "failure_path"]
-    missing = [n for n in needed if "(" in n or not getattr(args, n)]
+        if args.model_dir:
+            raise DeployError("--model-dir is for --local only: upload the model and pass"
+                              " --model-data, --training-job or --latest-training-job")
+    if len(sources) > 1 and not args.delete:
+        raise DeployError(f"give one model source, not {', '.join(map(_flag, sources))}")
+    missing = []
+    for name in needed:
+        if name != "model source" and not getattr(args, name):
+            missing.append(_flag(name))
+        elif name == "model source" and not sources:
+            local = " / --model-dir" if args.local else ""
+            missing.append(f"--model-data (or{local} --training-job / --latest-training-job)")
     if missing:
-        flags = ", ".join("--" + n.replace("_", "-") for n in missing)
-        raise DeployError(f"missing {flags}: pass them as flags, in --config, or as"
+        raise DeployError(f"missing {', '.join(missing)}: pass them as flags, in --config, or as"
                           f" {ENV_PREFIX}<OPTION> environment variables")
     if args.min_capacity < 0 or args.max_capacity < max(1, args.min_capacity):
         raise DeployError("need 0 <= --min-capacity <= --max-capacity and --max-capacity >= 1")
@@ -193,6 +209,10 @@ def _check_allowed_prefixes(args: argparse.Namespace) -> None:
             problems.append(str(exc))
     if problems:
         raise DeployError("bad --allowed-s3-prefix: " + "; ".join(problems))
+
+
+def _flag(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
 
 
 def allowed_prefixes(args: argparse.Namespace) -> list[str]:
@@ -232,6 +252,24 @@ def container_env(args: argparse.Namespace) -> dict[str, str]:
 
     return {ENV_TIMEOUT: str(args.timeout), ENV_WORKERS: str(args.workers),
             ENV_ALLOWED_PREFIXES: ",".join(allowed_prefixes(args))}
+
+
+def resolve_model_data(args: argparse.Namespace, sagemaker: Any) -> str:
+    """The model.tar.gz of ``--training-job`` / ``--latest-training-job``.
+
+    Raises:
+        DeployError: no such completed job (the message says what to check).
+    """
+    from training.errors import JobLookupError
+    from training.jobs import find_model
+
+    try:
+        found = find_model(sagemaker, job_name=args.training_job,
+                           base_job_name=args.latest_training_job)
+    except JobLookupError as exc:
+        raise DeployError(str(exc)) from exc
+    logger.info("model of training job %s: %s", found.job_name, found.model_data)
+    return found.model_data
 
 
 # -- cloud -----------------------------------------------------------------------------------
@@ -647,11 +685,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         args = parse_args(argv)
-        if args.local:
-            return run_local(args)
         import boto3
 
         boto_session = boto3.Session(region_name=args.region)
+        if not args.delete and (args.training_job or args.latest_training_job):
+            args.model_data = resolve_model_data(args, boto_session.client("sagemaker"))
+        if args.local:
+            return run_local(args)
         if args.dry_run:
             print(json.dumps(plan(args, boto_session), indent=2))
             return 0

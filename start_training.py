@@ -81,6 +81,7 @@ class LaunchSettings:
     s3_endpoint_url: str | None = None
     region: str | None = None
     max_run_seconds: int = DEFAULT_MAX_RUN_SECONDS
+    encrypt_inter_container_traffic: bool = True
     result_file: Path | None = None
     work_dir: Path | None = None
 
@@ -178,6 +179,9 @@ def _parser() -> argparse.ArgumentParser:
     add("--logs", action=argparse.BooleanOptionalAction, default=None,
         help="stream the job's CloudWatch logs while waiting (default: yes)")
     add("--max-run-seconds", type=int, help="SageMaker stopping condition")
+    add("--encrypt-inter-container-traffic", action=argparse.BooleanOptionalAction, default=None,
+        help="encrypt traffic between the job's instances (default: on, as the AWS sample; "
+        "--no-encrypt-inter-container-traffic turns it off)")
     add("--region", help=f"AWS region ({ENV_REGION})")
     add("--local", action="store_true", default=None,
         help="train on this machine with the same script, upload results to --output-path")
@@ -299,6 +303,7 @@ def launch_sagemaker(settings: LaunchSettings) -> LaunchResult:
         code_location=settings.code_location or settings.output_path,
         hyperparameters=dict(settings.hyperparameters), base_job_name=settings.base_job_name,
         max_run=settings.max_run_seconds, sagemaker_session=session,
+        encrypt_inter_container_traffic=settings.encrypt_inter_container_traffic,
     )
     estimator.fit({"training": settings.train}, wait=settings.wait,
                   logs="All" if settings.logs else "None", job_name=settings.job_name)

@@ -276,7 +276,8 @@ def render_readme_section(doc: Mapping[str, Any], *, chart_path: str = "bench/re
             f" {'✅' if t['met'] else '❌' if t['met'] is False else ''}".rstrip()
             for t in doc["targets"]) + ".",
         "",
-        "Run it: `make bench` (about 3 minutes on 2 cores; `BENCH_ARGS=--models logreg` for a"
+        "Run it: `make bench` (about 3 minutes on 2 cores for logreg, tree and nn, and about 15"
+        " more for mnist, the sample's 784-input network; `BENCH_ARGS=--models logreg` for a"
         " subset, `--quick` for a smoke run that leaves the committed results alone,"
         " `--help` for the rest). It fails (exit 1) if any FHE output differs from the clear"
         " quantised model.",

@@ -4,6 +4,7 @@ Commands::
 
     python -m client predict --endpoint-name NAME --model s3://…/model.tar.gz \\
         --s3-prefix s3://bucket/fhe --input X.npy|X.csv --output preds.npy|preds.csv [--proba]
+        # or --training-job NAME / --latest-training-job BASE_JOB_NAME instead of --model
     python -m client keys [--model …]      # generate keys now / list key sets and sizes
     python -m client info --model …        # the manifest, versions and fingerprint
 
@@ -26,7 +27,12 @@ import numpy as np
 
 from client.errors import EncryptedInferenceError, InvalidInputError
 from client.keys import KeyStore, default_cache_dir
-from client.model import describe, load_client_model, load_fhe_client
+from client.model import (
+    describe,
+    load_client_model,
+    load_fhe_client,
+    training_job_model_data,
+)
 from client.predictor import EncryptedPredictor
 from client.settings import ClientSettings
 from client.storage import S3Storage
@@ -114,13 +120,39 @@ def _common(parser: argparse.ArgumentParser, settings: ClientSettings) -> None:
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
+def _model_source(parser: argparse.ArgumentParser, *, required: bool,
+                  what: str = "s3://…/model.tar.gz, a local model.tar.gz or a model directory"
+                  ) -> None:
+    group = parser.add_mutually_exclusive_group(required=required)
+    group.add_argument("--model", help=what)
+    group.add_argument("--training-job", help="the model of this completed training job")
+    group.add_argument("--latest-training-job", metavar="BASE_JOB_NAME",
+                       help="the model of the newest completed training job named"
+                            " BASE_JOB_NAME or BASE_JOB_NAME-…")
+
+
+def resolve_model(args: argparse.Namespace) -> None:
+    """Set ``args.model`` from ``--training-job`` / ``--latest-training-job`` (DescribeTrainingJob).
+
+    Raises:
+        ModelArtifactError: no such completed job.
+    """
+    if not (args.training_job or args.latest_training_job):
+        return
+    import boto3
+
+    sagemaker = boto3.session.Session(region_name=args.region).client("sagemaker")
+    args.model = training_job_model_data(sagemaker, job_name=args.training_job,
+                                         base_job_name=args.latest_training_job)
+
+
 def build_parser(settings: ClientSettings) -> argparse.ArgumentParser:
     """The CLI's argument parser, with defaults from ``settings``."""
     parser = argparse.ArgumentParser(prog="python -m client", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     predict = sub.add_parser("predict", help="encrypt rows, run them on the endpoint, decrypt")
     predict.add_argument("--endpoint-name", required=True)
-    predict.add_argument("--model", required=True, help="s3://…/model.tar.gz or a model directory")
+    _model_source(predict, required=True)
     predict.add_argument("--s3-prefix", required=True, help="s3://bucket/prefix for keys/queries")
     predict.add_argument("--input", required=True, type=Path, help=".npy or .csv features")
     predict.add_argument("--output", required=True, type=Path, help=".npy or .csv predictions")
@@ -145,10 +177,10 @@ def build_parser(settings: ClientSettings) -> argparse.ArgumentParser:
     )
     _common(predict, settings)
     keys = sub.add_parser("keys", help="generate a model's keys now, or list stored key sets")
-    keys.add_argument("--model", help="generate keys for this model (else: list key sets)")
+    _model_source(keys, required=False, what="generate keys for this model (else: list key sets)")
     _common(keys, settings)
     info = sub.add_parser("info", help="show a model's manifest, versions and fingerprint")
-    info.add_argument("--model", required=True)
+    _model_source(info, required=True)
     _common(info, settings)
     return parser
 
@@ -235,6 +267,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser(ClientSettings.from_env(os.environ)).parse_args(argv)
     try:
+        resolve_model(args)
         result = COMMANDS[args.command](args)
     except InvalidInputError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -57,13 +57,13 @@ TRAIN_TIMEOUT = 1800.0
 CASES: dict[str, dict[str, Any]] = {
     "breast-cancer": {
         "loader": "load_breast_cancer",
-        "hyperparameters": {},
+        "hyperparameters": {"model": "LogisticRegression"},
         "n_rows": 20,
         "what": "patients",
     },
     "digits": {
         "loader": "load_digits",
-        "hyperparameters": {"model": "NeuralNetClassifier"},
+        "hyperparameters": {"model": "NeuralNetClassifier", "scaler": "minmax"},
         "n_rows": 3,
         "what": "images",
     },

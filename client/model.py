@@ -6,15 +6,32 @@ archive, read as bytes and written under fixed names: member paths are never use
 paths, so a crafted archive cannot write outside the cache. Before concrete-ml ever opens
 client.zip, the versions recorded in the manifest are compared with this interpreter and the
 sha256 of client.zip with the manifest's fingerprint.
+
+**Reference mode.** A model saved by concrete-ml alone (``FHEModelDev(dir, model).save()``, as
+the AWS sample's training script does) has no manifest.json. Such a model is used in reference
+mode: the versions are read from client.zip's own ``versions.json`` (what concrete-ml checks)
+and compared the same way, and the model's class, task and feature count come from client.zip.
+What the mode lacks, compared with a model trained by this kit:
+
+* no scaler: rows are encrypted exactly as given, so prepare them as the training data was;
+* no class labels: ``predict`` returns class indices (the sorted order of the training labels);
+* no model fingerprint on the wire and no checksums of keys and ciphertexts: an endpoint
+  serving another model fails at decryption or returns noise, not a clear error;
+* one row per request, with exactly the two fields the sample's server accepts
+  (``evaluation_keys_uri``, ``encrypted_query_uri``), so no batching.
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import math
 import os
 import shutil
 import sys
 import tarfile
 import tempfile
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,14 +46,21 @@ from training.artifact import (
     MANIFEST_NAME,
     ArtifactError,
     Manifest,
+    NoScaler,
     file_sha256,
     read_manifest,
     runtime_versions,
 )
 
+logger = logging.getLogger(__name__)
+
 CLIENT_FILES = (CLIENT_ZIP, MANIFEST_NAME)
 MAX_MEMBER_BYTES = {CLIENT_ZIP: 256 << 20, MANIFEST_NAME: 4 << 20}
 EXACT_PACKAGES = ("concrete-python", "concrete-ml")
+# Files concrete-ml writes into client.zip (FHEModelDev.save): versions and the circuit's specs.
+VERSIONS_JSON = "versions.json"
+CLIENT_SPECS_JSON = "client.specs.json"
+MAX_JSON_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -46,12 +70,15 @@ class ClientModel:
     Attributes:
         source: Where it came from (an ``s3://`` URI or a local path).
         model_dir: Directory holding ``client.zip`` and ``manifest.json``.
-        manifest: The parsed manifest.
+        manifest: The parsed manifest; in reference mode, one derived from client.zip (no
+            scaler, no classes, the versions of client.zip, the sha256 of client.zip).
+        reference_mode: True when the model has no manifest.json (see the module docstring).
     """
 
     source: str
     model_dir: Path
     manifest: Manifest
+    reference_mode: bool = False
 
     @property
     def fingerprint(self) -> str:
@@ -90,7 +117,8 @@ def check_versions(
         + "\n  - ".join(problems)
         + f"\nFix: run the client with Python {want_py or '<as the training image>'} and"
         f" `pip install {pins or 'the pinned concrete-python and concrete-ml'}`"
-        " (requirements/lock.txt pins them), or retrain with an image built for this environment"
+        " (requirements/lock.txt pins them for 3.11, lock-py312.txt for 3.12), or retrain with an"
+        " image built for this environment"
         f" (Dockerfile build argument PYTHON_VERSION={have_py})."
     )
 
@@ -169,8 +197,11 @@ def load_client_model(
     if not (model_dir / CLIENT_ZIP).is_file():
         raise ModelArtifactError(
             f"{text}: {CLIENT_ZIP} is missing; the model directory must hold"
-            f" {CLIENT_ZIP} and {MANIFEST_NAME} (written by training)"
+            f" {CLIENT_ZIP} (and {MANIFEST_NAME}, written by this kit's training)"
         )
+    if not (model_dir / MANIFEST_NAME).is_file():
+        return _reference_model(text, model_dir, expected_fingerprint=expected_fingerprint,
+                                current_versions=current_versions)
     try:
         manifest = read_manifest(model_dir)
     except ArtifactError as exc:
@@ -178,6 +209,72 @@ def load_client_model(
     check_versions(manifest.versions, source=text, current=current_versions)
     check_fingerprint(model_dir, manifest, source=text, expected=expected_fingerprint)
     return ClientModel(text, model_dir, manifest)
+
+
+def _reference_model(source: str, model_dir: Path, *, expected_fingerprint: str | None,
+                     current_versions: Mapping[str, str] | None) -> ClientModel:
+    """A manifest-less model (plain concrete-ml artefact): checks from client.zip alone."""
+    client_zip = model_dir / CLIENT_ZIP
+    versions = _zip_json(client_zip, VERSIONS_JSON, source=source)
+    check_versions({k: str(v) for k, v in versions.items()}, source=source,
+                   current=current_versions)
+    fingerprint = file_sha256(client_zip)
+    if expected_fingerprint is not None and expected_fingerprint != fingerprint:
+        raise FingerprintMismatchError(
+            f"{source}: sha256({CLIENT_ZIP}) is {fingerprint} but {expected_fingerprint} was"
+            " expected; point at the model the endpoint serves (its model.tar.gz)"
+        )
+    n_features = _input_features(_zip_json(client_zip, CLIENT_SPECS_JSON, source=source), source)
+    fhe = _open_fhe_client(model_dir, source)
+    from concrete.ml.common.utils import is_classifier_or_partial_classifier
+
+    task = "classification" if is_classifier_or_partial_classifier(fhe.model) else "regression"
+    manifest = Manifest(
+        model_class=type(fhe.model).__name__, task=task, n_features=n_features,
+        scaler=NoScaler(n_features), versions={k: str(v) for k, v in versions.items()},
+        fingerprints={CLIENT_ZIP: fingerprint},
+    )
+    logger.warning(
+        "%s has no %s: reference mode (a plain concrete-ml model, e.g. trained by the AWS"
+        " sample). Rows are encrypted as given (no scaler), predict() returns class indices,"
+        " each row is its own request with only evaluation_keys_uri and encrypted_query_uri,"
+        " and the server cannot check the model fingerprint or checksums.", source, MANIFEST_NAME,
+    )
+    return ClientModel(source, model_dir, manifest, reference_mode=True)
+
+
+def _zip_json(client_zip: Path, name: str, *, source: str) -> dict[str, Any]:
+    """Read one JSON member of client.zip (size-bounded), as concrete-ml wrote it."""
+    try:
+        with zipfile.ZipFile(client_zip) as archive:
+            info = archive.getinfo(name)
+            if info.file_size > MAX_JSON_BYTES:
+                raise ModelArtifactError(f"{source}: {CLIENT_ZIP}/{name} is too large")
+            doc = json.loads(archive.read(info))
+    except (KeyError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        if isinstance(exc, ModelArtifactError):
+            raise
+        raise ModelArtifactError(
+            f"{source}: {CLIENT_ZIP} has no readable {name} ({exc}); it is not a client.zip"
+            " saved by concrete-ml (FHEModelDev.save)"
+        ) from exc
+    if not isinstance(doc, dict):
+        raise ModelArtifactError(f"{source}: {CLIENT_ZIP}/{name} is not a JSON object")
+    return doc
+
+
+def _input_features(specs: Mapping[str, Any], source: str) -> int:
+    """Features per row of the circuit's single input (its abstract shape after the batch axis)."""
+    try:
+        [circuit] = specs["circuits"]
+        [encrypted] = circuit["inputs"]
+        shape = encrypted["typeInfo"]["lweCiphertext"]["abstractShape"]["dimensions"]
+        return int(math.prod(shape[1:]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelArtifactError(
+            f"{source}: {CLIENT_ZIP} does not describe one circuit with one encrypted input"
+            f" ({exc!r}); this client serves single-input concrete-ml models"
+        ) from exc
 
 
 def _fetch_s3_archive(uri: str, *, storage: S3Storage, cache_dir: Path) -> Path:
@@ -197,7 +294,9 @@ def _fetch_s3_archive(uri: str, *, storage: S3Storage, cache_dir: Path) -> Path:
 
 
 def _complete(model_dir: Path) -> bool:
-    return all((model_dir / name).is_file() for name in CLIENT_FILES)
+    # Cache directories appear by an atomic rename of a staging directory: client.zip present
+    # means everything the archive had (manifest.json is absent for reference-mode models).
+    return (model_dir / CLIENT_ZIP).is_file()
 
 
 def _ensure_dir(path: Path) -> Path:
@@ -227,19 +326,21 @@ def _extract_cached(archive: Path, *, cache_key: str, cache_dir: Path, source: s
 
 
 def read_client_members(archive: Path, *, source: str) -> dict[str, bytes]:
-    """Read client.zip and manifest.json out of a model.tar.gz (see :func:`read_members`)."""
-    return read_members(archive, MAX_MEMBER_BYTES, source=source)
+    """Read client.zip (and manifest.json, if present) out of a model.tar.gz."""
+    return read_members(archive, MAX_MEMBER_BYTES, source=source, optional=(MANIFEST_NAME,))
 
 
-def read_members(archive: Path, wanted: Mapping[str, int], *, source: str) -> dict[str, bytes]:
+def read_members(archive: Path, wanted: Mapping[str, int], *, source: str,
+                 optional: tuple[str, ...] = ()) -> dict[str, bytes]:
     """Read top-level regular files out of a tar archive as bytes, ignoring member paths.
 
     Args:
         wanted: File name -> size limit in bytes. Members match by name (``x`` or ``./x``);
             links, devices, directories and every other member are skipped, never extracted.
+        optional: Names of ``wanted`` that may be absent.
 
     Raises:
-        ModelArtifactError: not a tar archive, a file missing, duplicated, or too large.
+        ModelArtifactError: not a tar archive, a required file missing, duplicated, or too large.
     """
     found: dict[str, bytes] = {}
     try:
@@ -258,7 +359,7 @@ def read_members(archive: Path, wanted: Mapping[str, int], *, source: str) -> di
                 found[name] = _read_member(tar.extractfile(member), name, source)
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise ModelArtifactError(f"{source}: not a readable tar.gz archive ({exc})") from exc
-    missing = [name for name in wanted if name not in found]
+    missing = [name for name in wanted if name not in found and name not in optional]
     if missing:
         raise ModelArtifactError(
             f"{source}: archive lacks {', '.join(missing)} at its top level;"
@@ -274,20 +375,51 @@ def _read_member(handle: IO[bytes] | None, name: str, source: str) -> bytes:
         return handle.read()
 
 
+def training_job_model_data(sagemaker: Any, *, job_name: str | None = None,
+                            base_job_name: str | None = None) -> str:
+    """``s3://…/model.tar.gz`` of a training job, or of the newest completed job of a base name.
+
+    Args:
+        sagemaker: A boto3 ``sagemaker`` client.
+        job_name: A completed training job.
+        base_job_name: Instead: the newest completed job named ``base`` or ``base-…``.
+
+    Raises:
+        ModelArtifactError: no such completed job (the message says what to check).
+        StorageError: the SageMaker call failed.
+    """
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from client.storage import translate
+    from training.errors import JobLookupError
+    from training.jobs import find_model
+
+    try:
+        return find_model(sagemaker, job_name=job_name, base_job_name=base_job_name).model_data
+    except JobLookupError as exc:
+        raise ModelArtifactError(str(exc)) from exc
+    except ValueError as exc:
+        raise ModelArtifactError(f"name a training job or a base job name: {exc}") from exc
+    except (ClientError, BotoCoreError) as exc:
+        raise translate(exc, action="finding the training job") from exc
+
+
 def load_fhe_client(model: ClientModel) -> Any:
     """Open concrete-ml's FHEModelClient on a checked model (call only after the checks).
 
     Raises:
         ModelArtifactError: concrete-ml cannot load client.zip.
     """
+    return _open_fhe_client(model.model_dir, model.source)
+
+
+def _open_fhe_client(model_dir: Path, source: str) -> Any:
     from concrete.ml.deployment import FHEModelClient
 
     try:
-        return FHEModelClient(str(model.model_dir))
+        return FHEModelClient(str(model_dir))
     except (ValueError, RuntimeError, OSError, KeyError) as exc:
-        raise ModelArtifactError(
-            f"{model.source}: concrete-ml cannot load {CLIENT_ZIP}: {exc}"
-        ) from exc
+        raise ModelArtifactError(f"{source}: concrete-ml cannot load {CLIENT_ZIP}: {exc}") from exc
 
 
 def describe(model: ClientModel) -> dict[str, Any]:
@@ -295,6 +427,7 @@ def describe(model: ClientModel) -> dict[str, Any]:
     m = model.manifest
     return {
         "source": model.source,
+        "mode": "reference (no manifest.json)" if model.reference_mode else "manifest",
         "model_dir": str(model.model_dir),
         "model_class": m.model_class,
         "task": m.task,

@@ -5,6 +5,10 @@ pack each batch into one S3 object (``inference.contract.pack_batch``) -> write 
 JSON -> ``invoke_endpoint_async`` -> poll the output and failure objects -> download ->
 decrypt -> dequantise. Keys are generated once per model and kept in the key directory;
 evaluation keys are uploaded once, under their sha256.
+
+A model without manifest.json (saved by concrete-ml alone, e.g. by the AWS sample) is used in
+reference mode (:mod:`client.model`): one row per request whose JSON holds exactly
+``evaluation_keys_uri`` and ``encrypted_query_uri``, and the raw encrypted result.
 """
 
 from __future__ import annotations
@@ -35,11 +39,17 @@ from client.errors import (
     UnsupportedOperationError,
 )
 from client.keys import KeySet, KeyStore, default_cache_dir
-from client.model import ClientModel, load_client_model, load_fhe_client
+from client.model import (
+    ClientModel,
+    load_client_model,
+    load_fhe_client,
+    training_job_model_data,
+)
 from client.storage import Backoff, S3Storage, translate, wait_for_result
 from inference.contract import (
     CONTENT_TYPE_BATCH,
     CONTENT_TYPE_JSON,
+    CONTENT_TYPE_RESULT,
     ERROR_EVALUATION_KEYS_NOT_FOUND,
     ContractError,
     S3Uri,
@@ -111,6 +121,7 @@ class _Pending:
     objects: list[S3Uri]
     output: S3Uri
     failure: S3Uri | None
+    raw: bool = False  # the result is one serialized ciphertext, not a batch body
     sent_at: float = field(default_factory=time.monotonic)
 
 
@@ -186,7 +197,7 @@ class EncryptedPredictor:
         runtime_endpoint_url: sagemaker-runtime endpoint override (local stack); boto3 also
             honours AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME.
         region_name: Region, when the session has none.
-        batch_size: Rows per request (one packed ciphertext object each).
+        batch_size: Rows per request (one packed ciphertext object each); 1 in reference mode.
         timeout: Seconds to wait for each request's result, counted from when it was sent or
             from the previous result, whichever is later.
         backoff: When to poll (default: around the time results of earlier requests took,
@@ -259,6 +270,38 @@ class EncryptedPredictor:
             cache_dir=Path(cache_dir) if cache_dir is not None else default_cache_dir(),
             expected_fingerprint=expected_fingerprint,
         )
+
+    @classmethod
+    def from_training_job(
+        cls,
+        endpoint_name: str,
+        s3_prefix: str,
+        *,
+        job_name: str | None = None,
+        base_job_name: str | None = None,
+        session: boto3.session.Session | None = None,
+        region_name: str | None = None,
+        **options: Any,
+    ) -> EncryptedPredictor:
+        """A predictor for the model a training job wrote (``ModelArtifacts.S3ModelArtifacts``).
+
+        Args:
+            job_name: A completed training job, or
+            base_job_name: the newest completed job named ``base`` or ``base-…``.
+            **options: Any other keyword of the constructor.
+
+        Raises:
+            ModelArtifactError: no such completed job.
+        """
+        session = session or boto3.session.Session(region_name=region_name)
+        sagemaker = session.client("sagemaker", region_name=region_name, config=_BOTO_CONFIG)
+        try:
+            model = training_job_model_data(sagemaker, job_name=job_name,
+                                            base_job_name=base_job_name)
+        finally:
+            sagemaker.close()
+        return cls(endpoint_name, model, s3_prefix, session=session, region_name=region_name,
+                   **options)
 
     def __repr__(self) -> str:
         m = self.model.manifest
@@ -379,11 +422,12 @@ class EncryptedPredictor:
     def _run_batches(self, scaled: np.ndarray) -> list[np.ndarray]:
         """Encrypt, send and collect every batch of ``scaled`` rows."""
         keys = self.ensure_keys()
+        rows = 1 if self.model.reference_mode else self.batch_size
         try:
             keys_uri = self.upload_evaluation_keys()
-            starts = range(0, len(scaled), self.batch_size)
+            starts = range(0, len(scaled), rows)
             pending = [
-                self._submit(scaled[i : i + self.batch_size], keys, keys_uri)
+                self._submit(scaled[i : i + rows], keys, keys_uri)
                 for i in self._progress(starts, "encrypt + send")
             ]
             results, last = [], time.monotonic()
@@ -404,21 +448,17 @@ class EncryptedPredictor:
         start = time.perf_counter()
         fhe = self._fhe_client()
         ciphertexts = [fhe.quantize_encrypt_serialize(row.reshape(1, -1)) for row in rows]
-        batch = pack_batch(ciphertexts)
+        raw = self.model.reference_mode
+        payload = ciphertexts[0] if raw else pack_batch(ciphertexts)
         self.timings.encrypt += time.perf_counter() - start
         inference_id = uuid.uuid4().hex
-        query = _join(self.s3_prefix, "queries", f"{inference_id}.fheb")
+        query = _join(self.s3_prefix, "queries", f"{inference_id}.{'bin' if raw else 'fheb'}")
         request = _join(self.s3_prefix, "requests", f"{inference_id}.json")
-        body = build_request(
-            evaluation_keys_uri=str(keys_uri),
-            encrypted_batch_uri=str(query),
-            model_fingerprint=self.fingerprint,
-            evaluation_keys_sha256=keys.evaluation_keys_sha256,
-            encrypted_query_sha256=sha256_hex(batch),
-        )
+        body = self._request_body(query, payload, keys, keys_uri)
         start = time.perf_counter()
+        query_type = CONTENT_TYPE_RESULT if raw else CONTENT_TYPE_BATCH
         uploads = [
-            self._io.submit(self.storage.put, query, batch, content_type=CONTENT_TYPE_BATCH),
+            self._io.submit(self.storage.put, query, payload, content_type=query_type),
             self._io.submit(self.storage.put, request, body, content_type=CONTENT_TYPE_JSON),
         ]
         for upload in uploads:
@@ -436,6 +476,21 @@ class EncryptedPredictor:
             [query, request],
             output,
             parse_s3_uri(failure, field="FailureLocation") if failure else None,
+            raw=raw,
+        )
+
+    def _request_body(self, query: S3Uri, payload: bytes, keys: KeySet, keys_uri: S3Uri
+                      ) -> bytes:
+        """The request JSON: the batch form with every check, or the sample's two fields."""
+        if self.model.reference_mode:  # exactly what the AWS sample's server accepts
+            return build_request(evaluation_keys_uri=str(keys_uri),
+                                 encrypted_query_uri=str(query))
+        return build_request(
+            evaluation_keys_uri=str(keys_uri),
+            encrypted_batch_uri=str(query),
+            model_fingerprint=self.fingerprint,
+            evaluation_keys_sha256=keys.evaluation_keys_sha256,
+            encrypted_query_sha256=sha256_hex(payload),
         )
 
     def _invoke(self, request: S3Uri, inference_id: str) -> dict[str, Any]:
@@ -487,7 +542,7 @@ class EncryptedPredictor:
         body = result.body
         start = time.perf_counter()
         try:
-            items = unpack_batch(body)
+            items = [body] if request.raw else unpack_batch(body)
         except ContractError as exc:
             raise InferenceFailedError(
                 f"malformed batch result: {exc}", code="BadResponse", location=str(request.output)

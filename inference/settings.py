@@ -13,6 +13,9 @@ ENV_PORT = "SAGEMAKER_BIND_TO_PORT"
 ENV_HOST = "FHE_BIND_HOST"
 ENV_WORKERS = "SAGEMAKER_MODEL_SERVER_WORKERS"
 ENV_TIMEOUT = "SAGEMAKER_MODEL_SERVER_TIMEOUT"
+# The names the AWS sample's `serve` reads; honoured too, SageMaker's names win when both are set.
+ENV_WORKERS_SAMPLE = "MODEL_SERVER_WORKERS"
+ENV_TIMEOUT_SAMPLE = "MODEL_SERVER_TIMEOUT"
 ENV_MODEL_DIR = "FHE_MODEL_DIR"
 ENV_SM_MODEL_DIR = "SM_MODEL_DIR"
 ENV_ALLOWED_PREFIXES = "FHE_ALLOWED_S3_PREFIXES"
@@ -65,8 +68,10 @@ class Settings:
     Attributes:
         port: TCP port the container listens on (nginx, or gunicorn without nginx).
         host: Address to listen on (``127.0.0.1`` in local mode).
-        workers: gunicorn worker processes; each loads the circuit and runs one query at a time.
-        timeout: Seconds one invocation may take, end to end (gunicorn, nginx, SageMaker).
+        workers: gunicorn worker processes; each loads the circuit and runs one query at a time
+            (``SAGEMAKER_MODEL_SERVER_WORKERS``, else the sample's ``MODEL_SERVER_WORKERS``).
+        timeout: Seconds one invocation may take, end to end (gunicorn, nginx, SageMaker)
+            (``SAGEMAKER_MODEL_SERVER_TIMEOUT``, else the sample's ``MODEL_SERVER_TIMEOUT``).
         model_dir: Holds server.zip, client.zip, manifest.json.
         allowed_prefixes: S3 folders the server may read (segment-bounded, see
             :mod:`inference.s3_location`); anything else is refused (403) before any read.
@@ -106,8 +111,11 @@ class Settings:
         env = os.environ if environ is None else environ
         problems: list[str] = []
 
-        def number(name: str, default: float, kind: type, minimum: float) -> float:
+        def number(name: str, default: float, kind: type, minimum: float,
+                   fallback: str | None = None) -> float:
             raw = env.get(name, "").strip()
+            if not raw and fallback:
+                name, raw = fallback, env.get(fallback, "").strip()
             if not raw:
                 return default
             try:
@@ -130,8 +138,8 @@ class Settings:
         settings = cls(
             port=int(number(ENV_PORT, DEFAULT_PORT, int, 1)),
             host=env.get(ENV_HOST, "").strip() or DEFAULT_HOST,
-            workers=int(number(ENV_WORKERS, DEFAULT_WORKERS, int, 1)),
-            timeout=int(number(ENV_TIMEOUT, DEFAULT_TIMEOUT, int, 1)),
+            workers=int(number(ENV_WORKERS, DEFAULT_WORKERS, int, 1, ENV_WORKERS_SAMPLE)),
+            timeout=int(number(ENV_TIMEOUT, DEFAULT_TIMEOUT, int, 1, ENV_TIMEOUT_SAMPLE)),
             model_dir=Path(model_dir),
             allowed_prefixes=tuple(prefixes),
             key_cache_dir=Path(env.get(ENV_KEY_CACHE_DIR) or DEFAULT_KEY_CACHE_DIR),

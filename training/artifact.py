@@ -5,8 +5,13 @@ A model directory (SageMaker's ``model.tar.gz``) holds:
 * ``server.zip`` — the compiled FHE circuit (concrete-ml ``FHEModelDev.save``), for the server.
 * ``client.zip`` — quantizers and crypto parameters, for the client (key generation, encryption).
 * ``manifest.json`` — :class:`Manifest`: model class, task, features, classes, the input scaler
-  the client applies before encrypting, the versions that produced the files (the client must
-  run the same Python major.minor, concrete-python and concrete-ml), and the sha256 of both zips.
+  the client applies before encrypting (:class:`Scaler`, min-max to [-1, 1], or
+  :class:`NoScaler`: rows are encrypted as given), the versions that produced the files (the
+  client must run the same Python major.minor, concrete-python and concrete-ml), and the sha256
+  of both zips.
+
+A directory saved by concrete-ml alone (``FHEModelDev(dir, model).save()``, as the AWS sample
+does) has no manifest; the server serves it and the client uses it in reference mode.
 """
 
 from __future__ import annotations
@@ -30,6 +35,9 @@ SERVER_ZIP = "server.zip"
 CLIENT_ZIP = "client.zip"
 FORMAT_VERSION = 1
 TASKS = ("classification", "regression")
+SCALER_MINMAX = "minmax"
+SCALER_NONE = "none"
+SCALER_KINDS = (SCALER_MINMAX, SCALER_NONE)
 
 
 class ArtifactError(ValueError):
@@ -94,9 +102,61 @@ class Scaler:
     @classmethod
     def from_dict(cls, doc: dict[str, Any]) -> Scaler:
         """Inverse of :meth:`to_dict`."""
-        if doc.get("kind") != "minmax" or len(doc["data_min"]) != len(doc["data_max"]):
+        if doc.get("kind") != SCALER_MINMAX or len(doc["data_min"]) != len(doc["data_max"]):
             raise ArtifactError(f"unsupported scaler in manifest: {doc.get('kind')!r}")
         return cls(tuple(map(float, doc["data_min"])), tuple(map(float, doc["data_max"])))
+
+
+@dataclass(frozen=True)
+class NoScaler:
+    """No scaling: rows are encrypted exactly as given (the AWS sample's contract).
+
+    A model trained with ``scaler=none`` can be used by any plain concrete-ml client: the
+    caller prepares rows the way the training data was prepared, nothing else is applied.
+    """
+
+    n_features: int
+
+    @classmethod
+    def fit(cls, features: np.ndarray) -> NoScaler:
+        """Remember the feature count of a 2-D array (rows x features)."""
+        return cls(int(np.asarray(features).shape[1]))
+
+    def transform(self, features: np.ndarray) -> np.ndarray:
+        """Return the rows as float64, unchanged."""
+        return np.array(features, dtype=np.float64)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {"kind": SCALER_NONE, "n_features": self.n_features}
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> NoScaler:
+        """Inverse of :meth:`to_dict`."""
+        return cls(int(doc["n_features"]))
+
+
+InputScaler = Scaler | NoScaler
+
+
+def fit_scaler(kind: str, features: np.ndarray) -> InputScaler:
+    """Fit the scaler named by the ``scaler`` hyperparameter (``minmax`` or ``none``)."""
+    if kind == SCALER_MINMAX:
+        return Scaler.fit(features)
+    if kind == SCALER_NONE:
+        return NoScaler.fit(features)
+    raise ArtifactError(f"unknown scaler {kind!r}: use one of {', '.join(SCALER_KINDS)}")
+
+
+def scaler_from_dict(doc: dict[str, Any]) -> InputScaler:
+    """Read a manifest's ``scaler`` object (``kind`` ``minmax`` or ``none``).
+
+    Raises:
+        ArtifactError: another kind.
+    """
+    if doc.get("kind") == SCALER_NONE:
+        return NoScaler.from_dict(doc)
+    return Scaler.from_dict(doc)
 
 
 @dataclass(frozen=True)
@@ -106,7 +166,7 @@ class Manifest:
     model_class: str
     task: str
     n_features: int
-    scaler: Scaler
+    scaler: InputScaler
     classes: tuple[Any, ...] = ()
     feature_names: tuple[str, ...] = ()
     hyperparameters: dict[str, Any] = field(default_factory=dict)
@@ -145,7 +205,7 @@ class Manifest:
                 model_class=str(doc["model_class"]),
                 task=str(doc["task"]),
                 n_features=int(doc["n_features"]),
-                scaler=Scaler.from_dict(doc["scaler"]),
+                scaler=scaler_from_dict(doc["scaler"]),
                 classes=tuple(doc.get("classes", ())),
                 feature_names=tuple(doc.get("feature_names", ())),
                 hyperparameters=dict(doc.get("hyperparameters", {})),
@@ -182,7 +242,7 @@ def save_artifact(
     model_dir: str | Path,
     model: Any,
     *,
-    scaler: Scaler,
+    scaler: InputScaler,
     task: str,
     classes: Sequence[Any] = (),
     feature_names: Sequence[str] = (),

@@ -16,7 +16,13 @@ from training.errors import HyperparameterError
 
 CLASSIFICATION = "classification"
 REGRESSION = "regression"
-DEFAULT_MODEL = "LogisticRegression"
+# A job without hyperparameters trains the AWS sample's network: concrete-ml's MNIST
+# NeuralNetClassifier (2 layers, 4-bit weights and activations, hidden width 0.5 x inputs, ReLU,
+# 7 epochs) on rows used as given (no scaler), so a plain concrete-ml client can query it.
+DEFAULT_MODEL = "NeuralNetClassifier"
+SCALER_NONE = "none"
+SCALER_MINMAX = "minmax"
+SCALERS = (SCALER_NONE, SCALER_MINMAX)
 # Hyperparameters SageMaker itself adds (sagemaker_program, sagemaker_region, ...): not ours.
 SAGEMAKER_PREFIX = "sagemaker_"
 ACTIVATIONS = ("relu", "sigmoid", "tanh", "celu", "selu", "elu", "leakyrelu", "hardtanh")
@@ -77,12 +83,17 @@ class ModelSpec:
         task: ``classification`` or ``regression``.
         params: The hyperparameters it accepts besides the job-level ones.
         seeded: The constructor takes ``random_state``.
+        default_scaler: The ``scaler`` when the job does not set one: ``minmax`` (concrete-ml
+            quantises all inputs of a linear model with one shared range, so features of
+            different magnitudes need scaling), ``none`` for the sample's network, whose rows
+            come normalised by the data preparation (as MNIST's do).
     """
 
     class_name: str
     task: str
     params: tuple[Param, ...]
     seeded: bool = True
+    default_scaler: str = SCALER_MINMAX
 
 
 def _unquote(raw: Any) -> Any:
@@ -133,7 +144,8 @@ MODELS: dict[str, ModelSpec] = {spec.class_name: spec for spec in (
     ModelSpec("XGBClassifier", CLASSIFICATION, (
         _n_bits(6), Param("max_depth", int, 3, 1, 10, target="max_depth", doc="tree depth"),
         _N_ESTIMATORS)),
-    ModelSpec("NeuralNetClassifier", CLASSIFICATION, _NN_PARAMS, seeded=False),
+    ModelSpec("NeuralNetClassifier", CLASSIFICATION, _NN_PARAMS, seeded=False,
+              default_scaler=SCALER_NONE),
     ModelSpec("LinearRegression", REGRESSION, (_n_bits(8),), seeded=False),
     ModelSpec("Ridge", REGRESSION, (
         _n_bits(8), Param("alpha", float, 1.0, 0.0, 1e9, target="alpha",
@@ -149,8 +161,12 @@ MODELS: dict[str, ModelSpec] = {spec.class_name: spec for spec in (
 JOB_PARAMS: tuple[Param, ...] = (
     Param("model", str, DEFAULT_MODEL, doc="concrete-ml class name (table below)"),
     Param("label_column", str, "label", doc="CSV column holding the target"),
-    Param("test_size", float, 0.2, 0.05, 0.9, doc="held-out fraction for metrics.json"),
+    Param("test_size", float, 0.2, 0.0, 0.9,
+          doc="held-out fraction for metrics.json (0: train on every row, no metrics)"),
     Param("random_state", int, 0, 0, 2**31 - 1, doc="seed for the split and the model"),
+    Param("scaler", str, None, choices=SCALERS,
+          doc="input scaling shipped to clients: none (rows as given) or minmax ([-1, 1]);"
+          " default none for NeuralNetClassifier, minmax for the others"),
 )
 
 
@@ -190,6 +206,7 @@ def resolve_hyperparameters(raw: Mapping[str, Any]) -> ResolvedHyperparameters:
     problems: list[str] = []
     job = _parse_group(JOB_PARAMS, raw, problems)
     job["model"] = spec.class_name
+    job["scaler"] = job.get("scaler") or spec.default_scaler
     values = _parse_group(spec.params, raw, problems)
     known = {p.name for p in JOB_PARAMS} | {p.name for p in spec.params}
     for name in sorted(set(raw) - known):

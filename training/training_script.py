@@ -48,8 +48,10 @@ from training.artifact import (
     CLIENT_ZIP,
     MANIFEST_NAME,
     SERVER_ZIP,
+    InputScaler,
     Manifest,
     Scaler,
+    fit_scaler,
     save_artifact,
 )
 from training.data import load_dataset
@@ -296,6 +298,8 @@ def _split(features: np.ndarray, target: np.ndarray, resolved: ResolvedHyperpara
            task: str) -> list[np.ndarray]:
     from sklearn.model_selection import train_test_split
 
+    if resolved.job["test_size"] == 0:  # train on every row, as the AWS sample does
+        return [features, features[:0], target, target[:0]]
     try:
         return train_test_split(
             features, target, test_size=resolved.job["test_size"],
@@ -347,14 +351,9 @@ def do_training(
                 ", ".join(dataset.source))
     target, classes = encode_labels(dataset.labels, task)
     x_train, x_test, y_train, y_test = _split(dataset.features, target, resolved, task)
-    scaler = Scaler.fit(x_train)
-    with np.errstate(over="ignore", invalid="ignore"):
-        x_train, x_test = scaler.transform(x_train), scaler.transform(x_test)
-    with np.errstate(over="ignore", invalid="ignore"):
-        span = np.asarray(scaler.data_max) - np.asarray(scaler.data_min)
-    if not (np.isfinite(span).all() and np.isfinite(x_train).all() and np.isfinite(x_test).all()):
-        raise DataError("feature values are too large to scale to [-1, 1] (their range overflows "
-                        "float64): rescale those columns (e.g. divide by 1e100) before training")
+    scaler = fit_scaler(resolved.job["scaler"], x_train)
+    x_train, x_test = _scale(scaler, x_train, x_test,
+                             float32=resolved.spec.class_name.startswith("NeuralNet"))
     model = build_model(resolved)
     with timer.step("fit"):
         model, float_model = _fit(model, x_train, y_train)
@@ -389,8 +388,39 @@ def _fit(model: Any, x_train: np.ndarray, y_train: np.ndarray) -> tuple[Any, Any
         ) from exc
 
 
+def _scale(scaler: InputScaler, x_train: np.ndarray, x_test: np.ndarray, *,
+           float32: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Apply the job's scaler to both splits and check the model can represent the result.
+
+    Args:
+        float32: The model computes in float32 (the torch-based NeuralNetClassifier).
+
+    Raises:
+        DataError: min-max scaling overflows float64, or unscaled values overflow the model's
+            float range (their span must be finite for the quantiser).
+    """
+    limit = float(np.finfo(np.float32 if float32 else np.float64).max)
+    with np.errstate(over="ignore", invalid="ignore"):
+        x_train, x_test = scaler.transform(x_train), scaler.transform(x_test)
+        if isinstance(scaler, Scaler):
+            spans = np.asarray(scaler.data_max) - np.asarray(scaler.data_min)
+        else:
+            spans = np.array([np.max(x_train) - np.min(x_train)])
+        extreme = max(np.max(np.abs(x_train)), np.max(np.abs(x_test), initial=0.0))
+    if not (np.isfinite(spans).all() and np.isfinite(x_train).all() and np.isfinite(x_test).all()
+            and float(np.max(spans)) <= limit
+            and extreme <= limit):
+        kind = "float32, which NeuralNetClassifier computes in" if float32 else "float64"
+        raise DataError(f"feature values are too large to scale or quantise (their range overflows"
+                        f" {kind}): rescale those columns (e.g. divide by 1e100) before training")
+    return x_train, x_test
+
+
 def _evaluate(model: Any, float_model: Any, x_test: np.ndarray, y_test: np.ndarray,
               task: str) -> dict[str, Any]:
+    metric = "accuracy" if task == CLASSIFICATION else "r2"
+    if len(y_test) == 0:  # test_size=0: nothing held out
+        return {"metric": metric, "float_sklearn": None, "clear_quantised": None}
     score = _score(task)
     float_input = x_test.astype(np.float32) if _is_torch(model) else x_test
     float_pred = np.asarray(float_model.predict(float_input)).reshape(len(y_test), -1)
@@ -398,7 +428,7 @@ def _evaluate(model: Any, float_model: Any, x_test: np.ndarray, y_test: np.ndarr
     if task == CLASSIFICATION:
         float_pred, quant_pred = float_pred.ravel(), quant_pred.ravel()
     return {
-        "metric": "accuracy" if task == CLASSIFICATION else "r2",
+        "metric": metric,
         "float_sklearn": float(score(y_test, float_pred)),
         "clear_quantised": float(score(y_test, quant_pred)),
     }

@@ -162,7 +162,7 @@ def test_settings_overrides_per_model() -> None:
 
 
 @pytest.mark.parametrize(("argv", "message"), [
-    (["--models", "svm"], "--models: unknown svm; choose from logreg, tree, nn"),
+    (["--models", "svm"], "--models: unknown svm; choose from mnist, logreg, tree, nn"),
     (["--models", "tree", "--reps", "nn=2"], "--reps 'nn=2': N must be >= 0 and MODEL one of tree"),
     (["--reps", "many"], r"--reps 'many': expected \[MODEL=\]N"),
 ])

@@ -127,3 +127,54 @@ def test_module_entry_point_shows_help() -> None:
         [sys.executable, "-m", "client", "--help"], capture_output=True, text=True, check=True
     )
     assert "{predict,keys,info}" in result.stdout
+
+
+@pytest.fixture
+def two_training_jobs(fixture_models, monkeypatch):
+    """moto: jobs mnist-b (older, linear model) and mnist-a (newer, tree model), models in S3."""
+    import boto3
+    from moto import mock_aws
+
+    from tests.client.conftest import make_model_tar
+
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+    with mock_aws():
+        sm, s3 = boto3.client("sagemaker"), boto3.client("s3")
+        s3.create_bucket(Bucket="models")
+        for name, kind in (("mnist-b", "linear"), ("mnist-a", "tree")):
+            sm.create_training_job(
+                TrainingJobName=name, RoleArn="arn:aws:iam::123456789012:role/fhe-training",
+                AlgorithmSpecification={"TrainingImage": "img", "TrainingInputMode": "File"},
+                OutputDataConfig={"S3OutputPath": "s3://models/MNIST"},
+                ResourceConfig={"InstanceType": "ml.c5.2xlarge", "InstanceCount": 1,
+                                "VolumeSizeInGB": 10},
+                StoppingCondition={"MaxRuntimeInSeconds": 3600})
+            s3.put_object(Bucket="models", Key=f"MNIST/{name}/output/model.tar.gz",
+                          Body=make_model_tar(fixture_models[kind].model_dir))
+        yield
+
+
+def test_info_of_the_newest_completed_training_job(two_training_jobs, fixture_models, tmp_path,
+                                                   capsys) -> None:
+    assert main(["info", "--latest-training-job", "mnist", "--cache-dir", str(tmp_path)]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["source"] == "s3://models/MNIST/mnist-a/output/model.tar.gz"
+    assert doc["fingerprints"]["client.zip"] == fixture_models["tree"].manifest.client_fingerprint
+    assert main(["info", "--training-job", "mnist-b", "--cache-dir", str(tmp_path)]) == 0
+    assert json.loads(capsys.readouterr().out)["model_class"] == "LogisticRegression"
+    assert main(["info", "--training-job", "nope", "--cache-dir", str(tmp_path)]) == 1
+    assert "training job 'nope' not found" in capsys.readouterr().err
+
+
+def test_predictor_from_training_job(two_training_jobs, fixture_models, tmp_path) -> None:
+    from client import EncryptedPredictor
+    from client.errors import ModelArtifactError
+
+    with EncryptedPredictor.from_training_job(
+            "endpoint", "s3://models/client", base_job_name="mnist", key_dir=tmp_path / "keys",
+            cache_dir=tmp_path / "cache", progress=False) as predictor:
+        assert predictor.model.source == "s3://models/MNIST/mnist-a/output/model.tar.gz"
+        assert predictor.fingerprint == fixture_models["tree"].manifest.client_fingerprint
+    with pytest.raises(ModelArtifactError, match=r"no completed training job named 'other'"):
+        EncryptedPredictor.from_training_job("endpoint", "s3://models/client",
+                                             base_job_name="other", cache_dir=tmp_path / "c")

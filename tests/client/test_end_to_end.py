@@ -20,6 +20,7 @@ from client.errors import InferenceFailedError, InferenceTimeoutError
 from inference.contract import parse_s3_uri
 
 pytestmark = pytest.mark.slow
+LINEAR = {"model": "LogisticRegression"}
 TREE = {"model": "DecisionTreeClassifier", "max_depth": 2, "n_bits": 3}
 
 
@@ -32,7 +33,9 @@ def breast_cancer() -> tuple[np.ndarray, ...]:
 @pytest.fixture(scope="module")
 def linear_stack(breast_cancer, tmp_path_factory) -> Iterator[LocalStack]:
     x_train, _, y_train, _ = breast_cancer
-    with local_stack(x_train, y_train, work_dir=tmp_path_factory.mktemp("linear")) as stack:
+    with local_stack(
+        x_train, y_train, hyperparameters=LINEAR, work_dir=tmp_path_factory.mktemp("linear")
+    ) as stack:
         yield stack
 
 

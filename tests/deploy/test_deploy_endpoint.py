@@ -128,9 +128,54 @@ def test_options_layer_flags_over_env_over_config(tmp_path: Path) -> None:
 
 
 def test_missing_options_are_listed_with_the_fix() -> None:
-    with pytest.raises(DeployError, match=r"missing --image-uri, --model-data, --role, "
+    with pytest.raises(DeployError, match=r"missing --image-uri, --model-data \(or "
+                                          r"--training-job / --latest-training-job\), --role, "
                                           r"--output-path, --failure-path: pass them as flags"):
         parse_args(["--endpoint-name", NAME], {})
+
+
+def test_one_model_source_only() -> None:
+    argv = _without_model_data()
+    with pytest.raises(DeployError, match=r"give one model source, not --model-data, "
+                                          r"--latest-training-job"):
+        parse_args([*deploy_argv(), "--latest-training-job", "mnist"], {})
+    with pytest.raises(DeployError, match=r"--model-dir is for --local only"):
+        parse_args([*argv, "--model-dir", "/tmp/m"], {})
+
+
+def _without_model_data() -> list[str]:
+    argv = deploy_argv()
+    index = argv.index("--model-data")
+    return argv[:index] + argv[index + 2:]
+
+
+def _training_job(name: str) -> None:
+    boto3.client("sagemaker", region_name=LOCAL_REGION).create_training_job(
+        TrainingJobName=name, RoleArn=ROLE,
+        AlgorithmSpecification={"TrainingImage": "img", "TrainingInputMode": "File"},
+        OutputDataConfig={"S3OutputPath": "s3://models/MNIST"},
+        ResourceConfig={"InstanceType": "ml.c5.2xlarge", "InstanceCount": 1, "VolumeSizeInGB": 10},
+        StoppingCondition={"MaxRuntimeInSeconds": 3600})
+
+
+@pytest.mark.parametrize(("flag", "value", "job"), [
+    ("--latest-training-job", "mnist", "mnist-1-newer"),  # the newest, not the first listed
+    ("--training-job", "mnist-2-older", "mnist-2-older"),
+])
+def test_deploys_the_model_of_a_training_job(aws: None, flag: str, value: str, job: str) -> None:
+    for name in ("mnist-2-older", "mnist-1-newer"):
+        _training_job(name)
+    assert deploy_endpoint.main([*_without_model_data(), flag, value]) == 0
+    sm = boto3.client("sagemaker", region_name=LOCAL_REGION)
+    container = sm.describe_model(ModelName=Names(NAME).model)["PrimaryContainer"]
+    assert container["ModelDataUrl"] == f"s3://models/MNIST/{job}/output/model.tar.gz"
+
+
+def test_an_unknown_training_job_is_a_clear_error(aws: None, caplog: pytest.LogCaptureFixture
+                                                  ) -> None:
+    assert deploy_endpoint.main([*_without_model_data(), "--training-job", "missing-job"]) == 2
+    assert "training job 'missing-job' not found" in caplog.text
+    assert boto3.client("sagemaker", region_name=LOCAL_REGION).list_models()["Models"] == []
 
 
 def test_local_endpoint_end_to_end(fixture_models: dict[str, FixtureModel],

@@ -561,3 +561,32 @@ def test_only_a_sagemaker_shaped_inference_id_becomes_the_request_id(
         assert request_id == inference_id
     else:
         assert re.fullmatch(r"[0-9a-f]{32}", request_id), request_id
+
+
+def test_a_model_dir_without_manifest_is_served_like_the_samples(
+    fixture_models: dict[str, FixtureModel], keyed: dict[str, KeyedClient], uploader: Uploader,
+    s3_server: LocalS3Server, serving_bucket: str, tmp_path: Path,
+) -> None:
+    """What FHEModelDev(dir, model).save() alone writes (the AWS sample's training) is served."""
+    import shutil
+
+    model_dir = tmp_path / "plain"
+    model_dir.mkdir()
+    for name in ("server.zip", "client.zip"):
+        shutil.copy(fixture_models["tree"].model_dir / name, model_dir / name)
+    settings = server_settings(fixture_models["tree"], s3_server, serving_bucket,
+                               tmp_path / "cache", model_dir=model_dir)
+    client = create_app(settings).test_client()
+    assert client.get("/ping").status_code == 200
+    fhe = keyed["tree"]
+    rows = fixture_models["tree"].scaled_test[:1]
+    response = invoke(client, uploader.request(fhe, rows))  # exactly the sample's two fields
+    assert response.status_code == 200 and response.mimetype == CONTENT_TYPE_RESULT
+    np.testing.assert_allclose(fhe.decrypt(response.data), fhe.expected(rows[0]), rtol=0,
+                               atol=1e-12)
+    # Without a manifest the fingerprint is client.zip's own sha256; others are refused.
+    fingerprint = sha256_hex((model_dir / "client.zip").read_bytes())
+    assert invoke(client, uploader.request(fhe, rows, model_fingerprint=fingerprint)
+                  ).status_code == 200
+    assert_error(invoke(client, uploader.request(fhe, rows, model_fingerprint="0" * 64)), 422,
+                 "ModelMismatch", "does not match the deployed model")

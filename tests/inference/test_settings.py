@@ -59,3 +59,22 @@ def test_allowed_prefixes_with_encodings_or_dot_segments_are_refused() -> None:
     env = {"FHE_ALLOWED_S3_PREFIXES": "s3://b-1/a/../c,s3://b-1/%2e,s3://b-1/x\\n"}
     with pytest.raises(SettingsError, match=r"'\.' or '\.\.' segment; .*'%'.*; .*'\\\\'"):
         Settings.from_env(env)
+
+
+def test_the_samples_server_variables_are_honoured() -> None:
+    settings = Settings.from_env({"MODEL_SERVER_TIMEOUT": "3600", "MODEL_SERVER_WORKERS": "4"})
+    assert (settings.timeout, settings.workers) == (3600, 4)
+
+
+def test_sagemaker_names_win_over_the_samples() -> None:
+    settings = Settings.from_env({"SAGEMAKER_MODEL_SERVER_TIMEOUT": "120",
+                                  "MODEL_SERVER_TIMEOUT": "3600",
+                                  "SAGEMAKER_MODEL_SERVER_WORKERS": "2",
+                                  "MODEL_SERVER_WORKERS": "8"})
+    assert (settings.timeout, settings.workers) == (120, 2)
+
+
+def test_a_bad_sample_variable_is_named_in_the_error() -> None:
+    with pytest.raises(SettingsError, match=r"environment: MODEL_SERVER_WORKERS='0' must be >= 1; "
+                                            r"MODEL_SERVER_TIMEOUT='1h' is not a whole number$"):
+        Settings.from_env({"MODEL_SERVER_TIMEOUT": "1h", "MODEL_SERVER_WORKERS": "0"})

@@ -15,8 +15,10 @@ from training.artifact import (
     SERVER_ZIP,
     ArtifactError,
     Manifest,
+    NoScaler,
     Scaler,
     file_sha256,
+    fit_scaler,
     read_manifest,
     verify_artifact,
 )
@@ -30,6 +32,21 @@ def test_scaler_maps_training_range_to_minus_one_one() -> None:
     np.testing.assert_allclose(scaled[:, 1], [-1.0, 1.0, 0.0])
     np.testing.assert_array_equal(scaled[:, 2], [0.0, 0.0, 0.0])  # constant feature
     assert Scaler.from_dict(json.loads(json.dumps(scaler.to_dict()))) == scaler
+
+
+def test_no_scaler_passes_rows_through_and_round_trips_in_the_manifest(
+    fixture_models: dict[str, FixtureModel],
+) -> None:
+    data = np.array([[0.0, 5000.0], [-3.5, 1e-3]])
+    scaler = fit_scaler("none", data)
+    assert scaler == NoScaler(2)
+    np.testing.assert_array_equal(scaler.transform(data), data)
+    doc = json.loads((fixture_models["linear"].model_dir / MANIFEST_NAME).read_bytes())
+    doc.update(n_features=2, scaler={"kind": "none", "n_features": 2})
+    assert Manifest.from_json(json.dumps(doc).encode()).scaler == NoScaler(2)
+    assert json.loads(Manifest.from_json(json.dumps(doc).encode()).to_json())["scaler"] == {
+        "kind": "none", "n_features": 2}
+    assert fit_scaler("minmax", data) == Scaler.fit(data)
 
 
 def test_saved_artifact_has_files_manifest_and_true_fingerprints(

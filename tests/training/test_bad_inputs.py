@@ -43,6 +43,8 @@ RNG = np.random.default_rng(0)
 X = RNG.normal(size=(40, 3))
 Y = np.arange(40) % 2
 GOOD_FRAME = pd.DataFrame({"a": X[:, 0], "b": X[:, 1], "label": Y})
+# Hyperparameter checks are about a chosen family; the default job is the neural network.
+LINEAR = ("--model", "LogisticRegression")
 
 
 def _with(frame: pd.DataFrame, column: str, row: int, value: object) -> pd.DataFrame:
@@ -91,6 +93,9 @@ CASES: dict[str, tuple[Maker, str]] = {
     "overflowing range": (_npy(np.where(np.arange(120).reshape(40, 3) % 2, -1.7e308, 1.7e308),
                                Y), r"too large to scale"),
     "continuous labels for classifier": (_npy(X, X[:, 0]), r"labels are not whole numbers"),
+    "float32 overflow in the default network": (
+        _npy(X * 1e39, Y), r"too large to scale or quantise \(their range overflows float32, "
+                           r"which NeuralNetClassifier computes in\)"),
     "non-numeric CSV": (_csv(_with(GOOD_FRAME, "b", 2, "high")), r"non-numeric columns: b"),
     "inf in CSV": (_csv(_with(GOOD_FRAME, "a", 4, np.inf)), r"inf feature values .* columns a"),
     "NaN in CSV": (_csv(_with(GOOD_FRAME, "a", 4, np.nan)), r"NaN feature values .* columns a"),
@@ -100,11 +105,12 @@ CASES: dict[str, tuple[Maker, str]] = {
     "two CSVs": (_two_csvs, r"found 2 CSV files"),
     "unknown model type": (_csv(GOOD_FRAME, "--model", "SVM9000"),
                            r"unknown model type 'SVM9000': set hyperparameter 'model' to one of"),
-    "bad hyperparameter value": (_csv(GOOD_FRAME, "--n_bits", "abc"),
+    "bad hyperparameter value": (_csv(GOOD_FRAME, *LINEAR, "--n_bits", "abc"),
                                  r"'n_bits' invalid literal for int"),
-    "hyperparameter out of range": (_csv(GOOD_FRAME, "--n_bits", "99"), r"'n_bits' must be <= 16"),
+    "hyperparameter out of range": (_csv(GOOD_FRAME, *LINEAR, "--n_bits", "99"),
+                                    r"'n_bits' must be <= 16"),
     "hyperparameter of another model": (
-        _csv(GOOD_FRAME, "--max_depth", "3", "--n_bits", "0"),
+        _csv(GOOD_FRAME, *LINEAR, "--max_depth", "3", "--n_bits", "0"),
         r"'n_bits' must be >= 2.*'max_depth' is not a hyperparameter of LogisticRegression"),
     "stray argument": (_csv(GOOD_FRAME, "oops"), r"stray argument 'oops'"),
     "hyperparameter without value": (_csv(GOOD_FRAME, "--n_bits"), r"--n_bits has no value"),

@@ -122,7 +122,8 @@ def _train(files: dict[str, bytes | np.ndarray]) -> tuple[int, str]:
         failure = root / "failure"
         try:
             code = main(["--model-dir", str(root / "model"), "--train", str(channel),
-                         "--failure-file", str(failure), "--n_bits", "4"], environ={})
+                         "--failure-file", str(failure), "--model", "LogisticRegression",
+                         "--n_bits", "4"], environ={})
         except SystemExit as exc:
             code = exc.code
         model_dir = root / "model"

@@ -9,12 +9,30 @@ from training.models import MODELS, build_model, constructor_kwargs, resolve_hyp
 from training.training_script import parse_hyperparameters
 
 
-def test_defaults_are_logistic_regression_with_8_bits() -> None:
+def test_defaults_are_the_samples_mnist_network_without_scaler() -> None:
+    from torch import nn
+
     resolved = resolve_hyperparameters({})
-    assert resolved.spec.class_name == "LogisticRegression"
+    assert resolved.spec.class_name == "NeuralNetClassifier"
+    assert resolved.as_dict() == {
+        "model": "NeuralNetClassifier", "label_column": "label", "test_size": 0.2,
+        "random_state": 0, "scaler": "none", "n_layers": 2, "n_w_bits": 4, "n_a_bits": 4,
+        "n_accum_bits": 32, "n_hidden_neurons_multiplier": 0.5, "activation": "relu",
+        "max_epochs": 7, "lr": 0.01, "batch_size": 128}
+    kwargs = constructor_kwargs(resolved)
+    assert kwargs["module__activation_function"] is nn.ReLU
+
+
+def test_other_families_are_one_hyperparameter_away_and_keep_minmax_scaling() -> None:
+    resolved = resolve_hyperparameters({"model": "LogisticRegression"})
     assert resolved.as_dict() == {"model": "LogisticRegression", "label_column": "label",
-                                  "test_size": 0.2, "random_state": 0, "n_bits": 8, "C": 1.0,
-                                  "max_iter": 100}
+                                  "test_size": 0.2, "random_state": 0, "scaler": "minmax",
+                                  "n_bits": 8, "C": 1.0, "max_iter": 100}
+    assert resolve_hyperparameters({"scaler": "MinMax"}).job["scaler"] == "minmax"
+    assert resolve_hyperparameters({"model": "XGBClassifier", "scaler": "none"}
+                                   ).job["scaler"] == "none"
+    with pytest.raises(HyperparameterError, match="'scaler' must be one of none, minmax"):
+        resolve_hyperparameters({"scaler": "zscore"})
 
 
 def test_neural_net_defaults_are_the_reference_config() -> None:
@@ -69,12 +87,12 @@ def test_all_problems_are_listed_at_once() -> None:
 ])
 def test_integer_parameters_reject_non_integers(value: str, match: str) -> None:
     with pytest.raises(HyperparameterError, match=match):
-        resolve_hyperparameters({"n_bits": value})
+        resolve_hyperparameters({"model": "LogisticRegression", "n_bits": value})
 
 
 def test_float_parameters_reject_non_finite() -> None:
     with pytest.raises(HyperparameterError, match="'C' must be a finite number"):
-        resolve_hyperparameters({"C": "inf"})
+        resolve_hyperparameters({"model": "LogisticRegression", "C": "inf"})
 
 
 def test_activation_choices() -> None:

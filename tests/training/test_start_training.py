@@ -108,6 +108,7 @@ def test_sagemaker_job_has_image_role_instance_hyperparameters_channel_output(
     assert channel["ChannelName"] == "training"
     assert channel["DataSource"]["S3DataSource"]["S3Uri"] == "s3://fhe-bucket/data/"
     assert job["OutputDataConfig"]["S3OutputPath"] == "s3://fhe-bucket/models"
+    assert job["EnableInterContainerTrafficEncryption"] is True  # on by default, as the sample
 
     body = boto3.client("s3").get_object(Bucket="fhe-bucket",
                                          Key="code/fhe-job-1/source/sourcedir.tar.gz")["Body"]
@@ -141,6 +142,18 @@ def test_settings_from_env_and_config_file(aws: None, tmp_path: Path) -> None:
     assert (hps["model"], hps["n_estimators"], hps["max_depth"]) == ("XGBClassifier", "5", "2")
     # default code location: the output path
     assert hps["sagemaker_submit_directory"].startswith("s3://fhe-bucket/models/fhe-job-2/")
+
+
+def test_inter_container_traffic_encryption_can_be_turned_off(aws: None, tmp_path: Path) -> None:
+    config = tmp_path / "launch.json"
+    config.write_text(json.dumps({"encrypt_inter_container_traffic": True}))
+    code = main(["--role", ROLE, "--image-uri", IMAGE, "--train", "s3://fhe-bucket/data/",
+                 "--output-path", "s3://fhe-bucket/models", "--job-name", "fhe-job-plain",
+                 "--no-logs", "--config", str(config), "--no-encrypt-inter-container-traffic"],
+                environ={})
+    assert code == 0
+    job = boto3.client("sagemaker").describe_training_job(TrainingJobName="fhe-job-plain")
+    assert job["EnableInterContainerTrafficEncryption"] is False
 
 
 def test_flags_beat_env_and_config(tmp_path: Path) -> None:

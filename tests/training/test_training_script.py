@@ -9,7 +9,14 @@ import numpy as np
 import pytest
 
 from tests.training.conftest import LABEL_COLUMN, run_script, sagemaker_env
-from training.artifact import CLIENT_ZIP, MANIFEST_NAME, SERVER_ZIP, file_sha256, read_manifest
+from training.artifact import (
+    CLIENT_ZIP,
+    MANIFEST_NAME,
+    SERVER_ZIP,
+    NoScaler,
+    file_sha256,
+    read_manifest,
+)
 from training.training_script import METRICS_NAME, REFERENCE_MODEL_NAME, do_training, model_fn
 
 N_ROWS = 3
@@ -92,10 +99,29 @@ def test_hyperparameters_reach_the_model_and_manifest(npy_channel: Path, tmp_pat
 
 def test_rerun_into_the_same_model_dir_replaces_the_artefact(npy_channel: Path,
                                                              tmp_path: Path) -> None:
-    first = do_training(tmp_path / "model", npy_channel, hyperparameters={"n_bits": "6"})
-    second = do_training(tmp_path / "model", npy_channel, hyperparameters={"n_bits": "7"})
+    first = do_training(tmp_path / "model", npy_channel,
+                        hyperparameters={"model": "LogisticRegression", "n_bits": "6"})
+    second = do_training(tmp_path / "model", npy_channel,
+                         hyperparameters={"model": "LogisticRegression", "n_bits": "7"})
     assert read_manifest(tmp_path / "model") == second.manifest
     assert first.manifest.fingerprints != second.manifest.fingerprints
+
+
+def test_scaler_none_and_test_size_zero_train_like_the_sample(npy_channel: Path, tmp_path: Path,
+                                                              breast_cancer) -> None:
+    result = do_training(tmp_path / "model", npy_channel,
+                         hyperparameters={"model": "LogisticRegression", "scaler": "none",
+                                          "test_size": "0"})
+    assert result.manifest.scaler == NoScaler(30)
+    doc = json.loads((tmp_path / "model" / MANIFEST_NAME).read_text())
+    assert doc["scaler"] == {"kind": "none", "n_features": 30}
+    assert (result.metrics["n_train"], result.metrics["n_test"]) == (569, 0)
+    assert result.metrics["clear_quantised"] is None
+    # The model was fitted on the rows as given: its input quantiser spans the raw feature range
+    # (breast-cancer features go up to 4254), not the [-1, 1] of a min-max scaler.
+    reference = _reference(tmp_path / "output" / "data")
+    [quantiser] = reference.input_quantizers
+    assert (quantiser.rmin, quantiser.rmax) == (breast_cancer[0].min(), breast_cancer[0].max())
 
 
 def test_model_fn_says_serving_is_the_inference_containers_job(tmp_path: Path) -> None:
