@@ -260,8 +260,7 @@ def resolve_model_data(args: argparse.Namespace, sagemaker: Any) -> str:
     Raises:
         DeployError: no such completed job (the message says what to check).
     """
-    from training.errors import JobLookupError
-    from training.jobs import find_model
+    from common.training_jobs import JobLookupError, find_model
 
     try:
         found = find_model(sagemaker, job_name=args.training_job,
@@ -519,7 +518,7 @@ def removal_changes(s3: Any, endpoint_name: str, buckets: list[str]
 
 def delete_prefix(s3: Any, uri: str) -> int:
     """Delete every object under ``s3://bucket/prefix``; return how many."""
-    from inference.contract import parse_s3_uri
+    from common.contract import parse_s3_uri
 
     location = parse_s3_uri(uri.rstrip("/") + "/x", field="--delete-prefix")
     prefix = location.key[:-1]
@@ -598,7 +597,7 @@ class LocalEndpoint:
             return Path(self.args.model_dir).resolve()
         from botocore.exceptions import BotoCoreError, ClientError
 
-        from inference.contract import parse_s3_uri
+        from common.contract import parse_s3_uri
 
         uri = parse_s3_uri(self.args.model_data, field="--model-data")
         archive = self.work_dir / "model.tar.gz"
@@ -653,7 +652,7 @@ def wait_healthy(url: str, process: subprocess.Popen[bytes], *, timeout: float) 
 
 def run_local(args: argparse.Namespace, *, stop_event: threading.Event | None = None) -> int:
     """Run the local endpoint until SIGINT/SIGTERM (or ``stop_event``)."""
-    from inference.atomic import atomic_write_bytes
+    from common.files import atomic_write_bytes
 
     stop = stop_event or threading.Event()
     if threading.current_thread() is threading.main_thread():

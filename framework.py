@@ -2,8 +2,8 @@
 
 The training image is given (built from Dockerfile.training and pushed to your registry), never
 hard-coded. The code SageMaker uploads (``sourcedir.tar.gz`` at ``code_location``) holds the entry
-point ``training_script.py`` plus the ``common``, ``training`` and ``inference`` packages it
-imports, so the job always runs the code of this checkout.
+point ``training_script.py`` plus the ``common`` and ``training`` packages it imports, so the job
+always runs the code of this checkout.
 
 Example::
 
@@ -27,7 +27,7 @@ from sagemaker.vpc_utils import VPC_CONFIG_DEFAULT
 REPO_ROOT = Path(__file__).resolve().parent
 TRAINING_SCRIPT = REPO_ROOT / "training" / "training_script.py"
 # Packages the entry point imports; uploaded beside it so the job runs this checkout's code.
-CODE_DEPENDENCIES = (REPO_ROOT / "common", REPO_ROOT / "training", REPO_ROOT / "inference")
+CODE_DEPENDENCIES = (REPO_ROOT / "common", REPO_ROOT / "training")
 DEFAULT_PY_VERSION = "py311"
 
 

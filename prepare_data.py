@@ -37,8 +37,8 @@ from typing import Any
 
 import numpy as np
 
-from inference.atomic import atomic_write_bytes
-from inference.contract import ContractError, parse_s3_uri
+from common.contract import ContractError, parse_s3_uri
+from common.files import atomic_write_bytes
 
 logger = logging.getLogger("prepare_data")
 

@@ -29,9 +29,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, NoReturn
 
+from common.contract import ContractError, parse_s3_uri
+from common.files import atomic_write_bytes
 from common.process import run_main
-from inference.atomic import atomic_write_bytes
-from inference.contract import ContractError, parse_s3_uri
 from training.errors import LaunchConfigError, LaunchError, TrainingError
 from training.models import resolve_hyperparameters
 

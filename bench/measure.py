@@ -32,7 +32,7 @@ from client.demo import local_session
 from client.keys import KeyStore
 from client.predictor import STAGES, EncryptedPredictor
 from client.storage import S3Storage
-from inference.contract import S3Uri, parse_s3_uri
+from common.contract import S3Uri, parse_s3_uri
 
 logger = logging.getLogger(__name__)
 

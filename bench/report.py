@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from inference.atomic import atomic_write_bytes
+from common.files import atomic_write_bytes
 
 SCHEMA_VERSION = 1
 LATEST = "latest.json"

@@ -27,8 +27,9 @@ import requests
 
 from bench.cases import ModelCase, Split
 from client.demo import local_session, training_csv
-from client.model import read_members
-from inference.contract import parse_s3_uri
+from common.artifact import Manifest, read_manifest
+from common.contract import parse_s3_uri
+from common.files import read_members
 from inference.local.s3_server import LocalS3Server, free_port, stop_process
 from inference.settings import (
     ENV_ALLOWED_PREFIXES,
@@ -37,7 +38,6 @@ from inference.settings import (
     ENV_MODEL_DIR,
     ENV_PORT,
 )
-from training.artifact import Manifest, read_manifest
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from client.storage import Backoff, S3Storage, wait_for_result
-from inference.contract import CONTENT_TYPE_JSON, S3Uri, build_request, parse_s3_uri
+from common.contract import CONTENT_TYPE_JSON, S3Uri, build_request, parse_s3_uri
 
 RESULT_TIMEOUT = 600.0
 

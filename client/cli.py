@@ -36,7 +36,7 @@ from client.model import (
 from client.predictor import EncryptedPredictor
 from client.settings import ClientSettings
 from client.storage import S3Storage
-from inference.atomic import atomic_write_bytes
+from common.files import atomic_write_bytes
 
 logger = logging.getLogger("client")
 

@@ -36,10 +36,10 @@ import boto3
 import numpy as np
 
 from client.errors import EncryptedInferenceError
-from client.model import read_members
 from client.predictor import EncryptedPredictor
+from common.contract import parse_s3_uri
+from common.files import read_members
 from common.process import run_main
-from inference.contract import parse_s3_uri
 from inference.local.s3_server import (
     LOCAL_CREDENTIALS,
     LOCAL_REGION,

@@ -30,8 +30,8 @@ import platformdirs
 from tqdm.auto import tqdm
 
 from client.errors import KeyStoreError
-from inference.atomic import atomic_write_bytes
-from inference.contract import sha256_hex
+from common.contract import sha256_hex
+from common.files import atomic_write_bytes
 
 APP_NAME = "concrete-sagemaker-kit"
 KEYSET_FILE = "keyset.bin"

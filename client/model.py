@@ -29,19 +29,16 @@ import math
 import os
 import shutil
 import sys
-import tarfile
 import tempfile
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from client.errors import FingerprintMismatchError, ModelArtifactError, VersionMismatchError
 from client.storage import S3Storage
-from inference.atomic import atomic_write_bytes
-from inference.contract import ContractError, parse_s3_uri, sha256_hex
-from training.artifact import (
+from common.artifact import (
     CLIENT_ZIP,
     MANIFEST_NAME,
     ArtifactError,
@@ -51,6 +48,8 @@ from training.artifact import (
     read_manifest,
     runtime_versions,
 )
+from common.contract import ContractError, parse_s3_uri, sha256_hex
+from common.files import ArchiveError, atomic_write_bytes, read_members
 
 logger = logging.getLogger(__name__)
 
@@ -326,53 +325,15 @@ def _extract_cached(archive: Path, *, cache_key: str, cache_dir: Path, source: s
 
 
 def read_client_members(archive: Path, *, source: str) -> dict[str, bytes]:
-    """Read client.zip (and manifest.json, if present) out of a model.tar.gz."""
-    return read_members(archive, MAX_MEMBER_BYTES, source=source, optional=(MANIFEST_NAME,))
-
-
-def read_members(archive: Path, wanted: Mapping[str, int], *, source: str,
-                 optional: tuple[str, ...] = ()) -> dict[str, bytes]:
-    """Read top-level regular files out of a tar archive as bytes, ignoring member paths.
-
-    Args:
-        wanted: File name -> size limit in bytes. Members match by name (``x`` or ``./x``);
-            links, devices, directories and every other member are skipped, never extracted.
-        optional: Names of ``wanted`` that may be absent.
+    """Read client.zip (and manifest.json, if present) out of a model.tar.gz.
 
     Raises:
-        ModelArtifactError: not a tar archive, a required file missing, duplicated, or too large.
+        ModelArtifactError: not a tar archive, client.zip missing, duplicated, or too large.
     """
-    found: dict[str, bytes] = {}
     try:
-        with tarfile.open(archive, mode="r:*") as tar:
-            for member in tar:
-                name = member.name.removeprefix("./")
-                if name not in wanted or not member.isreg():
-                    continue
-                if name in found:
-                    raise ModelArtifactError(f"{source}: archive holds {name} twice")
-                if member.size > wanted[name]:
-                    raise ModelArtifactError(
-                        f"{source}: {name} is {member.size} bytes,"
-                        f" over the {wanted[name]} byte limit"
-                    )
-                found[name] = _read_member(tar.extractfile(member), name, source)
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        raise ModelArtifactError(f"{source}: not a readable tar.gz archive ({exc})") from exc
-    missing = [name for name in wanted if name not in found and name not in optional]
-    if missing:
-        raise ModelArtifactError(
-            f"{source}: archive lacks {', '.join(missing)} at its top level;"
-            " is this the archive written by the training job?"
-        )
-    return found
-
-
-def _read_member(handle: IO[bytes] | None, name: str, source: str) -> bytes:
-    if handle is None:
-        raise ModelArtifactError(f"{source}: {name} in the archive is not a regular file")
-    with handle:
-        return handle.read()
+        return read_members(archive, MAX_MEMBER_BYTES, source=source, optional=(MANIFEST_NAME,))
+    except ArchiveError as exc:
+        raise ModelArtifactError(str(exc)) from exc
 
 
 def training_job_model_data(sagemaker: Any, *, job_name: str | None = None,
@@ -391,8 +352,7 @@ def training_job_model_data(sagemaker: Any, *, job_name: str | None = None,
     from botocore.exceptions import BotoCoreError, ClientError
 
     from client.storage import translate
-    from training.errors import JobLookupError
-    from training.jobs import find_model
+    from common.training_jobs import JobLookupError, find_model
 
     try:
         return find_model(sagemaker, job_name=job_name, base_job_name=base_job_name).model_data

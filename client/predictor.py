@@ -1,7 +1,7 @@
 """EncryptedPredictor: scikit-learn-style predictions computed by an FHE endpoint on ciphertexts.
 
 One ``predict`` call: validate X -> scale with the shipped scaler -> encrypt each row ->
-pack each batch into one S3 object (``inference.contract.pack_batch``) -> write the request
+pack each batch into one S3 object (``common.contract.pack_batch``) -> write the request
 JSON -> ``invoke_endpoint_async`` -> poll the output and failure objects -> download ->
 decrypt -> dequantise. Keys are generated once per model and kept in the key directory;
 evaluation keys are uploaded once, under their sha256.
@@ -46,7 +46,7 @@ from client.model import (
     training_job_model_data,
 )
 from client.storage import Backoff, S3Storage, translate, wait_for_result
-from inference.contract import (
+from common.contract import (
     CONTENT_TYPE_BATCH,
     CONTENT_TYPE_JSON,
     CONTENT_TYPE_RESULT,

@@ -22,7 +22,7 @@ from client.errors import (
     ServiceUnavailableError,
     StorageError,
 )
-from inference.contract import S3Uri, parse_error_body
+from common.contract import S3Uri, parse_error_body
 
 SSE = "AES256"
 _NOT_FOUND = frozenset({"NoSuchKey", "404", "NotFound"})

@@ -22,7 +22,7 @@ prefixes). Their values come from the same configuration the scripts read: one J
 
 Each script section can also be read straight from that script's own config file
 (``--start-training-config``, ``--deploy-endpoint-config``, ``--client-config``). S3 URIs are
-split into bucket and prefix by :mod:`inference.s3_location` (the grammar and segment-bounded
+split into bucket and prefix by :mod:`common.s3_location` (the grammar and segment-bounded
 prefix the server and the local runtime match with); a prefix always ends with ``/`` so
 ``s3://b/models`` never grants ``s3://b/models-other``. Rendering fails with one error naming
 every missing or malformed key, and the output never contains a placeholder.
@@ -41,9 +41,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from common.files import atomic_write_bytes
 from common.process import run_main
-from inference.atomic import atomic_write_bytes
-from inference.s3_location import S3LocationError, parse_s3_prefix, parse_s3_uri
+from common.s3_location import S3LocationError, parse_s3_prefix, parse_s3_uri
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ class _Missing(LookupError):
 def split_s3_uri(uri: Any, *, field: str, exact: bool = False) -> S3Location:
     """Split ``s3://bucket/prefix``; with ``exact`` the key is one object, not a prefix.
 
-    The grammar and the ``/``-terminated prefix are :mod:`inference.s3_location`'s, the
+    The grammar and the ``/``-terminated prefix are :mod:`common.s3_location`'s, the
     same the server's allow-list and the local runtime match with, so the rendered
     ``bucket/prefix/*`` grants exactly what they allow.
     """

@@ -1,7 +1,7 @@
 """Errors the server turns into HTTP responses.
 
 Tree (all carry ``status`` and ``code``; the Flask handler in :mod:`inference.predictor`
-turns them into :func:`inference.contract.error_body`)::
+turns them into :func:`common.contract.error_body`)::
 
     ServingError(Exception)   500 InternalError (base)
     ├── BadRequest            400 BadRequest: malformed JSON, wrong types, missing fields
@@ -17,7 +17,7 @@ turns them into :func:`inference.contract.error_body`)::
 
 from __future__ import annotations
 
-from inference.contract import ERROR_EVALUATION_KEYS_NOT_FOUND
+from common.contract import ERROR_EVALUATION_KEYS_NOT_FOUND
 
 
 class ServingError(Exception):

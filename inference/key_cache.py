@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from inference.atomic import atomic_write_bytes
+from common.files import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 

@@ -8,20 +8,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from inference.errors import ModelMismatch
-from inference.keyset import (
-    KeysetFormatError,
-    KeysetShape,
-    circuit_keyset_shape,
-    serialized_keyset_shape,
-)
-from training.artifact import (
+from common.artifact import (
     CLIENT_ZIP,
     MANIFEST_NAME,
     SERVER_ZIP,
     ArtifactError,
     file_sha256,
     verify_artifact,
+)
+from inference.errors import ModelMismatch
+from inference.keyset import (
+    KeysetFormatError,
+    KeysetShape,
+    circuit_keyset_shape,
+    serialized_keyset_shape,
 )
 
 logger = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """The Flask app SageMaker talks to: ``GET /ping``, ``POST /invocations``, ``GET /metrics``.
 
 Build it with :func:`create_app`; nothing happens at import. See the README (serving) for the
-wire contract; :mod:`inference.contract` implements it.
+wire contract; :mod:`common.contract` implements it.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.wsgi import get_input_stream
 
-from inference import contract
+from common import contract
 from inference.errors import (
     BadRequest,
     EvaluationKeysNotFound,

@@ -12,7 +12,8 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, ConnectionError, HTTPClientError
 
-from inference.contract import sha256_hex
+from common.contract import sha256_hex
+from common.s3_location import S3Prefix, S3Uri, is_within
 from inference.errors import (
     AccessDenied,
     IntegrityError,
@@ -21,7 +22,6 @@ from inference.errors import (
     ServingError,
     StorageUnavailable,
 )
-from inference.s3_location import S3Prefix, S3Uri, is_within
 from inference.settings import ENV_ALLOWED_PREFIXES, Settings
 
 _NOT_FOUND = frozenset({"NoSuchKey", "NoSuchBucket", "404", "NotFound"})

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from inference.s3_location import S3LocationError, S3Prefix, parse_s3_prefix
+from common.s3_location import S3LocationError, S3Prefix, parse_s3_prefix
 
 ENV_PORT = "SAGEMAKER_BIND_TO_PORT"
 ENV_HOST = "FHE_BIND_HOST"
@@ -53,7 +53,7 @@ def parse_allowed_prefix(text: str) -> S3Prefix:
     """Parse one allow-list entry: ``s3://bucket``, ``s3://bucket/`` or ``s3://bucket/prefix``.
 
     Raises:
-        SettingsError: not of that form (see :mod:`inference.s3_location`).
+        SettingsError: not of that form (see :mod:`common.s3_location`).
     """
     try:
         return parse_s3_prefix(text.strip(), field=ENV_ALLOWED_PREFIXES)
@@ -74,7 +74,7 @@ class Settings:
             (``SAGEMAKER_MODEL_SERVER_TIMEOUT``, else the sample's ``MODEL_SERVER_TIMEOUT``).
         model_dir: Holds server.zip, client.zip, manifest.json.
         allowed_prefixes: S3 folders the server may read (segment-bounded, see
-            :mod:`inference.s3_location`); anything else is refused (403) before any read.
+            :mod:`common.s3_location`); anything else is refused (403) before any read.
         key_cache_dir: On-disk cache of evaluation keys, by sha256 (shared by workers).
         key_cache_max_bytes: Bound of the in-memory LRU of deserialised keys (estimated
             resident size, see ``inference.key_cache``).

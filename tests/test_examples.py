@@ -96,7 +96,7 @@ def _clear_quantised(evidence: Path, patients: np.ndarray) -> np.ndarray:
     """The clear quantised model's probabilities, from the training job's own archives."""
     from concrete.ml.common.serialization.loaders import loads
 
-    from training.artifact import read_manifest
+    from common.artifact import read_manifest
 
     model_dir = evidence / "model"
     with tarfile.open(evidence / "model.tar.gz") as tar:

@@ -8,7 +8,6 @@ Tree::
     └── HyperparameterError             unknown model type, unknown or invalid hyperparameter
     LaunchConfigError (ValueError)      start_training.py settings incomplete or invalid
     LaunchError (RuntimeError)          start_training.py could not run or package a job
-    JobLookupError (LookupError)        no (completed) training job to take a model from
 """
 
 from __future__ import annotations
@@ -36,7 +35,3 @@ class LaunchError(RuntimeError):
 
 class LaunchConfigError(ValueError):
     """start_training.py was given incomplete or invalid settings (all problems listed)."""
-
-
-class JobLookupError(LookupError):
-    """No completed training job matches the name given; the message says what to check."""

@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from inference.atomic import atomic_write_bytes
-from inference.contract import parse_s3_uri
+from common.contract import parse_s3_uri
+from common.files import atomic_write_bytes
 from training.errors import LaunchError
 
 logger = logging.getLogger(__name__)

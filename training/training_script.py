@@ -42,9 +42,7 @@ if __package__ in (None, ""):
         sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
         sys.path.insert(0, str(_HERE.parent))
 
-from common.process import run_main
-from inference.atomic import atomic_write_bytes
-from training.artifact import (
+from common.artifact import (
     CLIENT_ZIP,
     MANIFEST_NAME,
     SERVER_ZIP,
@@ -54,6 +52,8 @@ from training.artifact import (
     fit_scaler,
     save_artifact,
 )
+from common.files import atomic_write_bytes
+from common.process import run_main
 from training.data import load_dataset
 from training.errors import ConfigurationError, DataError, TrainingError
 from training.models import (

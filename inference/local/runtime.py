@@ -40,16 +40,16 @@ from typing import Any
 
 import requests
 
-from inference.atomic import atomic_write_bytes
-from inference.contract import (
+from common.contract import (
     CONTENT_TYPE_JSON,
     ContractError,
     error_body,
     parse_error_body,
     parse_s3_uri,
 )
+from common.files import atomic_write_bytes
+from common.s3_location import S3Prefix, is_within
 from inference.local.api_model import ConstraintViolation, operation_rules
-from inference.s3_location import S3Prefix, is_within
 
 logger = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ class LocalAsyncRuntime:
         write_retry_seconds: How long to keep retrying the write of an output or failure
             object while S3 is unreachable.
         allowed_input_prefixes: The folders the endpoint's execution role may read, matched
-            segment by segment (:mod:`inference.s3_location`): an ``InputLocation`` outside
+            segment by segment (:mod:`common.s3_location`): an ``InputLocation`` outside
             them is never read and gets a ``403 AccessDenied`` failure object, as S3 refuses
             the role on AWS. None = no restriction (the role may read anything).
     """

@@ -17,7 +17,7 @@ import pytest
 from client import EncryptedPredictor
 from client.demo import LocalStack, load_case, local_stack, main
 from client.errors import InferenceFailedError, InferenceTimeoutError
-from inference.contract import parse_s3_uri
+from common.contract import parse_s3_uri
 
 pytestmark = pytest.mark.slow
 LINEAR = {"model": "LogisticRegression"}

@@ -12,8 +12,8 @@ import pytest
 from client.errors import FingerprintMismatchError, ModelArtifactError, VersionMismatchError
 from client.model import check_versions, load_client_model, read_client_members
 from client.storage import S3Storage
+from common.artifact import Manifest, runtime_versions
 from tests.client.conftest import make_model_tar
-from training.artifact import Manifest, runtime_versions
 
 HERE = runtime_versions()
 

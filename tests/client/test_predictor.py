@@ -22,7 +22,7 @@ from client.errors import (
     UnsupportedOperationError,
 )
 from client.storage import SSE
-from inference.contract import error_body, parse_request, sha256_hex, unpack_batch
+from common.contract import error_body, parse_request, sha256_hex, unpack_batch
 
 
 def _objects(s3_client, bucket: str, prefix: str = "") -> list[str]:

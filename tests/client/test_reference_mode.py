@@ -23,10 +23,10 @@ import pytest
 from client import EncryptedPredictor
 from client.errors import VersionMismatchError
 from client.model import describe, load_client_model
+from common.artifact import NoScaler, file_sha256
 from inference.local.s3_server import LOCAL_REGION, LocalS3Server
 from tests.fixtures.models import breast_cancer_split
 from tests.fixtures.serving import wait_for_ready_file
-from training.artifact import NoScaler, file_sha256
 
 ROOT = Path(__file__).resolve().parents[2]
 

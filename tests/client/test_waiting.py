@@ -9,7 +9,7 @@ import pytest
 
 from client.errors import InferenceFailedError, InferenceTimeoutError
 from client.storage import Backoff, S3Storage, wait_for_result
-from inference.contract import S3Uri, error_body
+from common.contract import S3Uri, error_body
 
 
 class FakeClock:

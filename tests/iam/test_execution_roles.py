@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 from moto import mock_aws
 
-from inference.contract import parse_error_body, parse_s3_uri
+from common.contract import parse_error_body, parse_s3_uri
 from tests.iam.evaluator import Decision, Request, evaluate
 from tests.iam.recorder import record_calls
 from tests.iam.test_least_privilege import (

@@ -23,8 +23,8 @@ import numpy as np
 import pytest
 from moto import mock_aws
 
+from common.contract import pack_batch, parse_request, parse_s3_uri, unpack_batch
 from iam.render import render
-from inference.contract import pack_batch, parse_request, parse_s3_uri, unpack_batch
 from tests.iam.evaluator import Decision, Request, evaluate
 from tests.iam.recorder import RecordedCall, record_calls, required_requests
 from tests.iam.test_templates import EXAMPLE_CONFIG
@@ -290,7 +290,7 @@ def test_server_calls_are_allowed_by_the_endpoint_execution_role(
     """The container's S3 reads, including the 404 of keys a lifecycle rule expired."""
     from concrete.ml.deployment import FHEModelClient
 
-    from inference.contract import build_request, parse_error_body
+    from common.contract import build_request, parse_error_body
     from inference.predictor import create_app
     from inference.settings import Settings, parse_allowed_prefix
 

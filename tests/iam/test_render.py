@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from common.s3_location import parse_s3_uri
 from iam.render import RenderError, main, render, split_s3_uri
-from inference.s3_location import parse_s3_uri
 from inference.settings import parse_allowed_prefix
 from tests.iam.evaluator import Decision, Request, evaluate
 from tests.iam.test_templates import EXAMPLE_CONFIG
@@ -147,7 +147,7 @@ _LEAVES = st.text(alphabet="abc.-_", min_size=1, max_size=6).filter(lambda s: s 
 def test_the_endpoint_role_and_the_server_allow_list_share_one_boundary(
         folder: str, subfolder: str, leaf: str) -> None:
     """Nothing the rendered endpoint policy lets the role read lies outside the server's
-    allow-list (both come from inference/s3_location.py), and a sibling is refused by both."""
+    allow-list (both come from common/s3_location.py), and a sibling is refused by both."""
     prefix = CONFIG["deploy_endpoint"]["allowed_s3_prefix"][0]  # s3://acme-fhe/clients/alice
     role = "endpoint-execution-role"
     policy = render(CONFIG, roles=[role])[f"{role}-policy.json"]

@@ -12,7 +12,7 @@ import boto3
 import numpy as np
 import pytest
 
-from inference.contract import build_request, sha256_hex
+from common.contract import build_request, sha256_hex
 from inference.local.s3_server import LOCAL_REGION, LocalS3Server, free_port
 from inference.settings import Settings, parse_allowed_prefix
 from tests.fixtures.models import FixtureModel

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from flask.testing import FlaskClient
 
-from inference.contract import (
+from common.contract import (
     CONTENT_TYPE_BATCH,
     CONTENT_TYPE_RESULT,
     build_request,

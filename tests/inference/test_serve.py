@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import requests
 
-from inference.contract import build_request, parse_error_body, unpack_batch
+from common.contract import build_request, parse_error_body, unpack_batch
 from inference.local.s3_server import LocalS3Server, free_port
 from inference.serve import render_nginx_conf
 from inference.settings import Settings

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from inference.contract import S3Uri
+from common.contract import S3Uri
 from inference.settings import Settings, SettingsError, parse_allowed_prefix
 
 

@@ -22,7 +22,7 @@ import requests
 
 from client import EncryptedPredictor
 from client.errors import ServiceUnavailableError
-from inference.contract import build_request, parse_error_body
+from common.contract import build_request, parse_error_body
 from inference.local.s3_server import LOCAL_REGION, LocalS3Server, free_port
 from tests.fixtures.serving import (
     RunningServe,

@@ -16,7 +16,7 @@ and good keys), for every URI field: ``evaluation_keys_uri``, ``encrypted_query_
 Oracles, per example:
 
 1. every S3 request the server sent is for a key the *reference* (below, written apart from
-   ``inference/s3_location.py``) allows: seen at botocore's ``before-send`` (the request line S3
+   ``common/s3_location.py``) allows: seen at botocore's ``before-send`` (the request line S3
    receives) in process, and in moto's own request log through the real ``serve``;
 2. a 2xx decrypts to the good row's prediction, never the planted row's;
 3. a request naming any URI the reference refuses is a 400/403 sent before any S3 request,
@@ -47,7 +47,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from werkzeug.serving import make_server
 
-from inference.contract import (
+from common.contract import (
     build_request,
     pack_batch,
     parse_error_body,
@@ -85,7 +85,7 @@ def fuzz_settings(examples: int) -> settings:
                     suppress_health_check=list(HealthCheck))
 
 
-# -- the reference: what may be read, written apart from inference/s3_location.py ---------------
+# -- the reference: what may be read, written apart from common/s3_location.py ---------------
 
 _REF_SEGMENT = re.compile(r"[A-Za-z0-9!_.'()=-]+", re.ASCII)
 

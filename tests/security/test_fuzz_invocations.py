@@ -23,8 +23,8 @@ import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from inference import contract
-from inference.contract import (
+from common import contract
+from common.contract import (
     FIELD_BATCH,
     FIELD_FINGERPRINT,
     FIELD_KEYS,

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from training.artifact import CLIENT_ZIP, MANIFEST_NAME, SERVER_ZIP
+from common.artifact import CLIENT_ZIP, MANIFEST_NAME, SERVER_ZIP
 from training.training_script import EXIT_BAD_INPUT, main
 
 FUZZ = settings(max_examples=40, derandomize=True, deadline=None, database=None,

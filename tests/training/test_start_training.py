@@ -55,7 +55,7 @@ try:
 except SystemExit as exc:
     status = exc.code
 kit = {m.__file__ for name, m in list(sys.modules.items())
-       if name.split(".")[0] in ("common", "training", "inference", "client")
+       if name.split(".")[0] in ("common", "training", "inference", "client", "local_mode")
        and getattr(m, "__file__", None)}
 outside = sorted(f for f in kit if not f.startswith(code))
 print("outside:", outside)
@@ -114,8 +114,9 @@ def test_sagemaker_job_has_image_role_instance_hyperparameters_channel_output(
                                          Key="code/fhe-job-1/source/sourcedir.tar.gz")["Body"]
     source = body.read()
     names = _tar_names(source)
-    assert {"training_script.py", "training/training_script.py", "training/artifact.py",
-            "inference/atomic.py", "common/process.py"} <= set(names)
+    assert {"training_script.py", "training/training_script.py", "common/artifact.py",
+            "common/files.py", "common/process.py"} <= set(names)
+    assert not any(name.split("/")[0] in ("inference", "client", "local_mode") for name in names)
     _train_from_the_uploaded_code_alone(source, tmp_path / "job")
 
     expected = "s3://fhe-bucket/models/fhe-job-1/output/model.tar.gz"

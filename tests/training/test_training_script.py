@@ -8,8 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.training.conftest import LABEL_COLUMN, run_script, sagemaker_env
-from training.artifact import (
+from common.artifact import (
     CLIENT_ZIP,
     MANIFEST_NAME,
     SERVER_ZIP,
@@ -17,6 +16,7 @@ from training.artifact import (
     file_sha256,
     read_manifest,
 )
+from tests.training.conftest import LABEL_COLUMN, run_script, sagemaker_env
 from training.training_script import METRICS_NAME, REFERENCE_MODEL_NAME, do_training, model_fn
 
 N_ROWS = 3

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from botocore.exceptions import ClientError
 
-from inference.contract import parse_error_body
+from common.contract import parse_error_body
 from inference.local.runtime import LocalAsyncRuntime
 from inference.local.s3_server import LOCAL_REGION, LocalS3Server, free_port
 from inference.settings import parse_allowed_prefix

@@ -8,8 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.fixtures.models import FixtureModel
-from training.artifact import (
+from common.artifact import (
     CLIENT_ZIP,
     MANIFEST_NAME,
     SERVER_ZIP,
@@ -22,6 +21,7 @@ from training.artifact import (
     read_manifest,
     verify_artifact,
 )
+from tests.fixtures.models import FixtureModel
 
 
 def test_scaler_maps_training_range_to_minus_one_one() -> None:

@@ -15,7 +15,7 @@ Request (the body of ``POST /invocations``, also the async input object), JSON::
     }
 
 The body is UTF-8 JSON (RFC 8259: no NaN/Infinity, no field twice); every URI follows the one
-grammar of :mod:`inference.s3_location`, checked in full before any S3 read.
+grammar of :mod:`common.s3_location`, checked in full before any S3 read.
 Exactly one of the three query fields is given. ``encrypted_query_sha256`` is a string for
 ``encrypted_query_uri`` and ``encrypted_batch_uri`` (the hash of the whole object) and a list,
 one per URI, for ``encrypted_query_uris``.
@@ -45,8 +45,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from inference.s3_location import S3LocationError, S3Uri
-from inference.s3_location import parse_s3_uri as _parse_location
+from common.s3_location import S3LocationError, S3Uri
+from common.s3_location import parse_s3_uri as _parse_location
 
 CONTENT_TYPE_JSON = "application/json"
 CONTENT_TYPE_RESULT = "application/octet-stream"
@@ -113,7 +113,7 @@ def sha256_hex(data: bytes) -> str:
 
 
 def parse_s3_uri(uri: Any, *, field: str = "uri") -> S3Uri:
-    """Parse ``s3://bucket/key`` (the grammar of :mod:`inference.s3_location`).
+    """Parse ``s3://bucket/key`` (the grammar of :mod:`common.s3_location`).
 
     Raises:
         ContractError: ``uri`` is not a string of that form.

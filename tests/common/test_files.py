@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from inference.atomic import atomic_write_bytes
+from common.files import atomic_write_bytes
 
 
 def test_writes_replaces_and_sets_mode(tmp_path: Path) -> None:

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from inference import contract
-from inference.contract import (
+from common import contract
+from common.contract import (
     BatchTooLargeError,
     ContractError,
     build_request,

@@ -14,10 +14,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from training.errors import JobLookupError
-
 COMPLETED = "Completed"
 _PAGE_SIZE = 100
+
+
+class JobLookupError(LookupError):
+    """No completed training job matches the name given; the message says what to check."""
 
 
 @dataclass(frozen=True)

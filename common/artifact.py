@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from inference.atomic import atomic_write_bytes
+from common.files import atomic_write_bytes
 
 MANIFEST_NAME = "manifest.json"
 SERVER_ZIP = "server.zip"

@@ -9,9 +9,13 @@ import boto3
 import pytest
 from moto import mock_aws
 
+from common.training_jobs import (
+    JobLookupError,
+    describe_model,
+    find_model,
+    newest_completed_job,
+)
 from inference.local.s3_server import LOCAL_REGION
-from training.errors import JobLookupError
-from training.jobs import describe_model, find_model, newest_completed_job
 
 ROLE = "arn:aws:iam::123456789012:role/fhe-training"
 OUTPUT = "s3://fhe-models/MNIST"

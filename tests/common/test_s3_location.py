@@ -1,4 +1,4 @@
-"""The one S3 grammar and the segment-bounded prefix match (inference/s3_location.py)."""
+"""The one S3 grammar and the segment-bounded prefix match (common/s3_location.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from inference.s3_location import (
+from common.s3_location import (
     S3LocationError,
     S3Prefix,
     S3Uri,
