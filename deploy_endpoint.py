@@ -36,7 +36,8 @@ from pathlib import Path
 from typing import Any
 
 import s3_lifecycle
-from common.process import run_main
+from common.process import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, run_main
+from common.s3_location import S3LocationError, parse_s3_prefix, parse_s3_uri
 
 logger = logging.getLogger("deploy_endpoint")
 
@@ -219,8 +220,7 @@ def allowed_prefixes(args: argparse.Namespace) -> list[str]:
     """The container's S3 allow-list: the flags, or the bucket of --output-path."""
     if args.allowed_s3_prefix:
         return list(args.allowed_s3_prefix)
-    bucket = args.output_path.removeprefix("s3://").split("/", 1)[0]
-    return [f"s3://{bucket}"]
+    return [f"s3://{parse_s3_prefix(args.output_path, field='--output-path').bucket}"]
 
 
 def client_prefixes(args: argparse.Namespace) -> list[str]:
@@ -394,7 +394,10 @@ def lifecycle_buckets(args: argparse.Namespace, boto_session: Any) -> list[str]:
     uris = [*(args.client_prefix or []), *(args.allowed_s3_prefix or []),
             *(u for u in (args.output_path, args.failure_path) if u)]
     uris += _deployed_locations(boto_session.client("sagemaker"), Names(args.endpoint_name))
-    return list(dict.fromkeys(u.removeprefix("s3://").split("/", 1)[0] for u in uris))
+    try:
+        return list(dict.fromkeys(parse_s3_prefix(uri).bucket for uri in uris))
+    except S3LocationError as exc:
+        raise DeployError(f"cannot tell which buckets hold the lifecycle rules: {exc}") from exc
 
 
 def _deployed_locations(sm: Any, names: Names) -> list[str]:
@@ -518,13 +521,10 @@ def removal_changes(s3: Any, endpoint_name: str, buckets: list[str]
 
 def delete_prefix(s3: Any, uri: str) -> int:
     """Delete every object under ``s3://bucket/prefix``; return how many."""
-    from common.contract import parse_s3_uri
-
-    location = parse_s3_uri(uri.rstrip("/") + "/x", field="--delete-prefix")
-    prefix = location.key[:-1]
+    location = parse_s3_prefix(uri, field="--delete-prefix")
     count = 0
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=location.bucket,
-                                                             Prefix=prefix):
+                                                             Prefix=location.prefix):
         keys = [{"Key": obj["Key"]} for obj in page.get("Contents", [])]
         if keys:
             s3.delete_objects(Bucket=location.bucket, Delete={"Objects": keys, "Quiet": True})
@@ -569,7 +569,7 @@ class LocalEndpoint:
         s3 = boto3.client("s3", endpoint_url=s3_url, **_credentials(s3_env))
         if self.s3_server is not None:
             for uri in (self.args.output_path, self.args.failure_path):
-                s3.create_bucket(Bucket=uri.removeprefix("s3://").split("/", 1)[0])
+                s3.create_bucket(Bucket=parse_s3_prefix(uri).bucket)
         model_dir = self._model_dir(s3)
         port = self.args.port or free_port()
         env = {**os.environ, **s3_env, **container_env(self.args),
@@ -596,8 +596,6 @@ class LocalEndpoint:
         if self.args.model_dir:
             return Path(self.args.model_dir).resolve()
         from botocore.exceptions import BotoCoreError, ClientError
-
-        from common.contract import parse_s3_uri
 
         uri = parse_s3_uri(self.args.model_data, field="--model-data")
         archive = self.work_dir / "model.tar.gz"
@@ -670,8 +668,8 @@ def run_local(args: argparse.Namespace, *, stop_event: threading.Event | None = 
             while not stop.wait(0.5):
                 if endpoint.serve is not None and endpoint.serve.poll() is not None:
                     logger.error("serve exited with code %s", endpoint.serve.returncode)
-                    return 1
-            return 0
+                    return EXIT_FAILED
+            return EXIT_OK
         finally:
             endpoint.stop()
 
@@ -693,20 +691,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_local(args)
         if args.dry_run:
             print(json.dumps(plan(args, boto_session), indent=2))
-            return 0
+            return EXIT_OK
         if args.delete:
             for item in delete(args, boto_session):
                 print(f"deleted {item}")
-            return 0
+            return EXIT_OK
         summary = deploy(args, boto_session)
     except DeployError as exc:
         logger.error("%s", exc)
-        return 2
+        return EXIT_BAD_INPUT
     except ClientError as exc:
         logger.error("AWS refused: %s", exc)
-        return 1
+        return EXIT_FAILED
     print(f"\ndeployed {json.dumps(summary)}")
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -37,8 +37,10 @@ from typing import Any
 
 import numpy as np
 
-from common.contract import ContractError, parse_s3_uri
 from common.files import atomic_write_bytes
+from common.process import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, run_main
+from common.s3_access import SSE
+from common.s3_location import S3LocationError, parse_s3_prefix
 
 logger = logging.getLogger("prepare_data")
 
@@ -62,9 +64,6 @@ TRAINING_LABELS = "mnist_training_labels.npy"
 TESTING_FEATURES = "mnist_testing_features.npy"
 TESTING_LABELS = "mnist_testing_labels.npy"
 LABEL_COLUMNS = ("class", "label")
-SSE = {"ServerSideEncryption": "AES256"}
-EXIT_BAD_INPUT = 2
-EXIT_FAILED = 1
 
 
 class PrepareError(ValueError):
@@ -295,10 +294,10 @@ def upload_training_pair(s3: Any, out_dir: Path, prefix: str, *, replace: bool =
     from botocore.exceptions import BotoCoreError, ClientError
 
     try:
-        location = parse_s3_uri(prefix.rstrip("/") + "/x", field="--upload")
-    except ContractError as exc:
+        location = parse_s3_prefix(prefix, field="--upload")
+    except S3LocationError as exc:
         raise PrepareError(str(exc)) from exc
-    key_prefix = location.key[:-1]
+    key_prefix = location.prefix
     names = (TRAINING_FEATURES, TRAINING_LABELS)
     try:
         existing = _list_keys(s3, location.bucket, key_prefix)
@@ -306,7 +305,7 @@ def upload_training_pair(s3: Any, out_dir: Path, prefix: str, *, replace: bool =
         if foreign and not replace:
             shown = ", ".join(foreign[:5]) + (" …" if len(foreign) > 5 else "")
             raise PrepareError(
-                f"s3://{location.bucket}/{key_prefix} already holds {len(foreign)} other"
+                f"{location} already holds {len(foreign)} other"
                 f" object(s) ({shown}) that the training job would read too: pass --replace to"
                 " delete them, or upload to another prefix"
             )
@@ -319,7 +318,7 @@ def upload_training_pair(s3: Any, out_dir: Path, prefix: str, *, replace: bool =
         for name in names:
             with open(out_dir / TRAINING_DIR / name, "rb") as body:
                 s3.put_object(Bucket=location.bucket, Key=key_prefix + name, Body=body, **SSE)
-            uris.append(f"s3://{location.bucket}/{key_prefix}{name}")
+            uris.append(str(location.join(name)))
     except (ClientError, BotoCoreError) as exc:
         raise SourceUnavailable(f"S3 refused the upload to {prefix} ({exc}): check the bucket,"
                                 " the credentials and the region") from exc
@@ -385,8 +384,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "train_rows": len(data.y_train), "test_rows": len(data.y_test),
         "features": N_FEATURES, "files": [str(p) for p in written], "uploaded": uploaded,
     }, indent=2))
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

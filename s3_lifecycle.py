@@ -30,6 +30,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from common.s3_location import S3LocationError, S3Prefix, parse_s3_prefix, parse_s3_uri
+
 RULE_ID_PREFIX = "concrete-fhe-kit"
 DEFAULT_KEYS_DAYS = 30
 DEFAULT_REQUESTS_DAYS = 2
@@ -122,15 +124,12 @@ def split_location(uri: str, *, field_name: str) -> tuple[str, str]:
     Raises:
         LifecycleError: not an S3 URI.
     """
-    from inference.settings import SettingsError, parse_allowed_prefix
-
     try:
-        location = parse_allowed_prefix(uri)
-    except SettingsError as exc:
+        location = parse_s3_prefix(uri.strip(), field=field_name)
+    except S3LocationError as exc:
         raise LifecycleError(f"{field_name} must look like s3://bucket/prefix, got {uri!r}"
                              ) from exc
-    key = location.prefix.strip("/")
-    return location.bucket, f"{key}/" if key else ""
+    return location.bucket, location.prefix
 
 
 def planned_rules(*, client_prefixes: Sequence[str], output_path: str, failure_path: str,
@@ -175,9 +174,13 @@ def planned_rules(*, client_prefixes: Sequence[str], output_path: str, failure_p
 def _protected_problems(rules: Sequence[ExpiryRule], protected: Sequence[str]) -> list[str]:
     problems = []
     for uri in protected:
-        bucket, _, key = uri.removeprefix("s3://").partition("/")
+        try:
+            location = parse_s3_uri(uri, field="--model-data")
+        except S3LocationError as exc:
+            problems.append(str(exc))
+            continue
         for rule in rules:
-            if rule.bucket == bucket and key.startswith(rule.prefix):
+            if S3Prefix(rule.bucket, rule.prefix).contains(location):
                 problems.append(f"{uri} lies under {rule}: the endpoint needs it whenever it"
                                 " starts an instance; keep model data outside the kit's prefixes")
     return problems

@@ -29,9 +29,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, NoReturn
 
-from common.contract import ContractError, parse_s3_uri
 from common.files import atomic_write_bytes
-from common.process import run_main
+from common.process import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, run_main
+from common.s3_location import S3LocationError, is_s3_location, parse_s3_prefix
 from training.errors import LaunchConfigError, LaunchError, TrainingError
 from training.models import resolve_hyperparameters
 
@@ -124,12 +124,12 @@ class LaunchSettings:
         if not self.train:
             problems.append(f"--train is required (s3://bucket/prefix or a folder; "
                             f"env {ENV_TRAIN})")
-        elif not self.local and not self.train.startswith("s3://"):
+        elif not self.local and not is_s3_location(self.train):
             problems.append("--train must be an s3:// prefix on SageMaker (local folders only "
                             "with --local)")
         problems += _check_s3("--output-path", self.output_path, required=True, env=ENV_OUTPUT_PATH)
         problems += _check_s3("--code-location", self.code_location, required=False)
-        if self.train and self.train.startswith("s3://"):
+        if self.train and is_s3_location(self.train):
             problems += _check_s3("--train", self.train, required=True)
         if not self.local:
             if not self.role:
@@ -232,8 +232,8 @@ def _check_s3(flag: str, uri: str | None, *, required: bool, env: str = "") -> l
         return [f"{flag} is required (s3://bucket/prefix{'; env ' + env if env else ''})"] \
             if required else []
     try:
-        parse_s3_uri(uri.rstrip("/"), field=flag)  # a prefix: a trailing "/" is optional
-    except ContractError as exc:
+        parse_s3_prefix(uri, field=flag)
+    except S3LocationError as exc:
         return [str(exc)]
     return []
 
@@ -295,8 +295,7 @@ def launch_sagemaker(settings: LaunchSettings) -> LaunchResult:
     assert settings.output_path and settings.image_uri and settings.role  # checked by validate()
     boto_session = boto3.session.Session(region_name=settings.region)
     session = sagemaker.Session(boto_session=boto_session,
-                                default_bucket=parse_s3_uri(
-                                    settings.output_path.rstrip("/")).bucket)
+                                default_bucket=parse_s3_prefix(settings.output_path).bucket)
     estimator = Concrete(
         image_uri=settings.image_uri, role=settings.role, instance_type=settings.instance_type,
         instance_count=settings.instance_count, output_path=settings.output_path,
@@ -308,13 +307,16 @@ def launch_sagemaker(settings: LaunchSettings) -> LaunchResult:
     estimator.fit({"training": settings.train}, wait=settings.wait,
                   logs="All" if settings.logs else "None", job_name=settings.job_name)
     job_name = estimator.latest_training_job.name
-    base = f"{settings.output_path.rstrip('/')}/{job_name}/output"
-    model_data = estimator.model_data if settings.wait else f"{base}/model.tar.gz"
-    return LaunchResult(job_name, str(model_data), f"{base}/output.tar.gz")
+    output = parse_s3_prefix(settings.output_path)
+    model_data = estimator.model_data if settings.wait else output.join(
+        job_name, "output", "model.tar.gz")
+    return LaunchResult(job_name, str(model_data),
+                        str(output.join(job_name, "output", "output.tar.gz")))
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
-    """Entry point. Returns the exit code: 0 ok, 1 failed job or AWS error, 2 bad settings."""
+    """Entry point. Returns the exit code (:mod:`common.process`): 0 ok, 1 failed job or AWS
+    error, 2 bad settings."""
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     environ = os.environ if environ is None else environ
@@ -322,24 +324,24 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         settings = LaunchSettings.resolve(sys.argv[1:] if argv is None else argv, environ)
     except LaunchConfigError as exc:
         print(f"start_training: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     try:
         result = launch_local(settings, environ) if settings.local else launch_sagemaker(settings)
     except LaunchError as exc:
         print(f"start_training: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     except Exception as exc:
         if not _is_aws_error(exc):
             raise
         print(f"start_training: AWS call failed ({type(exc).__name__}: {exc}): check credentials, "
               "region, role and the S3/SageMaker endpoint", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     if settings.result_file:
         atomic_write_bytes(settings.result_file, result.to_json())
     print(f"job_name: {result.job_name}")
     print(f"model_data: {result.model_data}")
     print(f"output_data: {result.output_data}")
-    return 0
+    return EXIT_OK
 
 
 def _is_aws_error(exc: BaseException) -> bool:

@@ -48,14 +48,15 @@ from bench.report import (
     write_results,
 )
 from bench.stack import BenchError, BenchStack
+from common.process import EXIT_BAD_INPUT, EXIT_FAILED
 
 logger = logging.getLogger("bench")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT_DIR = REPO_ROOT / "bench" / "results"
 DEFAULT_README = REPO_ROOT / "README.md"
-EXIT_MISMATCH = 1
-EXIT_ERROR = 2
+EXIT_MISMATCH = EXIT_FAILED  # FHE output differs from the clear model's
+EXIT_ERROR = EXIT_FAILED     # the stack or the report failed
 
 
 @dataclass(frozen=True)
@@ -199,7 +200,13 @@ def summary_lines(doc: Mapping[str, Any]) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``make bench``; see the module docstring."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    settings = BenchSettings.from_args(argv)
+    try:
+        settings = BenchSettings.from_args(argv)
+    except SystemExit as exc:  # a bad option: the message says which and what it may be
+        if not isinstance(exc.code, str):
+            raise
+        print(exc.code, file=sys.stderr)
+        return EXIT_BAD_INPUT
     try:
         if settings.render_only:
             doc = load_results(settings.results_dir / LATEST)

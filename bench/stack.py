@@ -30,6 +30,7 @@ from client.demo import local_session, training_csv
 from common.artifact import Manifest, read_manifest
 from common.contract import parse_s3_uri
 from common.files import read_members
+from common.s3_access import SSE
 from inference.local.s3_server import LocalS3Server, free_port, stop_process
 from inference.settings import (
     ENV_ALLOWED_PREFIXES,
@@ -198,7 +199,7 @@ class BenchStack:
         """
         self.s3.put_object(Bucket=BUCKET, Key=f"data/{case.name}/train.csv",
                            Body=training_csv(split.x_train, split.y_train, split.feature_names),
-                           ServerSideEncryption="AES256")
+                           **SSE)
         result_file = self.work_dir / f"{case.name}-training.json"
         log = self.logs / f"{case.name}-training.log"
         command = [sys.executable, "-m", "start_training", "--local",

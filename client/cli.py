@@ -37,6 +37,8 @@ from client.predictor import EncryptedPredictor
 from client.settings import ClientSettings
 from client.storage import S3Storage
 from common.files import atomic_write_bytes
+from common.process import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK
+from common.s3_location import is_s3_location
 
 logger = logging.getLogger("client")
 
@@ -196,7 +198,7 @@ def _storage(args: argparse.Namespace) -> S3Storage:
 
 
 def _load_model(args: argparse.Namespace) -> Any:
-    storage = _storage(args) if str(args.model).startswith("s3://") else None
+    storage = _storage(args) if is_s3_location(str(args.model)) else None
     return load_client_model(
         args.model, storage=storage, cache_dir=args.cache_dir or default_cache_dir()
     )
@@ -271,9 +273,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = COMMANDS[args.command](args)
     except InvalidInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     except EncryptedInferenceError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     print(json.dumps(result, indent=2, default=str))
-    return 0
+    return EXIT_OK

@@ -40,6 +40,7 @@ from client.predictor import EncryptedPredictor
 from common.contract import parse_s3_uri
 from common.files import read_members
 from common.process import run_main
+from common.s3_access import SSE
 from inference.local.s3_server import (
     LOCAL_CREDENTIALS,
     LOCAL_REGION,
@@ -208,7 +209,7 @@ def local_stack(
                 Bucket=BUCKET,
                 Key="data/train/train.csv",
                 Body=training_csv(train_x, train_y, feature_names),
-                ServerSideEncryption="AES256",
+                **SSE,
             )
             result = _train(root, env, job_name, hyperparameters or {})
             endpoint, ready = _deploy(root, env, endpoint_name, result["model_data"])

@@ -21,6 +21,11 @@ Every error has a ``retryable`` attribute: True when the same call may succeed l
 
 from __future__ import annotations
 
+# Codes of the InferenceFailedError the client raises itself, after the endpoint answered: the
+# endpoint's own codes are the contract's error table (common.contract.ERROR_CODES).
+CODE_BAD_RESPONSE = "BadResponse"
+CODE_DECRYPTION_FAILED = "DecryptionFailed"
+
 
 class EncryptedInferenceError(Exception):
     """Base class of every error raised by the client."""

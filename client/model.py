@@ -48,8 +48,9 @@ from common.artifact import (
     read_manifest,
     runtime_versions,
 )
-from common.contract import ContractError, parse_s3_uri, sha256_hex
+from common.contract import sha256_hex
 from common.files import ArchiveError, atomic_write_bytes, read_members
+from common.s3_location import S3LocationError, is_s3_location, parse_s3_uri
 
 logger = logging.getLogger(__name__)
 
@@ -178,7 +179,7 @@ def load_client_model(
         ModelArtifactError, VersionMismatchError, FingerprintMismatchError, StorageError.
     """
     text = os.fspath(source)
-    if text.startswith("s3://"):
+    if is_s3_location(text):
         if storage is None:
             raise ModelArtifactError(f"{text}: an S3 model needs S3 access (pass a boto3 session)")
         model_dir = _fetch_s3_archive(text, storage=storage, cache_dir=cache_dir)
@@ -279,7 +280,7 @@ def _input_features(specs: Mapping[str, Any], source: str) -> int:
 def _fetch_s3_archive(uri: str, *, storage: S3Storage, cache_dir: Path) -> Path:
     try:
         location = parse_s3_uri(uri, field="model")
-    except ContractError as exc:
+    except S3LocationError as exc:
         raise ModelArtifactError(str(exc)) from exc
     etag = storage.etag(location)
     key = sha256_hex(f"{uri}\n{etag}".encode())[:32]

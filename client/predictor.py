@@ -32,6 +32,8 @@ from botocore.exceptions import BotoCoreError, ClientError, NoRegionError
 from tqdm.auto import tqdm
 
 from client.errors import (
+    CODE_BAD_RESPONSE,
+    CODE_DECRYPTION_FAILED,
     EncryptedInferenceError,
     InferenceFailedError,
     InvalidInputError,
@@ -50,15 +52,14 @@ from common.contract import (
     CONTENT_TYPE_BATCH,
     CONTENT_TYPE_JSON,
     CONTENT_TYPE_RESULT,
-    ERROR_EVALUATION_KEYS_NOT_FOUND,
+    EVALUATION_KEYS_NOT_FOUND,
     ContractError,
-    S3Uri,
     build_request,
     pack_batch,
-    parse_s3_uri,
     sha256_hex,
     unpack_batch,
 )
+from common.s3_location import S3LocationError, S3Prefix, S3Uri, parse_s3_prefix, parse_s3_uri
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -125,28 +126,21 @@ class _Pending:
     sent_at: float = field(default_factory=time.monotonic)
 
 
-def parse_prefix(uri: str) -> S3Uri:
+def parse_prefix(uri: str) -> S3Prefix:
     """Parse ``s3://bucket`` or ``s3://bucket/prefix`` (trailing slash optional).
 
     Raises:
         InvalidInputError: not an S3 URI.
     """
-    text = uri.rstrip("/")
     try:
-        if text.count("/") == 2:  # s3://bucket
-            return S3Uri(parse_s3_uri(f"{text}/x", field="s3_prefix").bucket, "")
-        return parse_s3_uri(text, field="s3_prefix")
-    except ContractError as exc:
+        return parse_s3_prefix(uri, field="s3_prefix")
+    except S3LocationError as exc:
         raise InvalidInputError(str(exc)) from exc
-
-
-def _join(prefix: S3Uri, *parts: str) -> S3Uri:
-    return S3Uri(prefix.bucket, "/".join(p for p in (prefix.key, *parts) if p))
 
 
 def _evaluation_keys_missing(exc: InferenceFailedError) -> bool:
     """True when the endpoint says the evaluation keys object does not exist."""
-    return exc.code == ERROR_EVALUATION_KEYS_NOT_FOUND
+    return exc.code == EVALUATION_KEYS_NOT_FOUND.code
 
 
 def validate_features(x: Any, n_features: int) -> np.ndarray:
@@ -308,7 +302,7 @@ class EncryptedPredictor:
         return (
             f"EncryptedPredictor(endpoint_name={self.endpoint_name!r}, model={self.model.source!r},"
             f" model_class={m.model_class!r}, task={m.task!r}, n_features={m.n_features},"
-            f" s3_prefix='{self.s3_prefix}', key_dir='{self.key_store.root}',"
+            f" s3_prefix='{str(self.s3_prefix).rstrip('/')}', key_dir='{self.key_store.root}',"
             f" batch_size={self.batch_size}, timeout={self.timeout}"
             f"{', closed' if self._closed else ''})"
         )
@@ -352,7 +346,7 @@ class EncryptedPredictor:
 
     def evaluation_keys_uri(self) -> S3Uri:
         """Where this key set's evaluation keys live in S3 (content-addressed)."""
-        return _join(self.s3_prefix, "keys", f"{self.ensure_keys().evaluation_keys_sha256}.ekl")
+        return self.s3_prefix.join("keys", f"{self.ensure_keys().evaluation_keys_sha256}.ekl")
 
     def upload_evaluation_keys(self) -> S3Uri:
         """Upload the evaluation keys unless S3 already has them (HEAD first); return their URI."""
@@ -452,8 +446,8 @@ class EncryptedPredictor:
         payload = ciphertexts[0] if raw else pack_batch(ciphertexts)
         self.timings.encrypt += time.perf_counter() - start
         inference_id = uuid.uuid4().hex
-        query = _join(self.s3_prefix, "queries", f"{inference_id}.{'bin' if raw else 'fheb'}")
-        request = _join(self.s3_prefix, "requests", f"{inference_id}.json")
+        query = self.s3_prefix.join("queries", f"{inference_id}.{'bin' if raw else 'fheb'}")
+        request = self.s3_prefix.join("requests", f"{inference_id}.json")
         body = self._request_body(query, payload, keys, keys_uri)
         start = time.perf_counter()
         query_type = CONTENT_TYPE_RESULT if raw else CONTENT_TYPE_BATCH
@@ -545,12 +539,13 @@ class EncryptedPredictor:
             items = [body] if request.raw else unpack_batch(body)
         except ContractError as exc:
             raise InferenceFailedError(
-                f"malformed batch result: {exc}", code="BadResponse", location=str(request.output)
+                f"malformed batch result: {exc}", code=CODE_BAD_RESPONSE,
+                location=str(request.output),
             ) from exc
         if len(items) != request.n_rows:
             raise InferenceFailedError(
                 f"{len(items)} results for {request.n_rows} rows",
-                code="BadResponse",
+                code=CODE_BAD_RESPONSE,
                 location=str(request.output),
             )
         try:
@@ -560,7 +555,7 @@ class EncryptedPredictor:
         except (RuntimeError, ValueError) as exc:
             raise InferenceFailedError(
                 f"cannot decrypt the result ({exc}); is the endpoint serving this model?",
-                code="DecryptionFailed",
+                code=CODE_DECRYPTION_FAILED,
                 location=str(request.output),
             ) from exc
         self.timings.decrypt += time.perf_counter() - start

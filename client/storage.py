@@ -13,8 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from botocore.exceptions import BotoCoreError, ClientError, ConnectTimeoutError, ReadTimeoutError
-from botocore.exceptions import ConnectionError as BotoConnectionError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from client.errors import (
     InferenceFailedError,
@@ -22,45 +21,36 @@ from client.errors import (
     ServiceUnavailableError,
     StorageError,
 )
-from common.contract import S3Uri, parse_error_body
+from common.contract import is_retryable, parse_error_body
+from common.s3_access import SSE_ALGORITHM, S3Failure, classify, error_code
+from common.s3_location import S3Uri
 
-SSE = "AES256"
-_NOT_FOUND = frozenset({"NoSuchKey", "404", "NotFound"})
-_RETRYABLE = frozenset(
-    {
-        "SlowDown",
-        "ServiceUnavailable",
-        "Throttling",
-        "ThrottlingException",
-        "RequestTimeout",
-        "InternalError",
-        "503",
-        "500",
-    }
-)
 _HINTS = {
-    "AccessDenied": "check that your credentials may read/write this bucket and prefix",
-    "403": "check that your credentials may read/write this bucket and prefix",
-    "NoSuchBucket": "create the bucket or fix the S3 prefix",
+    S3Failure.DENIED: "check that your credentials may read/write this bucket and prefix",
+    S3Failure.NO_BUCKET: "create the bucket or fix the S3 prefix",
 }
 T = TypeVar("T")
 
 
 def translate(exc: Exception, *, action: str) -> StorageError:
-    """Turn a botocore exception into a :class:`StorageError` (or its retryable subclass)."""
-    if isinstance(exc, BotoConnectionError | ConnectTimeoutError | ReadTimeoutError):
-        return ServiceUnavailableError(
-            f"{action}: service unreachable ({exc}); retry later or"
-            " check the endpoint URL / network"
-        )
-    if isinstance(exc, ClientError):
-        code = str(exc.response.get("Error", {}).get("Code", "Unknown"))
-        message = exc.response.get("Error", {}).get("Message", str(exc))
-        if code in _RETRYABLE:
-            return ServiceUnavailableError(f"{action}: {code}: {message}; retry later")
-        hint = _HINTS.get(code)
-        return StorageError(f"{action}: {code}: {message}" + (f"; {hint}" if hint else ""))
-    return StorageError(f"{action}: {exc}")
+    """Turn a botocore exception into a :class:`StorageError` (or its retryable subclass).
+
+    The kinds of failure are :func:`common.s3_access.classify`'s (also for sagemaker-runtime).
+    """
+    kind = classify(exc)
+    if not isinstance(exc, ClientError):
+        if kind is S3Failure.RETRY_LATER:
+            return ServiceUnavailableError(
+                f"{action}: service unreachable ({exc}); retry later or"
+                " check the endpoint URL / network"
+            )
+        return StorageError(f"{action}: {exc}")
+    code = error_code(exc)
+    message = exc.response.get("Error", {}).get("Message", str(exc))
+    if kind is S3Failure.RETRY_LATER:
+        return ServiceUnavailableError(f"{action}: {code}: {message}; retry later")
+    hint = _HINTS.get(kind)
+    return StorageError(f"{action}: {code}: {message}" + (f"; {hint}" if hint else ""))
 
 
 def _call(action: str, fn: Callable[[], T]) -> T:
@@ -71,7 +61,7 @@ def _call(action: str, fn: Callable[[], T]) -> T:
 
 
 def _is_not_found(exc: ClientError) -> bool:
-    return str(exc.response.get("Error", {}).get("Code")) in _NOT_FOUND
+    return classify(exc) is S3Failure.NOT_FOUND
 
 
 def _call_unless_missing(action: str, fn: Callable[[], T]) -> T | None:
@@ -117,7 +107,7 @@ class S3Storage:
                 Key=uri.key,
                 Body=data,
                 ContentType=content_type,
-                ServerSideEncryption=SSE,
+                ServerSideEncryption=SSE_ALGORITHM,
             ),
         )
         self._count(up=len(data))
@@ -311,5 +301,5 @@ def _raise_if_failed(storage: S3Storage, failure: S3Uri) -> None:
         status=status,
         code=code,
         location=str(failure),
-        retryable=status is not None and status >= 500,
+        retryable=is_retryable(code, status),
     )

@@ -27,7 +27,8 @@ Response:
 * batch (``encrypted_query_uris`` or ``encrypted_batch_uri``): N encrypted results in one
   body in the batch framing below, ``Content-Type: application/vnd.fhe-batch``.
 * errors: ``{"error": {"status": 4xx|5xx, "code": "...", "message": "..."}}`` as
-  ``application/json``.
+  ``application/json``; every ``(code, status)`` pair is a row of the one error table below
+  (:data:`ERROR_CODES`), which also says whether the same request may succeed later.
 
 Batch framing (``application/vnd.fhe-batch``): the 4-byte magic ``FHEB``, a version byte
 (1), a big-endian uint32 count N, then N frames of a big-endian uint64 length followed by
@@ -66,14 +67,81 @@ FIELD_BATCH = "encrypted_batch_uri"
 FIELD_FINGERPRINT = "model_fingerprint"
 FIELD_KEYS_SHA = "evaluation_keys_sha256"
 FIELD_QUERY_SHA = "encrypted_query_sha256"
-# Error code of a 404 for the evaluation keys object: the client uploads its keys again and
-# retries (S3 lifecycle rules or a restarted local S3 may have removed them).
-ERROR_EVALUATION_KEYS_NOT_FOUND = "EvaluationKeysNotFound"
-
 _KNOWN_FIELDS = frozenset(
     {FIELD_KEYS, FIELD_QUERY, FIELD_QUERIES, FIELD_BATCH, FIELD_FINGERPRINT, FIELD_KEYS_SHA,
      FIELD_QUERY_SHA}
 )
+
+
+@dataclass(frozen=True)
+class ErrorCode:
+    """One row of the error table: a failure as the wire names it.
+
+    Attributes:
+        code: The ``code`` of the error body.
+        status: Its HTTP status (also the ``status`` of the body).
+        retryable: The same request may succeed later, unchanged.
+    """
+
+    code: str
+    status: int
+    retryable: bool
+
+    def body(self, message: str) -> bytes:
+        """This error's response (or failure object) body."""
+        return error_body(self.status, self.code, message)
+
+
+# -- the error table ------------------------------------------------------------------------
+# Answered by the serving container (inference/errors.py; nginx.conf answers the first three
+# of them for requests it refuses itself).
+BAD_REQUEST = ErrorCode("BadRequest", 400, retryable=False)
+NOT_FOUND = ErrorCode("NotFound", 404, retryable=False)
+PAYLOAD_TOO_LARGE = ErrorCode("PayloadTooLarge", 413, retryable=False)
+ACCESS_DENIED = ErrorCode("AccessDenied", 403, retryable=False)
+# The evaluation keys object is missing (an S3 lifecycle rule or a restarted local S3 removed
+# it): the client uploads its keys again and retries once.
+EVALUATION_KEYS_NOT_FOUND = ErrorCode("EvaluationKeysNotFound", 404, retryable=False)
+METHOD_NOT_ALLOWED = ErrorCode("MethodNotAllowed", 405, retryable=False)
+CHECKSUM_MISMATCH = ErrorCode("ChecksumMismatch", 422, retryable=False)
+MODEL_MISMATCH = ErrorCode("ModelMismatch", 422, retryable=False)
+INTERNAL_ERROR = ErrorCode("InternalError", 500, retryable=True)
+NOT_READY = ErrorCode("NotReady", 503, retryable=True)
+STORAGE_UNAVAILABLE = ErrorCode("StorageUnavailable", 503, retryable=True)
+# Written as failure objects by the asynchronous front end (the local runtime).
+REQUEST_EXPIRED = ErrorCode("RequestExpired", 408, retryable=False)
+INVOCATION_TIMEOUT = ErrorCode("InvocationTimeout", 408, retryable=False)
+INPUT_REFUSED = ErrorCode("InputUnavailable", 400, retryable=False)  # missing or forbidden
+INPUT_UNAVAILABLE = ErrorCode("InputUnavailable", 503, retryable=True)  # S3 did not answer
+INTERNAL_FAILURE = ErrorCode("InternalFailure", 500, retryable=True)
+CONTAINER_UNREACHABLE = ErrorCode("ContainerUnreachable", 502, retryable=True)
+CONTAINER_ERROR = ErrorCode("ContainerError", 502, retryable=True)  # no JSON error body
+RUNTIME_STOPPED = ErrorCode("RuntimeStopped", 503, retryable=True)
+
+ERROR_CODES = (
+    BAD_REQUEST, NOT_FOUND, PAYLOAD_TOO_LARGE, ACCESS_DENIED, EVALUATION_KEYS_NOT_FOUND,
+    METHOD_NOT_ALLOWED, CHECKSUM_MISMATCH, MODEL_MISMATCH, INTERNAL_ERROR, NOT_READY,
+    STORAGE_UNAVAILABLE, REQUEST_EXPIRED, INVOCATION_TIMEOUT, INPUT_REFUSED, INPUT_UNAVAILABLE,
+    INTERNAL_FAILURE, CONTAINER_UNREACHABLE, CONTAINER_ERROR, RUNTIME_STOPPED,
+)
+"""Every error the server or the asynchronous front end reports; ``(code, status)`` is unique."""
+
+
+def error_code(code: str, status: int | None) -> ErrorCode | None:
+    """The table's row for an error body's ``code`` and ``status``, None if it has none."""
+    return next((row for row in ERROR_CODES if (row.code, row.status) == (code, status)), None)
+
+
+def is_retryable(code: str, status: int | None) -> bool:
+    """Whether an error reported as ``code``/``status`` may go away when the request is retried.
+
+    An error the table does not know (a proxy's or another server's) counts as retryable when
+    its status is a server error (5xx).
+    """
+    row = error_code(code, status)
+    if row is not None:
+        return row.retryable
+    return status is not None and status >= 500
 
 
 class ContractError(ValueError):

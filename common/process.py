@@ -19,6 +19,10 @@ exits normally.
 Every entry point of the kit exits through :func:`run_main`; pytest through
 :mod:`common.pytest_plugin`; gunicorn workers through :mod:`inference.gunicorn_conf`.
 ``tests/common/test_process.py`` proves each of them.
+
+Exit codes mean the same for every entry point (the training script, the launch scripts, the
+CLIs, ``serve``, the demo and the benchmark): :data:`EXIT_OK`, :data:`EXIT_FAILED`,
+:data:`EXIT_BAD_INPUT` (argparse's own usage status) and :data:`EXIT_INTERRUPTED`.
 """
 
 from __future__ import annotations
@@ -35,6 +39,14 @@ CONCRETE_COMPILER_MODULE = "concrete.compiler"
 CONCRETE_EXIT_HANDLER = "_terminate_df_parallelization"
 
 ExitStatus = int | str | None
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+"""The work failed: a failed job or check, an AWS/S3 error, an unexpected error (traceback)."""
+EXIT_BAD_INPUT = 2
+"""Bad arguments, settings or input data; nothing was done, and the message says the fix."""
+EXIT_INTERRUPTED = 130
+"""Ctrl-C (SIGINT), as a shell reports it."""
 
 
 def disarm_concrete_exit_handler() -> bool:
@@ -85,8 +97,8 @@ def run_main(main: Callable[[], ExitStatus]) -> NoReturn:
     """Run an entry point and exit with the status it chose.
 
     ``main`` may return a status or raise, exactly as under ``sys.exit(main())``: a
-    ``SystemExit`` keeps its code, ``KeyboardInterrupt`` gives 130, and any other exception is
-    printed with its traceback and gives 1.
+    ``SystemExit`` keeps its code, ``KeyboardInterrupt`` gives :data:`EXIT_INTERRUPTED`, and any
+    other exception is printed with its traceback and gives :data:`EXIT_FAILED`.
 
     Args:
         main: The entry point, called without arguments.
@@ -96,10 +108,10 @@ def run_main(main: Callable[[], ExitStatus]) -> NoReturn:
     except SystemExit as exc:
         status = exc.code
     except KeyboardInterrupt:
-        status = 130
+        status = EXIT_INTERRUPTED
     except BaseException:
         import traceback
 
         traceback.print_exc()
-        status = 1
+        status = EXIT_FAILED
     exit_process(status)

@@ -1,9 +1,11 @@
 """S3 locations: the one grammar of ``s3://bucket/key`` and the one segment-bounded prefix match.
 
-Everything that decides whether an S3 location lies inside an allowed area uses this module and
-nothing else: the server's allow-list (``FHE_ALLOWED_S3_PREFIXES``), the local runtime's
-``InputLocation`` check and the IAM renderer (``iam/render.py``, whose ``bucket/prefix/*``
-resources are the same rule written as IAM). It depends on the standard library only.
+Everything in the kit that reads an ``s3://`` string uses this module and nothing else: the
+server's allow-list (``FHE_ALLOWED_S3_PREFIXES``), the wire contract, the local runtime's
+``InputLocation`` check and output paths, the client's ``s3_prefix``, the launch scripts'
+locations, the lifecycle rules and the IAM renderer (``iam/render.py``, whose ``bucket/prefix/*``
+resources are the same rule written as IAM). Two types, one per idea: :class:`S3Uri` (one
+object) and :class:`S3Prefix` (a folder). It depends on the standard library only.
 
 The grammar is deliberately narrower than what S3 stores, so that one string has one meaning
 for every party that reads it (this code, botocore, S3, IAM), checked with full-match
@@ -53,8 +55,13 @@ class S3Uri:
     bucket: str
     key: str
 
+    @property
+    def path(self) -> str:
+        """``bucket/key``: the URI without its scheme (an object ARN's resource part)."""
+        return f"{self.bucket}/{self.key}"
+
     def __str__(self) -> str:
-        return f"{SCHEME}{self.bucket}/{self.key}"
+        return f"{SCHEME}{self.path}"
 
 
 @dataclass(frozen=True)
@@ -69,8 +76,25 @@ class S3Prefix:
         return (uri.bucket == self.bucket and uri.key.startswith(self.prefix)
                 and not _key_problems(uri.key))
 
+    def join(self, *parts: str) -> S3Uri:
+        """The object ``parts`` (joined by ``/``, empty ones skipped) below this folder.
+
+        The parts are taken as given (``parse_s3_uri(str(result))`` checks the grammar).
+        """
+        return S3Uri(self.bucket, self.prefix + "/".join(part for part in parts if part))
+
+    @property
+    def path(self) -> str:
+        """``bucket/prefix``: the folder without its scheme (an ARN's resource before ``*``)."""
+        return f"{self.bucket}/{self.prefix}"
+
     def __str__(self) -> str:
-        return f"{SCHEME}{self.bucket}/{self.prefix}"
+        return f"{SCHEME}{self.path}"
+
+
+def is_s3_location(text: str) -> bool:
+    """True when ``text`` is meant as an S3 location (starts with ``s3://``), not a local path."""
+    return text.startswith(SCHEME)
 
 
 def is_within(uri: S3Uri, prefixes: Iterable[S3Prefix]) -> bool:

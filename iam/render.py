@@ -37,13 +37,12 @@ import logging
 import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from common.files import atomic_write_bytes
-from common.process import run_main
-from common.s3_location import S3LocationError, parse_s3_prefix, parse_s3_uri
+from common.process import EXIT_BAD_INPUT, EXIT_OK, run_main
+from common.s3_location import S3LocationError, S3Prefix, S3Uri, parse_s3_prefix, parse_s3_uri
 
 logger = logging.getLogger(__name__)
 
@@ -78,19 +77,6 @@ class RenderError(ValueError):
     """The configuration cannot fill the templates; the message names every problem."""
 
 
-@dataclass(frozen=True)
-class S3Location:
-    """An ``s3://bucket/prefix`` split into its bucket and a ``/``-terminated prefix."""
-
-    bucket: str
-    prefix: str
-
-    @property
-    def objects(self) -> str:
-        """``bucket/prefix`` as it appears in an object ARN before the trailing ``*``."""
-        return f"{self.bucket}/{self.prefix}"
-
-
 class _Missing(LookupError):
     """Internal: a placeholder's configuration keys are absent or malformed."""
 
@@ -99,21 +85,20 @@ class _Missing(LookupError):
         self.problems = problems
 
 
-def split_s3_uri(uri: Any, *, field: str, exact: bool = False) -> S3Location:
+def split_s3_uri(uri: Any, *, field: str, exact: bool = False) -> S3Prefix | S3Uri:
     """Split ``s3://bucket/prefix``; with ``exact`` the key is one object, not a prefix.
+
+    The ``path`` of the result (``bucket/prefix/`` or ``bucket/key``) is what an object ARN
+    holds before its trailing ``*``.
 
     The grammar and the ``/``-terminated prefix are :mod:`common.s3_location`'s, the
     same the server's allow-list and the local runtime match with, so the rendered
     ``bucket/prefix/*`` grants exactly what they allow.
     """
     try:
-        if exact:
-            obj = parse_s3_uri(uri, field=field)
-            return S3Location(obj.bucket, obj.key)
-        folder = parse_s3_prefix(uri, field=field)
+        return parse_s3_uri(uri, field=field) if exact else parse_s3_prefix(uri, field=field)
     except S3LocationError as exc:
         raise _Missing(str(exc)) from exc
-    return S3Location(folder.bucket, folder.prefix)
 
 
 def _normalise(section: Mapping[str, Any]) -> dict[str, Any]:
@@ -139,10 +124,10 @@ class _Config:
         return self.sections[section].get(key)
 
 
-def _locations(values: Any, *, field: str, exact: bool = False) -> list[S3Location]:
+def _locations(values: Any, *, field: str, exact: bool = False) -> list[S3Prefix | S3Uri]:
     items = values if isinstance(values, list) else [values]
     problems: list[str] = []
-    result: list[S3Location] = []
+    result: list[S3Prefix | S3Uri] = []
     for index, item in enumerate(items):
         name = field if len(items) == 1 else f"{field}[{index}]"
         try:
@@ -212,7 +197,7 @@ def _model_data(c: _Config) -> list[str]:
     uris = [c.get("deploy_endpoint", "model_data", hint="s3://…/model.tar.gz to deploy")]
     if c.optional("client", "model_data"):
         uris.append(c.optional("client", "model_data"))
-    objects = [loc.objects for loc in _locations(uris, field="model_data", exact=True)]
+    objects = [loc.path for loc in _locations(uris, field="model_data", exact=True)]
     return list(dict.fromkeys(objects))
 
 
@@ -226,7 +211,7 @@ def _client_objects(c: _Config) -> list[str]:
             "missing client.s3_prefix or deploy_endpoint.allowed_s3_prefix "
             "(the prefixes clients upload keys/queries/requests under)"
         )
-    return list(dict.fromkeys(loc.objects for loc in _locations(uris, field="s3_prefix")))
+    return list(dict.fromkeys(loc.path for loc in _locations(uris, field="s3_prefix")))
 
 
 def _client_buckets(c: _Config) -> list[str]:
@@ -252,7 +237,7 @@ def _delete_prefix_objects(c: _Config) -> list[str]:
     value = c.optional("deploy_endpoint", "delete_prefix")
     if not value:
         return []
-    return [loc.objects for loc in _locations(value, field="deploy_endpoint.delete_prefix")]
+    return [loc.path for loc in _locations(value, field="deploy_endpoint.delete_prefix")]
 
 
 def _lifecycle_buckets(c: _Config) -> list[str]:
@@ -266,17 +251,16 @@ def _lifecycle_buckets(c: _Config) -> list[str]:
     return list(dict.fromkeys(loc.bucket for loc in _locations(uris, field=f"{dp} locations")))
 
 
-def _data(c: _Config) -> list[S3Location]:
-    return _locations(
-        c.get("start_training", "train", hint="s3:// URI of the training data"),
-        field="start_training.train",
-    )
+def _data(c: _Config) -> list[S3Prefix]:
+    locations = _locations(c.get("start_training", "train", hint="s3:// URI of the training data"),
+                           field="start_training.train")
+    return [loc for loc in locations if isinstance(loc, S3Prefix)]  # all of them (not exact)
 
 
 def _prefix_objects(section: str, key: str, hint: str) -> Callable[[_Config], list[str]]:
     def _resolve(c: _Config) -> list[str]:
         uri = c.get(section, key, hint=hint)
-        return [loc.objects for loc in _locations(uri, field=f"{section}.{key}")]
+        return [loc.path for loc in _locations(uri, field=f"{section}.{key}")]
 
     return _resolve
 
@@ -312,7 +296,7 @@ _RESOLVERS: dict[str, _Resolver] = {
         c.get("deploy_endpoint", "image_uri", hint="the inference image URI in ECR"),
         field="deploy_endpoint.image_uri",
     ),
-    "DataObjects": lambda c: [loc.objects for loc in _data(c)],
+    "DataObjects": lambda c: [loc.path for loc in _data(c)],
     "DataBuckets": lambda c: list(dict.fromkeys(loc.bucket for loc in _data(c))),
     "DataPrefixes": lambda c: list(dict.fromkeys(loc.prefix for loc in _data(c))),
     "ModelObjects": _prefix_objects(
@@ -539,11 +523,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         rendered = render(build_config(args), roles=args.roles or ROLES)
     except RenderError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     for name, doc in rendered.items():
         atomic_write_bytes(args.out / name, (json.dumps(doc, indent=2) + "\n").encode())
         logger.info("wrote %s", args.out / name)
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Errors the server turns into HTTP responses.
 
-Tree (all carry ``status`` and ``code``; the Flask handler in :mod:`inference.predictor`
-turns them into :func:`common.contract.error_body`)::
+Each carries one row of the contract's error table (:data:`common.contract.ERROR_CODES`), whose
+``status`` and ``code`` the Flask handler in :mod:`inference.predictor` answers with::
 
     ServingError(Exception)   500 InternalError (base)
     ├── BadRequest            400 BadRequest: malformed JSON, wrong types, missing fields
@@ -17,69 +17,87 @@ turns them into :func:`common.contract.error_body`)::
 
 from __future__ import annotations
 
-from common.contract import ERROR_EVALUATION_KEYS_NOT_FOUND
+from typing import ClassVar
+
+from common import contract
+from common.contract import ErrorCode
 
 
 class ServingError(Exception):
-    """Base of errors with an HTTP status; unknown exceptions become 500 InternalError."""
+    """Base of errors with an HTTP status; unknown exceptions become 500 InternalError.
 
-    status: int = 500
-    code: str = "InternalError"
+    Args:
+        message: What went wrong and how to fix it (sent to the caller).
+        error: The table row to answer with, instead of the class's own.
+    """
 
-    def __init__(self, message: str) -> None:
+    error: ClassVar[ErrorCode] = contract.INTERNAL_ERROR
+
+    def __init__(self, message: str, *, error: ErrorCode | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.row = error or type(self).error
+
+    @property
+    def status(self) -> int:
+        """The HTTP status of the response."""
+        return self.row.status
+
+    @property
+    def code(self) -> str:
+        """The ``code`` of the error body."""
+        return self.row.code
 
 
 class BadRequest(ServingError):
     """The request does not follow the wire contract."""
 
-    status, code = 400, "BadRequest"
+    error = contract.BAD_REQUEST
 
 
 class AccessDenied(ServingError):
     """The server may not read that S3 location."""
 
-    status, code = 403, "AccessDenied"
+    error = contract.ACCESS_DENIED
 
 
 class ObjectNotFound(ServingError):
     """The S3 object (or its bucket) does not exist."""
 
-    status, code = 404, "NotFound"
+    error = contract.NOT_FOUND
 
 
 class EvaluationKeysNotFound(ObjectNotFound):
     """The evaluation keys object is missing: the client should upload its keys again."""
 
-    status, code = 404, ERROR_EVALUATION_KEYS_NOT_FOUND
+    error = contract.EVALUATION_KEYS_NOT_FOUND
 
 
 class PayloadTooLarge(ServingError):
     """The body, an object or the batch is over its configured limit."""
 
-    status, code = 413, "PayloadTooLarge"
+    error = contract.PAYLOAD_TOO_LARGE
 
 
 class IntegrityError(ServingError):
     """Downloaded bytes do not hash to the sha256 the request named."""
 
-    status, code = 422, "ChecksumMismatch"
+    error = contract.CHECKSUM_MISMATCH
 
 
 class ModelMismatch(ServingError):
     """Fingerprint, keys or ciphertext were made for another model, or are not concrete data."""
 
-    status, code = 422, "ModelMismatch"
+    error = contract.MODEL_MISMATCH
 
 
 class NotReady(ServingError):
     """The model is not loaded."""
 
-    status, code = 503, "NotReady"
+    error = contract.NOT_READY
 
 
 class StorageUnavailable(ServingError):
     """S3 cannot be reached right now; retry later."""
 
-    status, code = 503, "StorageUnavailable"
+    error = contract.STORAGE_UNAVAILABLE

@@ -156,9 +156,9 @@ def _register_routes(app: Flask, services: Services) -> None:
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:
-        error = ServingError(exc.description or exc.name)
-        error.status, error.code = exc.code or 500, (exc.name or "Error").replace(" ", "")
-        return _error_response(error)
+        status, code = exc.code or 500, (exc.name or "Error").replace(" ", "")
+        row = contract.error_code(code, status) or contract.ErrorCode(code, status, status >= 500)
+        return _error_response(ServingError(exc.description or exc.name, error=row))
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception) -> Response:
@@ -323,7 +323,7 @@ def _ciphertexts(services: Services, req: contract.InferenceRequest) -> list[byt
 
 
 def _error_response(exc: ServingError) -> Response:
-    return Response(contract.error_body(exc.status, exc.code, exc.message), status=exc.status,
+    return Response(exc.row.body(exc.message), status=exc.status,
                     mimetype=contract.CONTENT_TYPE_JSON)
 
 

@@ -10,9 +10,10 @@ from typing import Any
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError, ConnectionError, HTTPClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from common.contract import sha256_hex
+from common.s3_access import S3Failure, classify, error_code
 from common.s3_location import S3Prefix, S3Uri, is_within
 from inference.errors import (
     AccessDenied,
@@ -23,12 +24,6 @@ from inference.errors import (
     StorageUnavailable,
 )
 from inference.settings import ENV_ALLOWED_PREFIXES, Settings
-
-_NOT_FOUND = frozenset({"NoSuchKey", "NoSuchBucket", "404", "NotFound"})
-_DENIED = frozenset({"AccessDenied", "403", "Forbidden", "AllAccessDisabled", "InvalidAccessKeyId",
-                     "SignatureDoesNotMatch", "ExpiredToken"})
-_UNAVAILABLE = frozenset({"SlowDown", "ServiceUnavailable", "InternalError", "503", "500",
-                          "RequestTimeout"})
 
 
 @dataclass(frozen=True)
@@ -60,14 +55,8 @@ def _translated(uri: S3Uri, what: str) -> Iterator[None]:
     """Turn botocore errors raised inside the block into the server's errors."""
     try:
         yield
-    except ClientError as exc:
-        raise _translate_client_error(exc, uri, what) from exc
-    except (ConnectionError, HTTPClientError) as exc:
-        raise StorageUnavailable(
-            f"S3 is unreachable while reading {what} {uri} ({type(exc).__name__}); retry later"
-        ) from exc
-    except BotoCoreError as exc:
-        raise StorageUnavailable(f"S3 read of {what} {uri} failed: {exc}; retry later") from exc
+    except (ClientError, BotoCoreError) as exc:
+        raise _translate(exc, uri, what) from exc
 
 
 def make_s3_client(settings: Settings) -> Any:
@@ -166,16 +155,22 @@ class S3Store:
         )
 
 
-def _translate_client_error(exc: ClientError, uri: S3Uri, what: str) -> ServingError:
-    code = str(exc.response.get("Error", {}).get("Code", ""))
-    status = str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
-    if code in _NOT_FOUND or status == "404":
+def _translate(exc: ClientError | BotoCoreError, uri: S3Uri, what: str) -> ServingError:
+    """The server's error for a failed S3 read (kinds: :func:`common.s3_access.classify`)."""
+    kind = classify(exc)
+    if not isinstance(exc, ClientError):
+        if kind is S3Failure.RETRY_LATER:
+            return StorageUnavailable(
+                f"S3 is unreachable while reading {what} {uri} ({type(exc).__name__}); retry later")
+        return StorageUnavailable(f"S3 read of {what} {uri} failed: {exc}; retry later")
+    code = error_code(exc)
+    if kind in (S3Failure.NOT_FOUND, S3Failure.NO_BUCKET):
         return ObjectNotFound(f"{what} {uri} does not exist: upload it first, then retry")
-    if code in _DENIED or status == "403":
+    if kind is S3Failure.DENIED:
         return AccessDenied(
             f"S3 refused to let the endpoint read {what} {uri} ({code}): grant the endpoint's"
             " execution role s3:GetObject on it (and kms:Decrypt if it is KMS-encrypted)"
         )
-    if code in _UNAVAILABLE or status.startswith("5"):
+    if kind is S3Failure.RETRY_LATER:
         return StorageUnavailable(f"S3 could not serve {what} {uri} ({code}); retry later")
     return ServingError(f"S3 error {code} reading {what} {uri}")

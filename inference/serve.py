@@ -22,7 +22,7 @@ from importlib import resources
 from pathlib import Path
 from string import Template
 
-from common.process import run_main
+from common.process import EXIT_BAD_INPUT, run_main
 from inference.settings import Settings, SettingsError
 from inference.wsgi import LOG_FORMAT
 
@@ -121,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = Settings.from_env()
     except SettingsError as exc:
         logger.error("%s", exc)
-        return 2
+        return EXIT_BAD_INPUT
     supervisor = Supervisor()
 
     def on_signal(signum: int, _frame: object) -> None:

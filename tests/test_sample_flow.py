@@ -32,6 +32,7 @@ import boto3
 import numpy as np
 import pytest
 
+from common.s3_location import parse_s3_uri
 from inference.local.s3_server import LOCAL_REGION, LocalS3Server
 from tests.fixtures.serving import wait_for_object, wait_for_ready_file
 
@@ -85,8 +86,8 @@ def _clear_reference(s3: Any, output_data: str, work: Path) -> Any:
     """The clear quantised model of the training job (reference_model.json in output.tar.gz)."""
     from concrete.ml.common.serialization.loaders import loads
 
-    bucket, key = output_data.removeprefix("s3://").split("/", 1)
-    s3.download_file(bucket, key, str(work / "output.tar.gz"))
+    output = parse_s3_uri(output_data)
+    s3.download_file(output.bucket, output.key, str(work / "output.tar.gz"))
     with tarfile.open(work / "output.tar.gz") as tar:
         member = tar.extractfile("reference_model.json")
         assert member is not None
@@ -100,8 +101,8 @@ def _sample_client_predict(s3: Any, runtime: Any, bucket: str, model_data: str, 
 
     config_dir = work / "client-config"
     config_dir.mkdir()
-    model_bucket, model_key = model_data.removeprefix("s3://").split("/", 1)
-    s3.download_file(model_bucket, model_key, str(config_dir / "model.tar.gz"))
+    model = parse_s3_uri(model_data)
+    s3.download_file(model.bucket, model.key, str(config_dir / "model.tar.gz"))
     with tarfile.open(config_dir / "model.tar.gz", mode="r:gz") as tar:
         tar.extract("client.zip", config_dir, filter="data")
     concrete_client = FHEModelClient(str(config_dir), key_dir=str(work / "client-keys"))

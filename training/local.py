@@ -28,8 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from common.contract import parse_s3_uri
 from common.files import atomic_write_bytes
+from common.s3_access import SSE
+from common.s3_location import is_s3_location, parse_s3_prefix, parse_s3_uri
 from training.errors import LaunchError
 
 logger = logging.getLogger(__name__)
@@ -39,7 +40,6 @@ TRAINING_SCRIPT = REPO_ROOT / "training" / "training_script.py"
 CHANNEL = "training"
 MODEL_TARBALL = "model.tar.gz"
 OUTPUT_TARBALL = "output.tar.gz"
-SSE = {"ServerSideEncryption": "AES256"}
 
 
 @dataclass(frozen=True)
@@ -103,7 +103,7 @@ def stage_channel(source: str, channel_dir: Path, s3: Any) -> int:
     Raises:
         LaunchError: nothing found at ``source``.
     """
-    if source.startswith("s3://"):
+    if is_s3_location(source):
         return _download_prefix(source, channel_dir, s3)
     path = Path(source)
     if path.is_dir():
@@ -117,9 +117,11 @@ def stage_channel(source: str, channel_dir: Path, s3: Any) -> int:
 
 
 def _download_prefix(uri: str, channel_dir: Path, s3: Any) -> int:
-    parsed = parse_s3_uri(uri.rstrip("/"), field="--train")
-    # SageMaker's S3Prefix channel semantics: the key prefix as given (a file or a folder/).
-    bucket, prefix = parsed.bucket, parsed.key + ("/" if uri.endswith("/") else "")
+    folder = parse_s3_prefix(uri, field="--train")
+    # SageMaker's S3Prefix channel takes every key that starts with the text after the bucket (a
+    # key name prefix: s3://b/data/bc also takes data/bc.csv); a trailing "/" keeps it a folder.
+    bucket = folder.bucket
+    prefix = folder.prefix if uri.endswith("/") else folder.prefix.removesuffix("/")
     count = 0
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         for item in page.get("Contents", []):
@@ -203,8 +205,8 @@ def pack_folder(folder: Path, tarball: Path) -> Path:
 
 def upload(s3: Any, path: Path, uri: str) -> str:
     """Upload a file to an ``s3://`` URI with SSE-S3 encryption; returns the URI."""
-    parsed = parse_s3_uri(uri, field="--output-path")
-    s3.upload_file(str(path), parsed.bucket, parsed.key, ExtraArgs=SSE)
+    location = parse_s3_uri(uri, field="--output-path")
+    s3.upload_file(str(path), location.bucket, location.key, ExtraArgs=SSE)
     return uri
 
 
@@ -231,11 +233,11 @@ def run_local_job(
     staged = stage_channel(train, layout.channel_dir, s3)
     logger.info("staged %d file(s) from %s into %s", staged, train, layout.channel_dir)
     run_training_script(layout, hyperparameters, environ=environ)
-    base = f"{output_path.rstrip('/')}/{job_name}/output"
+    output = parse_s3_prefix(output_path, field="--output-path")
     model_tar = pack_folder(layout.model_dir, layout.output_dir / MODEL_TARBALL)
     output_tar = pack_folder(layout.output_data_dir, layout.output_dir / OUTPUT_TARBALL)
     return LocalJobResult(
         job_name=job_name,
-        model_data=upload(s3, model_tar, f"{base}/{MODEL_TARBALL}"),
-        output_data=upload(s3, output_tar, f"{base}/{OUTPUT_TARBALL}"),
+        model_data=upload(s3, model_tar, str(output.join(job_name, "output", MODEL_TARBALL))),
+        output_data=upload(s3, output_tar, str(output.join(job_name, "output", OUTPUT_TARBALL))),
     )

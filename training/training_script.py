@@ -13,7 +13,8 @@ hyperparameters as arguments and the ``SM_*`` environment describing the folders
   ``$SM_OUTPUT_DIR/failure``, else ``<model-dir>/../output/failure`` (``/opt/ml/output/failure``
   in the container). SageMaker shows its text as the job's FailureReason.
 
-Exit codes: 0 success, 1 bad input (the failure file says the fix), 2 unexpected error.
+Exit codes (:mod:`common.process`): 0 success, 2 bad input (the failure file says the fix),
+1 unexpected error.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ from common.artifact import (
     save_artifact,
 )
 from common.files import atomic_write_bytes
-from common.process import run_main
+from common.process import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, run_main
 from training.data import load_dataset
 from training.errors import ConfigurationError, DataError, TrainingError
 from training.models import (
@@ -74,8 +75,6 @@ SAGEMAKER_FAILURE_FILE = Path("/opt/ml/output/failure")
 METRICS_NAME = "metrics.json"
 REFERENCE_MODEL_NAME = "reference_model.json"
 ARTIFACT_FILES = (SERVER_ZIP, CLIENT_ZIP, MANIFEST_NAME)
-EXIT_BAD_INPUT = 1
-EXIT_INTERNAL = 2
 # SageMaker keeps the first 1024 characters of the failure file as FailureReason.
 FAILURE_MAX_CHARS = 1024
 
@@ -481,7 +480,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     """Entry point: parse arguments, train, and on failure write the failure file.
 
     Returns:
-        0 on success. Failures raise SystemExit(1) (bad input) or SystemExit(2) (internal error)
+        0 on success. Failures raise SystemExit(EXIT_BAD_INPUT) or SystemExit(EXIT_FAILED)
         after writing the failure file.
     """
     logging.basicConfig(level=logging.INFO,
@@ -508,10 +507,10 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         write_failure(failure_file, f"internal error while training ({type(exc).__name__}: {exc}); "
                       "see the job's logs. If compilation failed, lower n_bits / max_depth / "
                       "n_w_bits / n_a_bits")
-        raise SystemExit(EXIT_INTERNAL) from exc
+        raise SystemExit(EXIT_FAILED) from exc
     logger.info("model written to %s (client fingerprint %s)", result.paths.model_dir,
                 result.manifest.client_fingerprint)
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -40,15 +40,18 @@ from typing import Any
 
 import requests
 
-from common.contract import (
-    CONTENT_TYPE_JSON,
-    ContractError,
-    error_body,
-    parse_error_body,
+from common import contract
+from common.contract import CONTENT_TYPE_JSON, ErrorCode, parse_error_body
+from common.files import atomic_write_bytes
+from common.s3_access import SSE, S3Failure, classify
+from common.s3_location import (
+    S3LocationError,
+    S3Prefix,
+    S3Uri,
+    is_within,
+    parse_s3_prefix,
     parse_s3_uri,
 )
-from common.files import atomic_write_bytes
-from common.s3_location import S3Prefix, is_within
 from inference.local.api_model import ConstraintViolation, operation_rules
 
 logger = logging.getLogger(__name__)
@@ -60,6 +63,9 @@ DEFAULT_WRITE_RETRY_SECONDS = 120.0
 JOURNAL_SUFFIX = ".job.json"
 MAX_BODY_READ = 1 << 20  # bodies up to this are read and checked (the model allows 128000)
 _H = "X-Amzn-SageMaker-"
+# sagemaker-runtime's own API errors (x-amzn-ErrorType), apart from the contract's failure objects.
+AWS_VALIDATION_ERROR = "ValidationError"
+AWS_UNKNOWN_OPERATION = "UnknownOperationException"
 
 
 @dataclass(frozen=True)
@@ -71,8 +77,8 @@ class AsyncJob:
     content_type: str
     accept: str | None
     custom_attributes: str | None
-    output_key: tuple[str, str]
-    failure_key: tuple[str, str]
+    output: S3Uri
+    failure: S3Uri
     enqueued: float
     ttl_seconds: int
     timeout_seconds: int
@@ -89,15 +95,15 @@ class AsyncJob:
         """Rebuild a journaled job; its TTL keeps counting from when it was first accepted."""
         doc = json.loads(data)
         waited = max(0.0, time.time() - float(doc["accepted_at"]))
-        return cls(**{**doc, "output_key": tuple(doc["output_key"]),
-                      "failure_key": tuple(doc["failure_key"]),
+        return cls(**{**doc, "output": S3Uri(**doc["output"]), "failure": S3Uri(**doc["failure"]),
                       "enqueued": time.monotonic() - waited})
 
 
 class RuntimeRequestError(ValueError):
     """An InvokeEndpointAsync call the runtime rejects (an AWS-style ValidationError)."""
 
-    def __init__(self, message: str, *, status: int = 400, code: str = "ValidationError") -> None:
+    def __init__(self, message: str, *, status: int = 400, code: str = AWS_VALIDATION_ERROR
+                 ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
@@ -134,8 +140,8 @@ class LocalAsyncRuntime:
                  allowed_input_prefixes: Sequence[S3Prefix] | None = None) -> None:
         self.endpoint_name = endpoint_name
         self.container_url = container_url.rstrip("/")
-        self._output = parse_s3_uri(output_path.rstrip("/") + "/x", field="output_path")
-        self._failure = parse_s3_uri(failure_path.rstrip("/") + "/x", field="failure_path")
+        self._output = parse_s3_prefix(output_path, field="output_path")
+        self._failure = parse_s3_prefix(failure_path, field="failure_path")
         self._s3 = s3_client
         self._max_concurrency = max_concurrency
         self.invocation_timeout = invocation_timeout
@@ -181,7 +187,7 @@ class LocalAsyncRuntime:
             except queue.Empty:
                 break
             if job is not None:
-                self._finish(job, self._fail, 503, "RuntimeStopped",
+                self._finish(job, self._fail, contract.RUNTIME_STOPPED,
                              "the endpoint stopped before running this invocation; send it again")
         for _ in range(self._max_concurrency):
             self._queue.put(None)
@@ -211,7 +217,7 @@ class LocalAsyncRuntime:
         match = _PATH_RE.fullmatch(path.split("?", 1)[0])
         if match is None:
             raise RuntimeRequestError(f"unknown operation {path!r}", status=404,
-                                      code="UnknownOperationException")
+                                      code=AWS_UNKNOWN_OPERATION)
         rules = operation_rules()
         wire = {rule.name: headers.get(rule.wire_name) for rule in rules.members
                 if rule.location == "header"}
@@ -229,21 +235,19 @@ class LocalAsyncRuntime:
                                       " and pass its s3:// URI (this local runtime reads no Body)")
         try:
             parse_s3_uri(location, field="InputLocation")
-        except ContractError as exc:
+        except S3LocationError as exc:
             raise RuntimeRequestError(str(exc)) from exc
         inference_id = values.get("InferenceId") or str(uuid.uuid4())
         filename = values.get("Filename") or f"{inference_id}.out"
         extension = (values.get("S3OutputPathExtension") or "").strip("/")
-        out_prefix = "/".join(p for p in (self._output.key[:-2], extension) if p)
         job = AsyncJob(
             inference_id=inference_id,
             input_location=location,
             content_type=values.get("ContentType") or CONTENT_TYPE_JSON,
             accept=values.get("Accept"),
             custom_attributes=values.get("CustomAttributes"),
-            output_key=(self._output.bucket, f"{out_prefix}/{filename}".lstrip("/")),
-            failure_key=(self._failure.bucket,
-                         f"{self._failure.key[:-2]}/{inference_id}-error.out".lstrip("/")),
+            output=self._output.join(extension, filename),
+            failure=self._failure.join(f"{inference_id}-error.out"),
             enqueued=time.monotonic(),
             accepted_at=time.time(),
             ttl_seconds=values.get("RequestTTLSeconds", DEFAULT_REQUEST_TTL),
@@ -293,7 +297,7 @@ class LocalAsyncRuntime:
         except Exception:
             logger.exception("async job %s failed unexpectedly", job.inference_id)
             try:
-                self._fail(job, 500, "InternalFailure", "the local runtime failed; see its log")
+                self._fail(job, contract.INTERNAL_FAILURE, "the local runtime failed; see its log")
             except Exception:
                 if self._journal is None:
                     logger.exception("async job %s is LOST: no output or failure object could be"
@@ -310,21 +314,21 @@ class LocalAsyncRuntime:
     def _process(self, job: AsyncJob) -> None:
         waited = time.monotonic() - job.enqueued
         if waited > job.ttl_seconds:
-            self._fail(job, 408, "RequestExpired",
+            self._fail(job, contract.REQUEST_EXPIRED,
                        f"the request waited {waited:.0f} s in the queue, over its TTL of"
                        f" {job.ttl_seconds} s")
             return
         source = parse_s3_uri(job.input_location)
         if self._allowed_inputs is not None and not is_within(source, self._allowed_inputs):
             allowed = ", ".join(map(str, self._allowed_inputs)) or "nothing"
-            self._fail(job, 403, "AccessDenied",
+            self._fail(job, contract.ACCESS_DENIED,
                        f"the endpoint's execution role may not read InputLocation {source}:"
                        f" upload the request under one of {allowed}")
             return
         try:
             body = self._s3.get_object(Bucket=source.bucket, Key=source.key)["Body"].read()
         except Exception as exc:
-            self._fail(job, _input_error_status(exc), "InputUnavailable",
+            self._fail(job, _input_error(exc),
                        f"cannot read InputLocation {job.input_location}: {exc}")
             return
         headers = {"Content-Type": job.content_type, _H + "Inference-Id": job.inference_id}
@@ -337,54 +341,53 @@ class LocalAsyncRuntime:
             response = self._http.post(f"{self.container_url}/invocations", data=body,
                                        headers=headers, timeout=(5, job.timeout_seconds))
         except requests.Timeout:
-            self._fail(job, 408, "InvocationTimeout",
+            self._fail(job, contract.INVOCATION_TIMEOUT,
                        f"the model did not answer within {job.timeout_seconds} s")
             return
         except requests.RequestException as exc:
-            self._fail(job, 502, "ContainerUnreachable",
+            self._fail(job, contract.CONTAINER_UNREACHABLE,
                        f"the model container failed to answer ({type(exc).__name__})")
             return
         logger.info("async job %s -> %d in %.1f ms", job.inference_id, response.status_code,
                     1000 * (time.perf_counter() - started))
         if response.status_code == 200:
-            self._put(job.output_key, response.content,
+            self._put(job.output, response.content,
                       response.headers.get("Content-Type", "application/octet-stream"))
             return
         body = response.content
         if parse_error_body(body)[0] is None:  # not the container's JSON (a proxy's 502 page)
-            body = error_body(response.status_code, "ContainerError",
-                              f"the model container answered HTTP {response.status_code}"
-                              " without an error body (did a worker die?)")
-        self._put(job.failure_key, body, CONTENT_TYPE_JSON)
+            body = contract.CONTAINER_ERROR.body(
+                f"the model container answered HTTP {response.status_code} without an error body"
+                " (did a worker die?)")
+        self._put(job.failure, body, CONTENT_TYPE_JSON)
 
-    def _fail(self, job: AsyncJob, status: int, code: str, message: str) -> None:
-        logger.warning("async job %s failed: %s", job.inference_id, code)
-        self._put(job.failure_key, error_body(status, code, message), CONTENT_TYPE_JSON)
+    def _fail(self, job: AsyncJob, error: ErrorCode, message: str) -> None:
+        logger.warning("async job %s failed: %s", job.inference_id, error.code)
+        self._put(job.failure, error.body(message), CONTENT_TYPE_JSON)
 
-    def _put(self, target: tuple[str, str], body: bytes, content_type: str) -> None:
+    def _put(self, target: S3Uri, body: bytes, content_type: str) -> None:
         """Write an object, retrying for ``write_retry_seconds`` (less once stopping)."""
         deadline = time.monotonic() + self._write_retry_seconds
         delay = 0.1
         while True:
             try:
-                self._s3.put_object(Bucket=target[0], Key=target[1], Body=body,
-                                    ContentType=content_type, ServerSideEncryption="AES256")
+                self._s3.put_object(Bucket=target.bucket, Key=target.key, Body=body,
+                                    ContentType=content_type, **SSE)
                 return
             except Exception as exc:
                 if time.monotonic() + delay > deadline or self._stopping.is_set():
                     raise
-                logger.warning("cannot write s3://%s/%s (%s); retrying in %.1f s", *target,
+                logger.warning("cannot write %s (%s); retrying in %.1f s", target,
                                type(exc).__name__, delay)
                 time.sleep(delay)
                 delay = min(2.0, delay * 2)
 
 
-def _input_error_status(exc: Exception) -> int:
-    """400 when the input object is missing or refused; 503 when S3 could not answer."""
-    status = getattr(exc, "response", {}).get("ResponseMetadata", {}).get("HTTPStatusCode")
-    if isinstance(status, int) and status < 500:
-        return 400
-    return 503
+def _input_error(exc: Exception) -> ErrorCode:
+    """Refused (400) when S3 refused to serve the input; 503 when S3 (or the call) failed."""
+    if classify(exc) in (S3Failure.RETRY_LATER, S3Failure.FAILED):
+        return contract.INPUT_UNAVAILABLE
+    return contract.INPUT_REFUSED
 
 
 def _handler_for(runtime: LocalAsyncRuntime) -> type[BaseHTTPRequestHandler]:
@@ -397,7 +400,7 @@ def _handler_for(runtime: LocalAsyncRuntime) -> type[BaseHTTPRequestHandler]:
             if not length.isascii() or not length.isdigit() or int(length) > MAX_BODY_READ:
                 self.close_connection = True  # the body is not read: the stream is unusable
                 self._send(400, {"message": f"Content-Length must be 0..{MAX_BODY_READ}"},
-                           {"x-amzn-ErrorType": "ValidationError"})
+                           {"x-amzn-ErrorType": AWS_VALIDATION_ERROR})
                 return
             body = self.rfile.read(int(length))
             try:
@@ -406,8 +409,8 @@ def _handler_for(runtime: LocalAsyncRuntime) -> type[BaseHTTPRequestHandler]:
                 self._send(exc.status, {"message": str(exc)}, {"x-amzn-ErrorType": exc.code})
                 return
             self._send(202, {"InferenceId": job.inference_id}, {
-                _H + "OutputLocation": f"s3://{job.output_key[0]}/{job.output_key[1]}",
-                _H + "FailureLocation": f"s3://{job.failure_key[0]}/{job.failure_key[1]}",
+                _H + "OutputLocation": str(job.output),
+                _H + "FailureLocation": str(job.failure),
             })
 
         def _send(self, status: int, doc: dict[str, str], headers: dict[str, str]) -> None:

@@ -14,6 +14,7 @@ from common.contract import (
     BatchTooLargeError,
     ContractError,
     build_request,
+    is_retryable,
     pack_batch,
     parse_request,
     parse_s3_uri,
@@ -171,3 +172,17 @@ def test_error_body_round_trips_and_foreign_errors_are_tolerated() -> None:
         404, "NotFound", "gone")
     assert contract.parse_error_body(b"<html>bad gateway</html>") == (
         None, "Unknown", "<html>bad gateway</html>")
+
+
+@pytest.mark.parametrize(("code", "status", "retryable"), [
+    ("EvaluationKeysNotFound", 404, False),   # the client re-uploads, then retries once itself
+    ("InputUnavailable", 400, False),         # the input object is missing: it stays missing
+    ("InputUnavailable", 503, True),          # S3 did not answer: it may next time
+    ("RuntimeStopped", 503, True),
+    ("SomeProxyError", 502, True),            # not in the table: 5xx means "try again"
+    ("SomeProxyError", 400, False),
+    ("Unknown", None, False),
+])
+def test_retryability_comes_from_the_table(code: str, status: int | None, retryable: bool
+                                           ) -> None:
+    assert is_retryable(code, status) is retryable

@@ -25,7 +25,8 @@ import numpy as np
 import pytest
 from moto import mock_aws
 
-from common.contract import parse_error_body, parse_s3_uri
+from common.contract import parse_error_body
+from common.s3_location import parse_s3_prefix, parse_s3_uri
 from tests.iam.evaluator import Decision, Request, evaluate
 from tests.iam.recorder import record_calls
 from tests.iam.test_least_privilege import (
@@ -131,9 +132,9 @@ def test_training_execution_role_allows_what_the_training_job_does(
     # SageMaker, as the role: Debugger and Profiler write under the S3OutputPath the SDK set.
     for config, folder in (("DebugHookConfig", "debug-output"),
                            ("ProfilerConfig", "profiler-output")):
-        path = parse_s3_uri(f"{job[config]['S3OutputPath'].rstrip('/')}/x")
-        key = f"{path.key[:-1]}{job['TrainingJobName']}/{folder}/part-0"
-        assert evaluate(policy, Request("s3:PutObject", _object(key, path.bucket), TLS)) \
+        part = parse_s3_prefix(job[config]["S3OutputPath"]).join(
+            job["TrainingJobName"], folder, "part-0")
+        assert evaluate(policy, Request("s3:PutObject", _object(part.key, part.bucket), TLS)) \
             is Decision.ALLOW, config
 
     listing = next(r for r in requests if r.action == "s3:ListBucket")
@@ -225,7 +226,7 @@ def test_endpoint_execution_role_allows_what_the_endpoint_does(
     expected = linear.clear_model.predict_proba(linear.scaled_test[:2], fhe="disable")
     np.testing.assert_allclose(proba, expected)  # the recorded run really predicted
     assert predictor.timings.evaluation_key_uploads == 2  # re-uploaded after the 404
-    failure_prefix = parse_s3_uri(DP["failure_path"] + "/x").key[:-1]
+    failure_prefix = parse_s3_prefix(DP["failure_path"]).prefix
     (failure,) = moto_s3.list_objects_v2(Bucket=BUCKET, Prefix=failure_prefix)["Contents"]
     body = moto_s3.get_object(Bucket=BUCKET, Key=failure["Key"])["Body"].read()
     assert parse_error_body(body)[:2] == (404, "EvaluationKeysNotFound")
@@ -235,7 +236,7 @@ def test_endpoint_execution_role_allows_what_the_endpoint_does(
     assert (missing.operation, missing.params["Key"]) == ("GetObject", keys.key)
     (listing,) = [r for r in requests if r.action == "s3:ListBucket"]
     assert listing.context["s3:prefix"] == keys.key  # allowed: so S3 said 404, not 403
-    client = _object(parse_s3_uri(CL["s3_prefix"] + "/x").key[:-1])
+    client = _object(parse_s3_prefix(CL["s3_prefix"]).prefix)
     reads = {"model_data" if r.resource == _object(model.key) else
              r.resource.removeprefix(client).split("/")[0]
              for r in requests if r.action == "s3:GetObject"}

@@ -23,7 +23,8 @@ import numpy as np
 import pytest
 from moto import mock_aws
 
-from common.contract import pack_batch, parse_request, parse_s3_uri, unpack_batch
+from common.contract import pack_batch, parse_request, unpack_batch
+from common.s3_location import parse_s3_prefix, parse_s3_uri
 from iam.render import render
 from tests.iam.evaluator import Decision, Request, evaluate
 from tests.iam.recorder import RecordedCall, record_calls, required_requests
@@ -156,7 +157,7 @@ def test_delete_prefix_calls_are_allowed_by_the_endpoint_creator_policy(
     aws.put_object(Bucket=BUCKET, Key=parse_s3_uri(DP["model_data"]).key, Body=b"model")
     config = ["--config", str(_deploy_config(tmp_path)), "--region", REGION]
     assert deploy_endpoint.main(config) == 0
-    doomed = {f"{parse_s3_uri(p + '/x').key[:-1]}{name}"
+    doomed = {parse_s3_prefix(p).join(name).key
               for p in DP["delete_prefix"] for name in ("a.bin", "sub/b.bin")}
     kept = {"clients/alice-x/keys/k.ekl", "clients/bob/keys/k.ekl", "async-out-x/r.out",
             parse_s3_uri(DP["model_data"]).key}
@@ -231,11 +232,10 @@ def _serve_like_sagemaker(model_dir: Path) -> Any:
         results = [server.run(item, keys)
                    for item in unpack_batch(read(str(request.query_uris[0])))]
         inference_id = input_location.rsplit("/", 1)[1].removesuffix(".json")
-        out, fail = parse_s3_uri(DP["output_path"] + "/x"), parse_s3_uri(DP["failure_path"] + "/x")
-        key = f"{out.key.rsplit('/', 1)[0]}/{inference_id}.out"
-        s3.put_object(out.bucket, key, pack_batch(results))
-        failure = f"s3://{fail.bucket}/{fail.key.rsplit('/', 1)[0]}/{inference_id}-error.out"
-        return f"s3://{out.bucket}/{key}", failure
+        out, fail = parse_s3_prefix(DP["output_path"]), parse_s3_prefix(DP["failure_path"])
+        output = out.join(f"{inference_id}.out")
+        s3.put_object(output.bucket, output.key, pack_batch(results))
+        return str(output), str(fail.join(f"{inference_id}-error.out"))
 
     return invoke
 
@@ -297,8 +297,8 @@ def test_server_calls_are_allowed_by_the_endpoint_execution_role(
     linear = fixture_models["linear"]
     fhe = FHEModelClient(str(linear.model_dir), key_dir=str(tmp_path / "keys"))
     fhe.generate_private_and_evaluation_keys()
-    prefix = parse_s3_uri(CL["s3_prefix"] + "/x").key.rsplit("/", 1)[0]
-    keys, query = f"{prefix}/keys/k.ekl", f"{prefix}/queries/q.bin"
+    prefix = parse_s3_prefix(CL["s3_prefix"])
+    keys, query = prefix.join("keys", "k.ekl").key, prefix.join("queries", "q.bin").key
     aws.put_object(Bucket=BUCKET, Key=keys, Body=fhe.get_serialized_evaluation_keys())
     aws.put_object(Bucket=BUCKET, Key=query,
                    Body=fhe.quantize_encrypt_serialize(linear.scaled_test[:1]))

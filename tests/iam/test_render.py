@@ -23,7 +23,7 @@ CONFIG = json.loads(EXAMPLE_CONFIG.read_text())
     ("s3://b-1", "b-1/"), ("s3://b-1/", "b-1/"), ("s3://b-1/a/b", "b-1/a/b/"),
 ])
 def test_prefixes_end_with_a_slash(uri: str, objects: str) -> None:
-    assert split_s3_uri(uri, field="f").objects == objects
+    assert split_s3_uri(uri, field="f").path == objects
 
 
 def test_prefix_does_not_grant_a_sibling() -> None:
@@ -65,7 +65,7 @@ def test_delete_prefix_grants_only_its_prefixes_and_is_optional() -> None:
     assert [s["Resource"] for s in _s3_grants({**CONFIG, "deploy_endpoint": one})] == [
         ["arn:aws:s3:::acme-fhe"], ["arn:aws:s3:::acme-fhe/async-out/*"]]
     bad = {**section, "delete_prefix": ["s3://acme-fhe/ok", "/local/dir"]}
-    with pytest.raises(RenderError, match=r"deploy_endpoint\.delete_prefix\[1\] must be an s3://"):
+    with pytest.raises(RenderError, match=r"deploy_endpoint\.delete_prefix\[1\]' must look like 's3://"):
         render({**CONFIG, "deploy_endpoint": bad}, roles=["endpoint-creator"])
 
 

@@ -53,6 +53,7 @@ from common.contract import (
     parse_error_body,
     unpack_batch,
 )
+from common.s3_location import parse_s3_uri
 from inference.local.runtime import LocalAsyncRuntime
 from inference.local.s3_server import LOCAL_REGION, LocalS3Server, free_port
 from inference.predictor import create_app
@@ -379,9 +380,9 @@ def _wait_either(s3: Any, *uris: str, timeout: float = 60) -> tuple[str, bytes]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for uri in uris:
-            bucket, key = uri.removeprefix("s3://").split("/", 1)
+            location = parse_s3_uri(uri)
             try:
-                return uri, s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+                return uri, s3.get_object(Bucket=location.bucket, Key=location.key)["Body"].read()
             except s3.exceptions.NoSuchKey:
                 pass
         time.sleep(0.01)

@@ -1,4 +1,4 @@
-"""Every bad input: exit code 1, a failure file that says the fix, no artefact left behind."""
+"""Every bad input: exit code 2, a failure file that says the fix, no artefact left behind."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from common.process import EXIT_BAD_INPUT, EXIT_FAILED
 from tests.training.conftest import run_script, sagemaker_env
 from training import training_script
-from training.training_script import EXIT_BAD_INPUT, EXIT_INTERNAL, main
+from training.training_script import main
 
 Maker = Callable[[Path], list[str]]
 
@@ -184,7 +185,7 @@ def test_unexpected_error_exits_2_and_is_logged(tmp_path: Path, monkeypatch: pyt
     _csv(GOOD_FRAME)(channel)
     with pytest.raises(SystemExit) as exit_info:
         main(["--model-dir", str(tmp_path / "model"), "--train", str(channel)], environ={})
-    assert exit_info.value.code == EXIT_INTERNAL
+    assert exit_info.value.code == EXIT_FAILED
     text = (tmp_path / "output" / "failure").read_text()
     assert text.startswith("internal error while training (RuntimeError: compiler exploded)")
     assert "training failed with an unexpected error" in caplog.text

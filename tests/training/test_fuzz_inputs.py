@@ -1,6 +1,6 @@
-"""Fuzzed training channels: every input trains, or fails with exit 1 and a failure file.
+"""Fuzzed training channels: every input trains, or fails with exit 2 and a failure file.
 
-Never exit 2 (an internal error), never an uncaught exception, never a failure without a
+Never exit 1 (an internal error), never an uncaught exception, never a failure without a
 failure file, and never a half-written artefact.
 """
 
@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from common.artifact import CLIENT_ZIP, MANIFEST_NAME, SERVER_ZIP
-from training.training_script import EXIT_BAD_INPUT, main
+from common.process import EXIT_BAD_INPUT
+from training.training_script import main
 
 FUZZ = settings(max_examples=40, derandomize=True, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -158,7 +159,7 @@ REASONS = {  # what the failure file must name, per injected defect
 @settings(FUZZ, max_examples=5)
 @given(data=st.data())
 def test_each_defect_is_refused_with_its_reason(defect: str, data: st.DataObject) -> None:
-    """Valid data trains; each injected defect ends in exit 1 and a failure file naming it."""
+    """Valid data trains; each injected defect ends in exit 2 and a failure file naming it."""
     code, message = _train(data.draw(defective_channels(defect)))
     assert code == (0 if defect in TRAINS else EXIT_BAD_INPUT)
     if defect not in TRAINS:

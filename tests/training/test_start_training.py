@@ -42,24 +42,28 @@ def _tar_names(data: bytes) -> list[str]:
 
 # Runs training_script.py the way the training toolkit does (``python training_script.py``
 # from the unpacked sourcedir), with only the interpreter's site-packages besides the sourcedir:
-# the checkout (and the kit's editable install) is hidden, so a missing package fails here.
+# the checkout (and the kit's editable install) is hidden, so a missing package fails here. The
+# check runs as an exit handler: the script leaves through common.process.exit_process, which
+# runs exit handlers and then ends the process at once.
 _ISOLATED_RUN = """
-import runpy, sys
+import atexit, os, runpy, sys
 code = sys.argv[1]
 sys.meta_path[:] = [f for f in sys.meta_path if "__editable__" not in getattr(f, "__module__", "")]
 keep = [p for p in sys.path if p.startswith(sys.base_prefix) or "site-packages" in p]
 sys.path[:] = [code, *keep]
 sys.argv = [code + "/training_script.py", *sys.argv[2:]]
-try:
-    runpy.run_path(sys.argv[0], run_name="__main__")
-except SystemExit as exc:
-    status = exc.code
-kit = {m.__file__ for name, m in list(sys.modules.items())
-       if name.split(".")[0] in ("common", "training", "inference", "client", "local_mode")
-       and getattr(m, "__file__", None)}
-outside = sorted(f for f in kit if not f.startswith(code))
-print("outside:", outside)
-sys.exit(1 if outside else status)
+
+def report():
+    kit = {m.__file__ for name, m in list(sys.modules.items())
+           if name.split(".")[0] in ("common", "training", "inference", "client", "local_mode")
+           and getattr(m, "__file__", None)}
+    outside = sorted(f for f in kit if not f.startswith(code))
+    print("outside:", outside, flush=True)
+    if outside:
+        os._exit(1)
+
+atexit.register(report)
+runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
@@ -236,7 +240,7 @@ def test_local_mode_failure_surfaces_the_failure_file(
                  "--job-name", "bad-job"])
     assert code == 1
     err = capsys.readouterr().err
-    assert "training failed (exit code 1): DataError: train.csv has no label column 'label'" in err
+    assert "training failed (exit code 2): DataError: train.csv has no label column 'label'" in err
     assert "set hyperparameter 'label_column'" in err
     assert s3_client.list_objects_v2(Bucket=bucket).get("KeyCount") == 0
 
