@@ -26,10 +26,10 @@ lint: venv
 	$(VENV)/bin/ruff check .
 
 demo: venv
-	$(PY) -m client.demo $(DEMO_ARGS)
+	$(PY) -m local_mode.demo $(DEMO_ARGS)
 
 demo-digits: venv
-	$(PY) -m client.demo --case digits $(DEMO_ARGS)
+	$(PY) -m local_mode.demo --case digits $(DEMO_ARGS)
 
 bench: venv
 	$(PY) -m bench $(BENCH_ARGS)

@@ -23,21 +23,16 @@ import contextlib
 import json
 import logging
 import os
-import signal
-import subprocess
-import sys
-import tarfile
-import tempfile
-import threading
-import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 import s3_lifecycle
+from common import options
 from common.process import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, run_main
-from common.s3_location import S3LocationError, parse_s3_prefix, parse_s3_uri
+from common.s3_location import S3LocationError, parse_s3_prefix
+from local_mode.endpoint import LocalEndpointConfig, LocalEndpointError, run_until_stopped
 
 logger = logging.getLogger("deploy_endpoint")
 
@@ -48,6 +43,7 @@ BACKLOG_METRIC = "ApproximateBacklogSizePerInstance"
 WAKE_METRIC = "HasBacklogWithoutCapacity"
 TIMEOUT_MARGIN = 60  # SageMaker's invocation timeout exceeds the server's, so the server answers
 MODEL_SOURCES = ("model_data", "model_dir", "training_job", "latest_training_job")
+_MODEL_SOURCE = "model source"
 
 
 class DeployError(RuntimeError):
@@ -57,8 +53,97 @@ class DeployError(RuntimeError):
 # -- configuration ---------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class DeploySettings:
+    """Every option of one run (see the flags' help): flags > FHE_DEPLOY_* env > --config."""
+
+    endpoint_name: str | None = None
+    image_uri: str | None = None
+    model_data: str | None = None
+    training_job: str | None = None
+    latest_training_job: str | None = None
+    model_dir: str | None = None
+    role: str | None = None
+    region: str | None = None
+    instance_type: str = "ml.c5.4xlarge"
+    output_path: str | None = None
+    failure_path: str | None = None
+    allowed_s3_prefix: tuple[str, ...] = ()
+    success_topic: str | None = None
+    error_topic: str | None = None
+    kms_key: str | None = None
+    max_concurrent_invocations: int = 1
+    timeout: int = 600
+    workers: int = 1
+    startup_timeout: int = 1800
+    min_capacity: int = 0
+    max_capacity: int = 2
+    target_backlog: float = 2.0
+    scale_in_cooldown: int = 600
+    scale_out_cooldown: int = 120
+    delete: bool = False
+    delete_prefix: tuple[str, ...] = ()
+    client_prefix: tuple[str, ...] = ()
+    expire_keys_days: int = s3_lifecycle.DEFAULT_KEYS_DAYS
+    expire_requests_days: int = s3_lifecycle.DEFAULT_REQUESTS_DAYS
+    expire_results_days: int = s3_lifecycle.DEFAULT_RESULTS_DAYS
+    no_lifecycle: bool = False
+    dry_run: bool = False
+    local: bool = False
+    s3_endpoint_url: str | None = None
+    ready_file: str | None = None
+    port: int = 0
+    runtime_port: int = 0
+    journal_dir: str | None = None
+
+    def validate(self) -> None:
+        """Check what this kind of run needs, before anything is created.
+
+        Raises:
+            DeployError: missing or contradictory options (all missing ones listed).
+        """
+        sources = [n for n in MODEL_SOURCES if getattr(self, n)]
+        if not self.delete and not self.local and self.model_dir:
+            raise DeployError("--model-dir is for --local only: upload the model and pass"
+                              " --model-data, --training-job or --latest-training-job")
+        if len(sources) > 1 and not self.delete:
+            raise DeployError(f"give one model source, not {', '.join(map(_flag, sources))}")
+        missing = self._missing(sources)
+        if missing:
+            raise DeployError(f"missing {', '.join(missing)}: pass them as flags, in --config, or"
+                              f" as {ENV_PREFIX}<OPTION> environment variables")
+        if self.min_capacity < 0 or self.max_capacity < max(1, self.min_capacity):
+            raise DeployError("need 0 <= --min-capacity <= --max-capacity and --max-capacity >= 1")
+        ages = ("expire_keys_days", "expire_requests_days", "expire_results_days")
+        bad_ages = [f"{_flag(n)}={getattr(self, n)}" for n in ages if getattr(self, n) < 1]
+        if bad_ages:
+            raise DeployError(f"{', '.join(bad_ages)}: expiration ages are whole days >= 1")
+        if self.local and self.dry_run:
+            raise DeployError("--dry-run shows what an AWS deployment would do; drop --local")
+        if not self.delete:
+            _check_allowed_prefixes(self.allowed_s3_prefix)
+
+    def _missing(self, sources: list[str]) -> list[str]:
+        """The flags this kind of run needs and lacks, in the order the usage names them."""
+        if self.delete:
+            needed = ["endpoint_name"]
+        elif self.local:
+            needed = ["endpoint_name", "output_path", "failure_path", _MODEL_SOURCE]
+        else:
+            needed = ["endpoint_name", "image_uri", _MODEL_SOURCE, "role", "output_path",
+                      "failure_path"]
+        local = " / --model-dir" if self.local else ""
+        return [f"--model-data (or{local} --training-job / --latest-training-job)"
+                if name == _MODEL_SOURCE else _flag(name) for name in needed
+                if (not sources if name == _MODEL_SOURCE else not getattr(self, name))]
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The command line (every option also reads from --config and FHE_DEPLOY_* env)."""
+    """The command line (every option also reads from --config and FHE_DEPLOY_* env).
+
+    Every default is None, so the options given are the non-None ones (defaults:
+    :class:`DeploySettings`).
+    """
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", help="JSON file of option values")
     p.add_argument("--endpoint-name", help="endpoint (also model and config) name")
@@ -72,138 +157,95 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-dir", help="--local only: a model directory instead of --model-data")
     p.add_argument("--role", help="execution role ARN of the endpoint")
     p.add_argument("--region", help="AWS region (default: the SDK's)")
-    p.add_argument("--instance-type", default="ml.c5.4xlarge",
-                   help="CPU instance (FHE runs on every core of it)")
+    p.add_argument("--instance-type",
+                   help="CPU instance (FHE runs on every core of it; default ml.c5.4xlarge)")
     p.add_argument("--output-path", help="s3://bucket/prefix for async results")
     p.add_argument("--failure-path", help="s3://bucket/prefix for async errors")
-    p.add_argument("--allowed-s3-prefix", action="append", default=None,
+    p.add_argument("--allowed-s3-prefix", action="append",
                    help="s3://bucket/prefix the container may read (repeat); default: the"
                         " bucket of --output-path")
     p.add_argument("--success-topic", help="SNS topic ARN notified on success")
     p.add_argument("--error-topic", help="SNS topic ARN notified on error")
     p.add_argument("--kms-key", help="KMS key for the async output and the instance volume")
-    p.add_argument("--max-concurrent-invocations", type=int, default=1,
-                   help="per instance; 1 fits FHE (one run uses every core)")
-    p.add_argument("--timeout", type=int, default=600,
-                   help="seconds per invocation: SAGEMAKER_MODEL_SERVER_TIMEOUT; invoke with"
-                        " InvocationTimeoutSeconds = this + 60")
-    p.add_argument("--workers", type=int, default=1, help="gunicorn workers per instance")
-    p.add_argument("--startup-timeout", type=int, default=1800,
-                   help="container startup health check timeout (covers the circuit compile)")
-    p.add_argument("--min-capacity", type=int, default=0)
-    p.add_argument("--max-capacity", type=int, default=2)
-    p.add_argument("--target-backlog", type=float, default=2.0,
-                   help="target ApproximateBacklogSizePerInstance")
-    p.add_argument("--scale-in-cooldown", type=int, default=600)
-    p.add_argument("--scale-out-cooldown", type=int, default=120)
-    p.add_argument("--delete", action="store_true",
+    p.add_argument("--max-concurrent-invocations", type=int,
+                   help="per instance; 1 (the default) fits FHE (one run uses every core)")
+    p.add_argument("--timeout", type=int,
+                   help="seconds per invocation (default 600): SAGEMAKER_MODEL_SERVER_TIMEOUT;"
+                        " invoke with InvocationTimeoutSeconds = this + 60")
+    p.add_argument("--workers", type=int, help="gunicorn workers per instance (default 1)")
+    p.add_argument("--startup-timeout", type=int,
+                   help="container startup health check timeout (covers the circuit compile;"
+                        " default 1800)")
+    p.add_argument("--min-capacity", type=int, help="default 0")
+    p.add_argument("--max-capacity", type=int, help="default 2")
+    p.add_argument("--target-backlog", type=float,
+                   help="target ApproximateBacklogSizePerInstance (default 2)")
+    p.add_argument("--scale-in-cooldown", type=int, help="default 600")
+    p.add_argument("--scale-out-cooldown", type=int, help="default 120")
+    p.add_argument("--delete", action="store_true", default=None,
                    help="remove endpoint, endpoint config, model, scaling policies and alarm")
-    p.add_argument("--delete-prefix", action="append", default=None,
+    p.add_argument("--delete-prefix", action="append",
                    help="with --delete: also delete every object under this s3:// prefix")
-    p.add_argument("--client-prefix", action="append", default=None,
+    p.add_argument("--client-prefix", action="append",
                    help="s3://bucket/prefix a client uses (EncryptedPredictor's s3_prefix; repeat):"
                         " its keys/, queries/ and requests/ expire; default: each"
                         " --allowed-s3-prefix")
-    p.add_argument("--expire-keys-days", type=int, default=s3_lifecycle.DEFAULT_KEYS_DAYS,
-                   help="age of evaluation keys in S3 (clients re-upload them when missing)")
+    p.add_argument("--expire-keys-days", type=int,
+                   help="age of evaluation keys in S3 (clients re-upload them when missing;"
+                        f" default {s3_lifecycle.DEFAULT_KEYS_DAYS})")
     p.add_argument("--expire-requests-days", type=int,
-                   default=s3_lifecycle.DEFAULT_REQUESTS_DAYS,
-                   help="age of ciphertexts and request documents a client did not delete")
-    p.add_argument("--expire-results-days", type=int, default=s3_lifecycle.DEFAULT_RESULTS_DAYS,
-                   help="age of async results and failure objects")
-    p.add_argument("--no-lifecycle", action="store_true",
+                   help="age of ciphertexts and request documents a client did not delete"
+                        f" (default {s3_lifecycle.DEFAULT_REQUESTS_DAYS})")
+    p.add_argument("--expire-results-days", type=int,
+                   help="age of async results and failure objects"
+                        f" (default {s3_lifecycle.DEFAULT_RESULTS_DAYS})")
+    p.add_argument("--no-lifecycle", action="store_true", default=None,
                    help="leave the buckets' lifecycle configuration alone")
-    p.add_argument("--dry-run", action="store_true",
+    p.add_argument("--dry-run", action="store_true", default=None,
                    help="print what would be created (or deleted) and change nothing")
-    p.add_argument("--local", action="store_true", help="run the whole endpoint on this machine")
+    p.add_argument("--local", action="store_true", default=None,
+                   help="run the whole endpoint on this machine")
     p.add_argument("--s3-endpoint-url", help="--local: S3 endpoint (default AWS_ENDPOINT_URL_S3,"
                                              " else an embedded S3 for --model-dir)")
     p.add_argument("--ready-file", help="--local: write endpoint JSON here once healthy")
-    p.add_argument("--port", type=int, default=0, help="--local: serve port (0 = free port)")
-    p.add_argument("--runtime-port", type=int, default=0, help="--local: runtime port")
+    p.add_argument("--port", type=int, help="--local: serve port (0 = free port)")
+    p.add_argument("--runtime-port", type=int, help="--local: runtime port")
     p.add_argument("--journal-dir", help="--local: keep accepted invocations on disk here; a"
                    " local endpoint restarted on the same folder completes what a crash left")
     return p
 
 
+ENV_NAMES = {item.name: ENV_PREFIX + item.name.upper() for item in fields(DeploySettings)}
+"""Each option's environment variable: ``FHE_DEPLOY_<OPTION>`` (lists comma-separated)."""
+
+
 def parse_args(argv: Sequence[str] | None, environ: Mapping[str, str] | None = None
-               ) -> argparse.Namespace:
-    """Parse flags over env (FHE_DEPLOY_*) over the --config file over defaults.
+               ) -> DeploySettings:
+    """Parse flags over env (FHE_DEPLOY_*) over the --config file over defaults; validate.
 
     Raises:
-        DeployError: the config file is unreadable, or required options are missing.
+        DeployError: the config file is unreadable, options are mistyped, or required options
+            are missing.
     """
-    env = os.environ if environ is None else environ
-    parser = build_parser()
-    first = parser.parse_args(argv)
-    defaults: dict[str, Any] = {}
-    if first.config:
-        try:
-            doc = json.loads(Path(first.config).read_text())
-        except (OSError, ValueError) as exc:
-            raise DeployError(f"cannot read --config {first.config}: {exc}") from exc
-        defaults.update({k.replace("-", "_"): v for k, v in doc.items()})
-    for action in parser._actions:
-        raw = env.get(ENV_PREFIX + action.dest.upper())
-        if raw is None or action.dest == "help":
-            continue
-        if action.nargs == 0:
-            defaults[action.dest] = raw.lower() in ("1", "true", "yes")
-        elif isinstance(action, argparse._AppendAction):
-            defaults[action.dest] = [v for v in raw.split(",") if v]
-        else:
-            defaults[action.dest] = action.type(raw) if action.type else raw
-    unknown = sorted(set(defaults) - {a.dest for a in parser._actions})
-    if unknown:
-        raise DeployError(f"unknown option(s) in --config: {', '.join(unknown)}")
-    parser.set_defaults(**defaults)
-    args = parser.parse_args(argv)
-    _require(args)
-    return args
+    args = build_parser().parse_args(argv)
+    try:
+        config = {} if args.config is None else options.read_config(
+            Path(args.config), known=ENV_NAMES)
+        settings = options.resolve(DeploySettings, flags=options.given(args),
+                                   environ=os.environ if environ is None else environ,
+                                   env_names=ENV_NAMES, config=config)
+    except options.OptionsError as exc:
+        raise DeployError(f"--config / {ENV_PREFIX}*: {exc}") from exc
+    settings.validate()
+    return settings
 
 
-def _require(args: argparse.Namespace) -> None:
-    sources = [n for n in MODEL_SOURCES if getattr(args, n)]
-    if args.delete:
-        needed = ["endpoint_name"]
-    elif args.local:
-        needed = ["endpoint_name", "output_path", "failure_path", "model source"]
-    else:
-        needed = ["endpoint_name", "image_uri", "model source", "role", "output_path",
-                  "failure_path"]
-        if args.model_dir:
-            raise DeployError("--model-dir is for --local only: upload the model and pass"
-                              " --model-data, --training-job or --latest-training-job")
-    if len(sources) > 1 and not args.delete:
-        raise DeployError(f"give one model source, not {', '.join(map(_flag, sources))}")
-    missing = []
-    for name in needed:
-        if name != "model source" and not getattr(args, name):
-            missing.append(_flag(name))
-        elif name == "model source" and not sources:
-            local = " / --model-dir" if args.local else ""
-            missing.append(f"--model-data (or{local} --training-job / --latest-training-job)")
-    if missing:
-        raise DeployError(f"missing {', '.join(missing)}: pass them as flags, in --config, or as"
-                          f" {ENV_PREFIX}<OPTION> environment variables")
-    if args.min_capacity < 0 or args.max_capacity < max(1, args.min_capacity):
-        raise DeployError("need 0 <= --min-capacity <= --max-capacity and --max-capacity >= 1")
-    ages = ("expire_keys_days", "expire_requests_days", "expire_results_days")
-    bad_ages = [f"--{n.replace('_', '-')}={getattr(args, n)}" for n in ages if getattr(args, n) < 1]
-    if bad_ages:
-        raise DeployError(f"{', '.join(bad_ages)}: expiration ages are whole days >= 1")
-    if args.local and args.dry_run:
-        raise DeployError("--dry-run shows what an AWS deployment would do; drop --local")
-    if not args.delete:
-        _check_allowed_prefixes(args)
-
-
-def _check_allowed_prefixes(args: argparse.Namespace) -> None:
+def _check_allowed_prefixes(prefixes: Sequence[str]) -> None:
     """Every --allowed-s3-prefix must parse, before anything is created (all listed)."""
     from inference.settings import SettingsError, parse_allowed_prefix
 
     problems = []
-    for text in args.allowed_s3_prefix or ():
+    for text in prefixes:
         try:
             parse_allowed_prefix(text)
         except SettingsError as exc:
@@ -216,45 +258,45 @@ def _flag(dest: str) -> str:
     return "--" + dest.replace("_", "-")
 
 
-def allowed_prefixes(args: argparse.Namespace) -> list[str]:
+def allowed_prefixes(settings: DeploySettings) -> list[str]:
     """The container's S3 allow-list: the flags, or the bucket of --output-path."""
-    if args.allowed_s3_prefix:
-        return list(args.allowed_s3_prefix)
-    return [f"s3://{parse_s3_prefix(args.output_path, field='--output-path').bucket}"]
+    if settings.allowed_s3_prefix:
+        return list(settings.allowed_s3_prefix)
+    return [f"s3://{parse_s3_prefix(settings.output_path, field='--output-path').bucket}"]
 
 
-def client_prefixes(args: argparse.Namespace) -> list[str]:
+def client_prefixes(settings: DeploySettings) -> list[str]:
     """The clients' S3 prefixes: the flags, or the container's allow-list."""
-    return list(args.client_prefix or allowed_prefixes(args))
+    return list(settings.client_prefix or allowed_prefixes(settings))
 
 
-def lifecycle_rules(args: argparse.Namespace) -> list[s3_lifecycle.ExpiryRule]:
+def lifecycle_rules(settings: DeploySettings) -> list[s3_lifecycle.ExpiryRule]:
     """The expiration rules of this deployment.
 
     Raises:
         DeployError: a rule would cover a whole bucket, the model data, or another rule.
     """
-    ages = s3_lifecycle.Ages(keys_days=args.expire_keys_days,
-                             requests_days=args.expire_requests_days,
-                             results_days=args.expire_results_days)
+    ages = s3_lifecycle.Ages(keys_days=settings.expire_keys_days,
+                             requests_days=settings.expire_requests_days,
+                             results_days=settings.expire_results_days)
     try:
         return s3_lifecycle.planned_rules(
-            client_prefixes=client_prefixes(args), output_path=args.output_path,
-            failure_path=args.failure_path, ages=ages,
-            protected=[args.model_data] if args.model_data else [])
+            client_prefixes=client_prefixes(settings), output_path=settings.output_path,
+            failure_path=settings.failure_path, ages=ages,
+            protected=[settings.model_data] if settings.model_data else [])
     except s3_lifecycle.LifecycleError as exc:
         raise DeployError(str(exc)) from exc
 
 
-def container_env(args: argparse.Namespace) -> dict[str, str]:
+def container_env(settings: DeploySettings) -> dict[str, str]:
     """Environment of the serving container (see inference/settings.py)."""
     from inference.settings import ENV_ALLOWED_PREFIXES, ENV_TIMEOUT, ENV_WORKERS
 
-    return {ENV_TIMEOUT: str(args.timeout), ENV_WORKERS: str(args.workers),
-            ENV_ALLOWED_PREFIXES: ",".join(allowed_prefixes(args))}
+    return {ENV_TIMEOUT: str(settings.timeout), ENV_WORKERS: str(settings.workers),
+            ENV_ALLOWED_PREFIXES: ",".join(allowed_prefixes(settings))}
 
 
-def resolve_model_data(args: argparse.Namespace, sagemaker: Any) -> str:
+def resolve_model_data(settings: DeploySettings, sagemaker: Any) -> str:
     """The model.tar.gz of ``--training-job`` / ``--latest-training-job``.
 
     Raises:
@@ -263,8 +305,8 @@ def resolve_model_data(args: argparse.Namespace, sagemaker: Any) -> str:
     from common.training_jobs import JobLookupError, find_model
 
     try:
-        found = find_model(sagemaker, job_name=args.training_job,
-                           base_job_name=args.latest_training_job)
+        found = find_model(sagemaker, job_name=settings.training_job,
+                           base_job_name=settings.latest_training_job)
     except JobLookupError as exc:
         raise DeployError(str(exc)) from exc
     logger.info("model of training job %s: %s", found.job_name, found.model_data)
@@ -301,7 +343,7 @@ class Names:
         return f"{self.endpoint}-has-backlog-without-capacity"
 
 
-def deploy(args: argparse.Namespace, boto_session: Any) -> dict[str, Any]:
+def deploy(settings: DeploySettings, boto_session: Any) -> dict[str, Any]:
     """Create lifecycle rules, model, endpoint config, async endpoint and autoscaling.
 
     The lifecycle rules go first: they are idempotent, and a refusal surfaces before the
@@ -311,89 +353,89 @@ def deploy(args: argparse.Namespace, boto_session: Any) -> dict[str, Any]:
     from sagemaker.async_inference import AsyncInferenceConfig
     from sagemaker.model import Model
 
-    names = Names(args.endpoint_name)
-    lifecycle = lifecycle_changes(args, boto_session)
+    names = Names(settings.endpoint_name)
+    lifecycle = lifecycle_changes(settings, boto_session)
     s3_lifecycle.execute(boto_session.client("s3"), lifecycle)
     session = sagemaker.Session(boto_session=boto_session)
-    notification = {k: v for k, v in (("SuccessTopic", args.success_topic),
-                                      ("ErrorTopic", args.error_topic)) if v}
+    notification = {k: v for k, v in (("SuccessTopic", settings.success_topic),
+                                      ("ErrorTopic", settings.error_topic)) if v}
     async_config = AsyncInferenceConfig(
-        output_path=args.output_path,
-        failure_path=args.failure_path,
-        max_concurrent_invocations_per_instance=args.max_concurrent_invocations,
-        kms_key_id=args.kms_key,
+        output_path=settings.output_path,
+        failure_path=settings.failure_path,
+        max_concurrent_invocations_per_instance=settings.max_concurrent_invocations,
+        kms_key_id=settings.kms_key,
         notification_config=notification or None,
     )
-    model = Model(image_uri=args.image_uri, model_data=args.model_data, role=args.role,
-                  env=container_env(args), name=names.model, sagemaker_session=session)
+    model = Model(image_uri=settings.image_uri, model_data=settings.model_data, role=settings.role,
+                  env=container_env(settings), name=names.model, sagemaker_session=session)
     model.deploy(
         initial_instance_count=1,
-        instance_type=args.instance_type,
+        instance_type=settings.instance_type,
         endpoint_name=names.endpoint,
         async_inference_config=async_config,
-        kms_key=args.kms_key,
-        container_startup_health_check_timeout=args.startup_timeout,
-        model_data_download_timeout=args.startup_timeout,
+        kms_key=settings.kms_key,
+        container_startup_health_check_timeout=settings.startup_timeout,
+        model_data_download_timeout=settings.startup_timeout,
         wait=True,
     )
-    configure_autoscaling(args, boto_session)
+    configure_autoscaling(settings, boto_session)
     return {"endpoint_name": names.endpoint, "model_name": names.model,
-            "invocation_timeout_seconds": args.timeout + TIMEOUT_MARGIN,
-            "output_path": args.output_path, "failure_path": args.failure_path,
+            "invocation_timeout_seconds": settings.timeout + TIMEOUT_MARGIN,
+            "output_path": settings.output_path, "failure_path": settings.failure_path,
             "lifecycle_rules": {c.bucket: c.owned for c in lifecycle}}
 
 
-def plan(args: argparse.Namespace, boto_session: Any) -> dict[str, Any]:
+def plan(settings: DeploySettings, boto_session: Any) -> dict[str, Any]:
     """What deploy (or --delete) would do, for --dry-run; reads lifecycle rules, writes nothing."""
-    names = Names(args.endpoint_name)
-    if args.delete:
-        lifecycle = [] if args.no_lifecycle else removal_changes(
-            boto_session.client("s3"), names.endpoint, lifecycle_buckets(args, boto_session))
+    names = Names(settings.endpoint_name)
+    if settings.delete:
+        lifecycle = [] if settings.no_lifecycle else removal_changes(
+            boto_session.client("s3"), names.endpoint, lifecycle_buckets(settings, boto_session))
         return {"dry_run": True,
                 "delete": {"endpoint": names.endpoint, "model": names.model,
                            "autoscaling": {"policies": [names.target_policy, names.wake_policy],
                                            "scalable_target": names.resource_id,
                                            "alarm": names.wake_alarm},
-                           "objects_under": list(args.delete_prefix or [])},
+                           "objects_under": list(settings.delete_prefix or [])},
                 "lifecycle": [c.as_dict() for c in lifecycle]}
-    lifecycle = lifecycle_changes(args, boto_session)
+    lifecycle = lifecycle_changes(settings, boto_session)
     return {"dry_run": True,
-            "create": {"model": names.model, "image_uri": args.image_uri,
-                       "model_data": args.model_data, "environment": container_env(args),
-                       "endpoint": names.endpoint, "instance_type": args.instance_type,
-                       "output_path": args.output_path, "failure_path": args.failure_path,
-                       "autoscaling": {"min_capacity": args.min_capacity,
-                                       "max_capacity": args.max_capacity,
+            "create": {"model": names.model, "image_uri": settings.image_uri,
+                       "model_data": settings.model_data, "environment": container_env(settings),
+                       "endpoint": names.endpoint, "instance_type": settings.instance_type,
+                       "output_path": settings.output_path, "failure_path": settings.failure_path,
+                       "autoscaling": {"min_capacity": settings.min_capacity,
+                                       "max_capacity": settings.max_capacity,
                                        "policies": [names.target_policy, names.wake_policy],
                                        "alarm": names.wake_alarm}},
             "lifecycle": [c.as_dict() for c in lifecycle]}
 
 
-def lifecycle_changes(args: argparse.Namespace, boto_session: Any
+def lifecycle_changes(settings: DeploySettings, boto_session: Any
                       ) -> list[s3_lifecycle.BucketChange]:
     """This deployment's rules merged into each bucket's configuration (nothing written yet).
 
     Raises:
         DeployError: the rules cannot be planned (bad locations, missing buckets).
     """
-    if args.no_lifecycle:
+    if settings.no_lifecycle:
         return []
     try:
-        return s3_lifecycle.plan_apply(boto_session.client("s3"), args.endpoint_name,
-                                       lifecycle_rules(args))
+        return s3_lifecycle.plan_apply(boto_session.client("s3"), settings.endpoint_name,
+                                       lifecycle_rules(settings))
     except s3_lifecycle.LifecycleError as exc:
         raise DeployError(str(exc)) from exc
 
 
-def lifecycle_buckets(args: argparse.Namespace, boto_session: Any) -> list[str]:
+def lifecycle_buckets(settings: DeploySettings, boto_session: Any) -> list[str]:
     """Buckets that may hold this endpoint's lifecycle rules, for --delete.
 
     The locations given on the command line, plus those the deployed endpoint was created
     with (its async output/failure paths and its container's allow-list), when it still exists.
     """
-    uris = [*(args.client_prefix or []), *(args.allowed_s3_prefix or []),
-            *(u for u in (args.output_path, args.failure_path) if u)]
-    uris += _deployed_locations(boto_session.client("sagemaker"), Names(args.endpoint_name))
+    uris = [*(settings.client_prefix or []), *(settings.allowed_s3_prefix or []),
+            *(u for u in (settings.output_path, settings.failure_path) if u)]
+    uris += _deployed_locations(boto_session.client("sagemaker"), Names(settings.endpoint_name))
     try:
         return list(dict.fromkeys(parse_s3_prefix(uri).bucket for uri in uris))
     except S3LocationError as exc:
@@ -417,14 +459,14 @@ def _deployed_locations(sm: Any, names: Names) -> list[str]:
     return uris
 
 
-def configure_autoscaling(args: argparse.Namespace, boto_session: Any) -> None:
+def configure_autoscaling(settings: DeploySettings, boto_session: Any) -> None:
     """Scale on the async backlog, down to ``--min-capacity`` (0) and back up from zero."""
-    names = Names(args.endpoint_name)
+    names = Names(settings.endpoint_name)
     scaling = boto_session.client("application-autoscaling")
     scaling.register_scalable_target(
         ServiceNamespace="sagemaker", ResourceId=names.resource_id,
-        ScalableDimension=SCALABLE_DIMENSION, MinCapacity=args.min_capacity,
-        MaxCapacity=args.max_capacity,
+        ScalableDimension=SCALABLE_DIMENSION, MinCapacity=settings.min_capacity,
+        MaxCapacity=settings.max_capacity,
     )
     dimensions = [{"Name": "EndpointName", "Value": names.endpoint}]
     scaling.put_scaling_policy(
@@ -432,12 +474,12 @@ def configure_autoscaling(args: argparse.Namespace, boto_session: Any) -> None:
         ResourceId=names.resource_id, ScalableDimension=SCALABLE_DIMENSION,
         PolicyType="TargetTrackingScaling",
         TargetTrackingScalingPolicyConfiguration={
-            "TargetValue": args.target_backlog,
+            "TargetValue": settings.target_backlog,
             "CustomizedMetricSpecification": {"MetricName": BACKLOG_METRIC,
                                               "Namespace": "AWS/SageMaker",
                                               "Dimensions": dimensions, "Statistic": "Average"},
-            "ScaleInCooldown": args.scale_in_cooldown,
-            "ScaleOutCooldown": args.scale_out_cooldown,
+            "ScaleInCooldown": settings.scale_in_cooldown,
+            "ScaleOutCooldown": settings.scale_out_cooldown,
         },
     )
     wake = scaling.put_scaling_policy(
@@ -446,7 +488,7 @@ def configure_autoscaling(args: argparse.Namespace, boto_session: Any) -> None:
         PolicyType="StepScaling",
         StepScalingPolicyConfiguration={
             "AdjustmentType": "ChangeInCapacity", "MetricAggregationType": "Average",
-            "Cooldown": args.scale_out_cooldown,
+            "Cooldown": settings.scale_out_cooldown,
             "StepAdjustments": [{"MetricIntervalLowerBound": 0.0, "ScalingAdjustment": 1}],
         },
     )
@@ -458,15 +500,15 @@ def configure_autoscaling(args: argparse.Namespace, boto_session: Any) -> None:
     )
 
 
-def delete(args: argparse.Namespace, boto_session: Any) -> list[str]:
+def delete(settings: DeploySettings, boto_session: Any) -> list[str]:
     """Remove everything :func:`deploy` created (missing pieces are skipped); list what went."""
     from botocore.exceptions import ClientError
 
-    names = Names(args.endpoint_name)
+    names = Names(settings.endpoint_name)
     sm = boto_session.client("sagemaker")
     scaling = boto_session.client("application-autoscaling")
     removed: list[str] = []
-    buckets = [] if args.no_lifecycle else lifecycle_buckets(args, boto_session)
+    buckets = [] if settings.no_lifecycle else lifecycle_buckets(settings, boto_session)
 
     def attempt(label: str, call: Any, **kwargs: Any) -> None:
         try:
@@ -490,7 +532,7 @@ def delete(args: argparse.Namespace, boto_session: Any) -> list[str]:
     attempt(f"endpoint config {config_name}", sm.delete_endpoint_config,
             EndpointConfigName=config_name)
     attempt(f"model {names.model}", sm.delete_model, ModelName=names.model)
-    for prefix in args.delete_prefix or []:
+    for prefix in settings.delete_prefix or []:
         removed.append(f"{delete_prefix(boto_session.client('s3'), prefix)} objects under {prefix}")
     s3 = boto_session.client("s3")
     for change in removal_changes(s3, names.endpoint, buckets):
@@ -535,175 +577,63 @@ def delete_prefix(s3: Any, uri: str) -> int:
 # -- local -----------------------------------------------------------------------------------
 
 
-def extract_model(archive: Path, dest: Path) -> Path:
-    """Unpack model.tar.gz safely (no absolute paths, links or device files)."""
-    with tarfile.open(archive, "r:gz") as tar:
-        tar.extractall(dest, filter="data")
-    return dest
+def local_config(settings: DeploySettings) -> LocalEndpointConfig:
+    """What ``--local`` serves: the options of a SageMaker deployment, on this machine."""
+    return LocalEndpointConfig(
+        endpoint_name=settings.endpoint_name, output_path=settings.output_path,
+        failure_path=settings.failure_path, allowed_prefixes=tuple(allowed_prefixes(settings)),
+        model_dir=Path(settings.model_dir) if settings.model_dir else None,
+        model_data=settings.model_data, s3_endpoint_url=settings.s3_endpoint_url,
+        timeout=settings.timeout, invocation_timeout=settings.timeout + TIMEOUT_MARGIN,
+        workers=settings.workers, max_concurrency=settings.max_concurrent_invocations,
+        startup_timeout=settings.startup_timeout, port=settings.port,
+        runtime_port=settings.runtime_port,
+        journal_dir=Path(settings.journal_dir) if settings.journal_dir else None)
 
 
-class LocalEndpoint:
-    """The whole endpoint on this machine: S3 (given or embedded), ``serve``, async runtime."""
-
-    def __init__(self, args: argparse.Namespace, work_dir: Path) -> None:
-        self.args = args
-        self.work_dir = work_dir
-        self.s3_server: Any = None
-        self.serve: subprocess.Popen[bytes] | None = None
-        self.runtime: Any = None
-
-    def start(self) -> dict[str, str]:
-        """Start everything; return the ready document."""
-        import boto3
-
-        from inference.local.runtime import LocalAsyncRuntime
-        from inference.local.s3_server import LocalS3Server, free_port
-        from inference.settings import parse_allowed_prefix
-
-        s3_url = self.args.s3_endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3")
-        s3_env: dict[str, str] = {}
-        if not s3_url and not self.args.model_data:
-            self.s3_server = LocalS3Server(log_path=self.work_dir / "s3.log").start()
-            s3_url, s3_env = self.s3_server.endpoint_url, self.s3_server.env()
-            logger.info("embedded S3 on %s", s3_url)
-        s3 = boto3.client("s3", endpoint_url=s3_url, **_credentials(s3_env))
-        if self.s3_server is not None:
-            for uri in (self.args.output_path, self.args.failure_path):
-                s3.create_bucket(Bucket=parse_s3_prefix(uri).bucket)
-        model_dir = self._model_dir(s3)
-        port = self.args.port or free_port()
-        env = {**os.environ, **s3_env, **container_env(self.args),
-               "FHE_MODEL_DIR": str(model_dir), "SAGEMAKER_BIND_TO_PORT": str(port),
-               "FHE_BIND_HOST": "127.0.0.1", "FHE_KEY_CACHE_DIR": str(self.work_dir / "keys")}
-        if s3_url:
-            env["AWS_ENDPOINT_URL_S3"] = s3_url
-        serve_url = f"http://127.0.0.1:{port}"
-        self.serve = subprocess.Popen([sys.executable, "-m", "inference.serve"], env=env)
-        wait_healthy(f"{serve_url}/ping", self.serve, timeout=self.args.startup_timeout)
-        self.runtime = LocalAsyncRuntime(
-            endpoint_name=self.args.endpoint_name, container_url=serve_url,
-            output_path=self.args.output_path, failure_path=self.args.failure_path,
-            s3_client=s3, max_concurrency=self.args.max_concurrent_invocations,
-            invocation_timeout=self.args.timeout + TIMEOUT_MARGIN, port=self.args.runtime_port,
-            journal_dir=self.args.journal_dir,
-            allowed_input_prefixes=[parse_allowed_prefix(p) for p in allowed_prefixes(self.args)],
-        ).start()
-        return {"endpoint_name": self.args.endpoint_name, "runtime_url": self.runtime.url,
-                "serve_url": serve_url, "s3_endpoint_url": s3_url or "",
-                "output_path": self.args.output_path, "failure_path": self.args.failure_path}
-
-    def _model_dir(self, s3: Any) -> Path:
-        if self.args.model_dir:
-            return Path(self.args.model_dir).resolve()
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        uri = parse_s3_uri(self.args.model_data, field="--model-data")
-        archive = self.work_dir / "model.tar.gz"
-        try:
-            s3.download_file(uri.bucket, uri.key, str(archive))
-        except (ClientError, BotoCoreError) as exc:
-            raise DeployError(f"cannot download {uri}: {exc}") from exc
-        return extract_model(archive, self.work_dir / "model")
-
-    def stop(self) -> None:
-        """Stop runtime, server and embedded S3 (in that order)."""
-        from inference.local.s3_server import stop_process
-
-        if self.runtime is not None:
-            self.runtime.stop()
-        if self.serve is not None:
-            stop_process(self.serve, timeout=60)
-        if self.s3_server is not None:
-            self.s3_server.stop()
-
-
-def _credentials(env: Mapping[str, str]) -> dict[str, str]:
-    if not env:
-        return {}
-    return {"aws_access_key_id": env["AWS_ACCESS_KEY_ID"],
-            "aws_secret_access_key": env["AWS_SECRET_ACCESS_KEY"],
-            "aws_session_token": env["AWS_SESSION_TOKEN"],
-            "region_name": env["AWS_DEFAULT_REGION"]}
-
-
-def wait_healthy(url: str, process: subprocess.Popen[bytes], *, timeout: float) -> None:
-    """Poll ``url`` until it answers 200.
-
-    Raises:
-        DeployError: the process exited or ``timeout`` passed.
-    """
-    import requests
-
-    deadline = time.monotonic() + timeout
-    with requests.Session() as http:
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise DeployError(f"serve exited with code {process.returncode}; see its log")
-            try:
-                if http.get(url, timeout=2).status_code == 200:
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(0.2)
-    raise DeployError(f"{url} was not healthy within {timeout} s")
-
-
-def run_local(args: argparse.Namespace, *, stop_event: threading.Event | None = None) -> int:
-    """Run the local endpoint until SIGINT/SIGTERM (or ``stop_event``)."""
-    from common.files import atomic_write_bytes
-
-    stop = stop_event or threading.Event()
-    if threading.current_thread() is threading.main_thread():
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, lambda *_: stop.set())
-    with tempfile.TemporaryDirectory(prefix="fhe-local-endpoint-") as work:
-        endpoint = LocalEndpoint(args, Path(work))
-        try:
-            ready = endpoint.start()
-            print(f"endpoint {ready['endpoint_name']} ready: runtime {ready['runtime_url']},"
-                  f" serve {ready['serve_url']}, S3 {ready['s3_endpoint_url'] or 'AWS'}",
-                  flush=True)
-            if args.ready_file:
-                atomic_write_bytes(args.ready_file, json.dumps(ready, indent=2).encode())
-            while not stop.wait(0.5):
-                if endpoint.serve is not None and endpoint.serve.poll() is not None:
-                    logger.error("serve exited with code %s", endpoint.serve.returncode)
-                    return EXIT_FAILED
-            return EXIT_OK
-        finally:
-            endpoint.stop()
+def _print_ready(ready: dict[str, str]) -> None:
+    print(f"endpoint {ready['endpoint_name']} ready: runtime {ready['runtime_url']},"
+          f" serve {ready['serve_url']}, S3 {ready['s3_endpoint_url'] or 'AWS'}", flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point: deploy, delete, or run locally."""
+    """Entry point: deploy, delete, or run locally (exit codes: :mod:`common.process`)."""
     from botocore.exceptions import ClientError
 
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        args = parse_args(argv)
-        import boto3
-
-        boto_session = boto3.Session(region_name=args.region)
-        if not args.delete and (args.training_job or args.latest_training_job):
-            args.model_data = resolve_model_data(args, boto_session.client("sagemaker"))
-        if args.local:
-            return run_local(args)
-        if args.dry_run:
-            print(json.dumps(plan(args, boto_session), indent=2))
-            return EXIT_OK
-        if args.delete:
-            for item in delete(args, boto_session):
-                print(f"deleted {item}")
-            return EXIT_OK
-        summary = deploy(args, boto_session)
+        return run(parse_args(argv))
     except DeployError as exc:
         logger.error("%s", exc)
         return EXIT_BAD_INPUT
+    except LocalEndpointError as exc:
+        logger.error("%s", exc)
+        return EXIT_FAILED
     except ClientError as exc:
         logger.error("AWS refused: %s", exc)
         return EXIT_FAILED
-    print(f"\ndeployed {json.dumps(summary)}")
+
+
+def run(settings: DeploySettings) -> int:
+    """Deploy, delete, plan (--dry-run) or run locally, as ``settings`` say; print the outcome."""
+    import boto3
+
+    boto_session = boto3.Session(region_name=settings.region)
+    if not settings.delete and (settings.training_job or settings.latest_training_job):
+        model_data = resolve_model_data(settings, boto_session.client("sagemaker"))
+        settings = replace(settings, model_data=model_data)
+    if settings.local:
+        ready_file = Path(settings.ready_file) if settings.ready_file else None
+        return run_until_stopped(local_config(settings), on_ready=_print_ready,
+                                 ready_file=ready_file)
+    if settings.dry_run:
+        print(json.dumps(plan(settings, boto_session), indent=2))
+    elif settings.delete:
+        for item in delete(settings, boto_session):
+            print(f"deleted {item}")
+    else:
+        print(f"\ndeployed {json.dumps(deploy(settings, boto_session))}")
     return EXIT_OK
 
 

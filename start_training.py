@@ -29,10 +29,12 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, NoReturn
 
+from common import options
 from common.files import atomic_write_bytes
 from common.process import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, run_main
 from common.s3_location import S3LocationError, is_s3_location, parse_s3_prefix
-from training.errors import LaunchConfigError, LaunchError, TrainingError
+from local_mode.training_job import LocalJobError, run_local_job
+from training.errors import TrainingError
 from training.models import resolve_hyperparameters
 
 logger = logging.getLogger("start_training")
@@ -59,6 +61,10 @@ ENV_BY_SETTING = {
 DEFAULT_INSTANCE_TYPE = "ml.c5.2xlarge"
 DEFAULT_BASE_JOB_NAME = "concrete-fhe"
 DEFAULT_MAX_RUN_SECONDS = 24 * 3600
+
+
+class LaunchConfigError(ValueError):
+    """start_training.py was given incomplete or invalid settings (all problems listed)."""
 
 
 @dataclass(frozen=True)
@@ -93,24 +99,15 @@ class LaunchSettings:
             LaunchConfigError: unreadable config, bad values or missing settings (all listed).
         """
         args = _parser().parse_args(list(argv))
-        config = _read_config(args.config) if args.config else {}
-        values: dict[str, Any] = {}
-        for item in fields(cls):
-            given = getattr(args, item.name, None)
-            env_name = ENV_BY_SETTING.get(item.name)
-            if given is not None:
-                values[item.name] = given
-            elif env_name and environ.get(env_name):
-                values[item.name] = environ[env_name]
-            elif item.name in config:
-                values[item.name] = config[item.name]
-        hyperparameters = {**_str_values(config.get("hyperparameters", {})),
-                           **_parse_pairs(args.hyperparameter or [])}
-        values["hyperparameters"] = hyperparameters
-        for name in ("result_file", "work_dir"):
-            if values.get(name) is not None:
-                values[name] = Path(values[name])
-        settings = cls(**values)
+        try:
+            config = _read_config(args.config) if args.config else {}
+            flags = {**options.given(args), "hyperparameters": {
+                **_str_values(config.get("hyperparameters", {})),
+                **_parse_pairs(args.hyperparameter or [])}}
+            settings = options.resolve(cls, flags=flags, environ=environ,
+                                       env_names=ENV_BY_SETTING, config=config)
+        except options.OptionsError as exc:
+            raise LaunchConfigError(str(exc)) from exc
         settings.validate()
         return settings
 
@@ -137,11 +134,7 @@ class LaunchSettings:
             if not self.image_uri:
                 problems.append(f"--image-uri is required (the Dockerfile.training image; env "
                                 f"{ENV_IMAGE_URI})")
-        for item in fields(self):
-            value, default = getattr(self, item.name), item.default
-            if isinstance(default, bool | int) and type(value) is not type(default):
-                problems.append(f"{item.name} must be {type(default).__name__}, got {value!r}")
-        if isinstance(self.instance_count, int) and self.instance_count < 1:
+        if self.instance_count < 1:
             problems.append("--instance-count must be >= 1")
         try:
             resolve_hyperparameters(self.hyperparameters)
@@ -192,17 +185,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _read_config(path: Path) -> dict[str, Any]:
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise LaunchConfigError(f"cannot read config file {path}: {exc}") from exc
-    if not isinstance(doc, dict):
-        raise LaunchConfigError(f"config file {path} must hold a JSON object")
-    known = {item.name for item in fields(LaunchSettings)}
-    unknown = sorted(set(doc) - known)
-    if unknown:
-        raise LaunchConfigError(f"unknown keys in {path}: {', '.join(unknown)} (known: "
-                                f"{', '.join(sorted(known))})")
+    doc = options.read_config(path, known=(item.name for item in fields(LaunchSettings)))
     if not isinstance(doc.get("hyperparameters", {}), dict):
         raise LaunchConfigError(f"'hyperparameters' in {path} must be a JSON object")
     return doc
@@ -268,8 +251,6 @@ def _s3_client(settings: LaunchSettings) -> Any:
 
 def launch_local(settings: LaunchSettings, environ: Mapping[str, str]) -> LaunchResult:
     """Run the training script here, mirroring SageMaker, and upload the tarballs."""
-    from training.local import run_local_job
-
     assert settings.train and settings.output_path  # checked by validate()
     job_name = settings.job_name or default_job_name(settings.base_job_name)
     child_env = dict(environ)
@@ -327,7 +308,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return EXIT_BAD_INPUT
     try:
         result = launch_local(settings, environ) if settings.local else launch_sagemaker(settings)
-    except LaunchError as exc:
+    except LocalJobError as exc:
         print(f"start_training: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except Exception as exc:

@@ -28,11 +28,11 @@ from bench.stack import (
 )
 from bench.stats import summarize
 from bench.unnamed import UnnamedKeysClient
-from client.demo import local_session
 from client.keys import KeyStore
 from client.predictor import STAGES, EncryptedPredictor
 from client.storage import S3Storage
 from common.contract import S3Uri, parse_s3_uri
+from local_mode.s3_server import local_session
 
 logger = logging.getLogger(__name__)
 

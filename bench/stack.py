@@ -1,6 +1,6 @@
-"""The local stack the benchmark measures, brought up the way users do.
+"""The local stack the benchmark measures, brought up the way users do (:mod:`local_mode.stack`).
 
-An embedded S3 (:class:`inference.local.s3_server.LocalS3Server`), models trained by
+An embedded S3 (:class:`local_mode.s3_server.LocalS3Server`), models trained by
 ``start_training.py --local``, each served by ``deploy_endpoint.py --local`` (``serve`` behind
 the local ``InvokeEndpointAsync`` runtime). The server side is observed through ``GET /metrics``,
 ``/proc/<worker pid>`` and the per-request timing lines the server and runtime log.
@@ -8,13 +8,11 @@ the local ``InvokeEndpointAsync`` runtime). The server side is observed through 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
 import subprocess
 import sys
-import tarfile
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -26,12 +24,8 @@ from typing import Any
 import requests
 
 from bench.cases import ModelCase, Split
-from client.demo import local_session, training_csv
 from common.artifact import Manifest, read_manifest
-from common.contract import parse_s3_uri
-from common.files import read_members
-from common.s3_access import SSE
-from inference.local.s3_server import LocalS3Server, free_port, stop_process
+from common.s3_location import parse_s3_uri
 from inference.settings import (
     ENV_ALLOWED_PREFIXES,
     ENV_HOST,
@@ -39,15 +33,23 @@ from inference.settings import (
     ENV_MODEL_DIR,
     ENV_PORT,
 )
+from local_mode.endpoint import extract_model
+from local_mode.processes import ProcessError, free_port, stop_process, tail, wait_for_ping
+from local_mode.s3_server import LocalS3Server
+from local_mode.stack import (
+    StackError,
+    deploy_command,
+    reference_model,
+    run_local_training,
+    running_endpoint,
+    upload_training_csv,
+)
 
 logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BUCKET = "fhe-bench"
 CLIENT_PREFIX = f"s3://{BUCKET}/client"
-REFERENCE_MODEL = "reference_model.json"
-METRICS = "metrics.json"
-TRAIN_TIMEOUT = 1800.0
 READY_TIMEOUT = 600.0
 STOP_TIMEOUT = 60.0
 PING_INTERVAL = 0.01
@@ -130,13 +132,6 @@ def parse_requests(text: str) -> list[ServerRequest]:
             for m in SERVER_LINE.finditer(text)]
 
 
-def _tail(path: Path, lines: int = 20) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
-
-
 class Endpoint:
     """A running ``deploy_endpoint.py --local``: its URLs, log, metrics and worker RSS."""
 
@@ -177,7 +172,7 @@ class BenchStack:
     def __enter__(self) -> BenchStack:
         self.logs.mkdir(parents=True, exist_ok=True)
         self.s3_server.start()
-        self.s3 = local_session().client("s3", endpoint_url=self.s3_server.endpoint_url)
+        self.s3 = self.s3_server.client()
         self.s3.create_bucket(Bucket=BUCKET)
         return self
 
@@ -197,49 +192,34 @@ class BenchStack:
         Raises:
             BenchError: the training job failed (the message holds the log's tail).
         """
-        self.s3.put_object(Bucket=BUCKET, Key=f"data/{case.name}/train.csv",
-                           Body=training_csv(split.x_train, split.y_train, split.feature_names),
-                           **SSE)
-        result_file = self.work_dir / f"{case.name}-training.json"
-        log = self.logs / f"{case.name}-training.log"
-        command = [sys.executable, "-m", "start_training", "--local",
-                   "--train", f"s3://{BUCKET}/data/{case.name}/",
-                   "--output-path", f"s3://{BUCKET}/models",
-                   "--job-name", f"bench-{case.name}-{int(time.time())}",
-                   "--result-file", str(result_file)]
-        for key, value in case.hyperparameters.items():
-            command += ["--hyperparameter", f"{key}={value}"]
+        upload_training_csv(self.s3, f"s3://{BUCKET}/data/{case.name}/train.csv", split.x_train,
+                            split.y_train, split.feature_names)
         started = time.perf_counter()
-        with open(log, "wb") as out:
-            code = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, env=self.env,
-                                  cwd=REPO_ROOT, timeout=TRAIN_TIMEOUT, check=False).returncode
+        try:
+            result = run_local_training(
+                train=f"s3://{BUCKET}/data/{case.name}/", output_path=f"s3://{BUCKET}/models",
+                job_name=f"bench-{case.name}-{int(time.time())}",
+                hyperparameters=case.hyperparameters, env=self.env,
+                log=self.logs / f"{case.name}-training.log",
+                result_file=self.work_dir / f"{case.name}-training.json")
+        except StackError as exc:
+            raise BenchError(f"training {case.name} failed: {exc}") from exc
         seconds = time.perf_counter() - started
-        if code != 0:
-            raise BenchError(f"training {case.name} failed (exit {code}); see {log}:\n{_tail(log)}")
-        result = json.loads(result_file.read_text())
         return self._fetch(case, result["model_data"], result["output_data"], seconds)
 
     def _fetch(self, case: ModelCase, model_data: str, output_data: str,
                seconds: float) -> TrainedModel:
-        from concrete.ml.common.serialization.loaders import loads
-
         folder = self.work_dir / case.name
         folder.mkdir(parents=True, exist_ok=True)
-        archives = {}
-        for name, uri in (("model.tar.gz", model_data), ("output.tar.gz", output_data)):
-            location = parse_s3_uri(uri, field=name)
-            archives[name] = folder / name
-            self.s3.download_file(location.bucket, location.key, str(archives[name]))
-        model_dir = folder / "model"
-        with tarfile.open(archives["model.tar.gz"], "r:gz") as tar:
-            tar.extractall(model_dir, filter="data")
-        members = read_members(archives["output.tar.gz"], {REFERENCE_MODEL: 256 << 20,
-                                                           METRICS: 1 << 20}, source=output_data)
+        archive = folder / "model.tar.gz"
+        location = parse_s3_uri(model_data, field="model_data")
+        self.s3.download_file(location.bucket, location.key, str(archive))
+        model_dir = extract_model(archive, folder / "model")
+        reference, metrics = reference_model(output_data, s3=self.s3)
         return TrainedModel(
             case=case, model_data=model_data, model_dir=model_dir,
-            manifest=read_manifest(model_dir), reference=loads(members[REFERENCE_MODEL].decode()),
-            metrics=json.loads(members[METRICS]), train_seconds=seconds,
-            model_tar_bytes=archives["model.tar.gz"].stat().st_size)
+            manifest=read_manifest(model_dir), reference=reference, metrics=metrics,
+            train_seconds=seconds, model_tar_bytes=archive.stat().st_size)
 
     # -- serving -----------------------------------------------------------------------------
     @contextmanager
@@ -250,36 +230,27 @@ class BenchStack:
             BenchError: the endpoint exited or was not ready in time.
         """
         name = f"bench-{case.name}"
-        ready_file = self.work_dir / f"{name}-ready.json"
-        ready_file.unlink(missing_ok=True)
+        with self._endpoint(name, deploy_command(model.model_data)) as endpoint:
+            yield endpoint
+
+    @contextmanager
+    def _endpoint(self, name: str, command: list[str]) -> Iterator[Endpoint]:
+        case_name = name.removeprefix("bench-")
         log = self.logs / f"{name}.log"
-        command = [sys.executable, "-m", "deploy_endpoint", "--local",
-                   "--model-data", model.model_data, "--endpoint-name", name,
-                   "--output-path", f"s3://{BUCKET}/async-out/{case.name}",
-                   "--failure-path", f"s3://{BUCKET}/async-fail/{case.name}",
-                   "--allowed-s3-prefix", CLIENT_PREFIX,
-                   "--s3-endpoint-url", self.s3_server.endpoint_url,
-                   "--ready-file", str(ready_file)]
-        with open(log, "wb") as out:
-            process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
-                                       env=self.env, cwd=REPO_ROOT)
         try:
-            deadline = time.monotonic() + READY_TIMEOUT
-            while not ready_file.is_file():
-                if process.poll() is not None:
-                    raise BenchError(f"deploy_endpoint.py exited with {process.returncode};"
-                                     f" see {log}:\n{_tail(log)}")
-                if time.monotonic() > deadline:
-                    raise BenchError(f"endpoint {name} not ready after {READY_TIMEOUT:.0f} s;"
-                                     f" see {log}")
-                time.sleep(0.05)
-            endpoint = Endpoint(name, json.loads(ready_file.read_text()), log, process)
-            try:
-                yield endpoint
-            finally:
-                endpoint.close()
-        finally:
-            stop_process(process, timeout=STOP_TIMEOUT)
+            with running_endpoint(
+                command, endpoint_name=name, output_path=f"s3://{BUCKET}/async-out/{case_name}",
+                failure_path=f"s3://{BUCKET}/async-fail/{case_name}", allowed_prefix=CLIENT_PREFIX,
+                env=self.env, work_dir=self.work_dir, log=log, timeout=READY_TIMEOUT,
+                s3_endpoint_url=self.s3_server.endpoint_url,
+            ) as (process, ready):
+                endpoint = Endpoint(name, ready, log, process)
+                try:
+                    yield endpoint
+                finally:
+                    endpoint.close()
+        except StackError as exc:
+            raise BenchError(str(exc)) from exc
 
     def cold_start(self, model: TrainedModel) -> dict[str, float]:
         """Start ``serve`` on ``model``; time until ``/ping`` answers 200 (P6).
@@ -297,32 +268,20 @@ class BenchStack:
         env = {**self.env, ENV_MODEL_DIR: str(model.model_dir), ENV_PORT: str(port),
                ENV_HOST: "127.0.0.1", ENV_ALLOWED_PREFIXES: CLIENT_PREFIX,
                ENV_KEY_CACHE_DIR: str(self.work_dir / f"{model.case.name}-cold-key-cache")}
-        with open(log, "wb") as out, requests.Session() as http:
+        with open(log, "wb") as out:
             started = time.perf_counter()
             process = subprocess.Popen([sys.executable, "-m", "inference.serve"], stdout=out,
                                        stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT)
-            try:
-                seconds = self._wait_healthy(http, url, process, started, log)
-                load = http.get(f"{url}/metrics", timeout=10).json().get("model_load_seconds")
-            finally:
-                stop_process(process, timeout=STOP_TIMEOUT)
+        try:
+            wait_for_ping(url, timeout=READY_TIMEOUT, process=process, interval=PING_INTERVAL)
+            seconds = time.perf_counter() - started
+            load = requests.get(f"{url}/metrics", timeout=10).json().get("model_load_seconds")
+        except ProcessError as exc:
+            raise BenchError(f"serve did not get healthy: {exc}; see {log}:\n{tail(log)}"
+                             ) from exc
+        finally:
+            stop_process(process, timeout=STOP_TIMEOUT)
         return {"seconds": seconds, "model_load_seconds": load}
-
-    @staticmethod
-    def _wait_healthy(http: requests.Session, url: str, process: subprocess.Popen[bytes],
-                      started: float, log: Path) -> float:
-        deadline = time.monotonic() + READY_TIMEOUT
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise BenchError(f"serve exited with {process.returncode}; see {log}:\n"
-                                 f"{_tail(log)}")
-            try:
-                if http.get(f"{url}/ping", timeout=1).status_code == 200:
-                    return time.perf_counter() - started
-            except requests.RequestException:
-                pass
-            time.sleep(PING_INTERVAL)
-        raise BenchError(f"serve on {url} not healthy after {READY_TIMEOUT:.0f} s; see {log}")
 
     def object_stats(self, prefix: str) -> dict[str, dict[str, int]]:
         """Object count and bytes per first-level folder under ``s3://BUCKET/prefix/``."""

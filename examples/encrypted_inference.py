@@ -3,7 +3,7 @@
     python examples/encrypted_inference.py
 
 Brings up the local stack (embedded S3, ``start_training.py --local``,
-``deploy_endpoint.py --local``) with :func:`client.demo.local_stack`, then uses the public API
+``deploy_endpoint.py --local``) with :func:`local_mode.stack.local_stack`, then uses the public API
 exactly as against AWS. On AWS, replace the stack with your endpoint name, model.tar.gz URI,
 an S3 prefix and ``boto3.Session()``.
 """
@@ -14,7 +14,8 @@ import contextlib
 import numpy as np
 
 from client import EncryptedPredictor, InvalidInputError
-from client.demo import load_case, local_stack
+from local_mode.demo import load_case
+from local_mode.stack import local_stack
 
 x_train, x_patients, y_train, y_patients, feature_names = load_case("breast-cancer")
 patients = x_patients[:10]

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from common import sagemaker_layout
 from common.s3_location import S3LocationError, S3Prefix, parse_s3_prefix
 
 ENV_PORT = "SAGEMAKER_BIND_TO_PORT"
@@ -17,7 +18,7 @@ ENV_TIMEOUT = "SAGEMAKER_MODEL_SERVER_TIMEOUT"
 ENV_WORKERS_SAMPLE = "MODEL_SERVER_WORKERS"
 ENV_TIMEOUT_SAMPLE = "MODEL_SERVER_TIMEOUT"
 ENV_MODEL_DIR = "FHE_MODEL_DIR"
-ENV_SM_MODEL_DIR = "SM_MODEL_DIR"
+ENV_SM_MODEL_DIR = sagemaker_layout.ENV_MODEL_DIR
 ENV_ALLOWED_PREFIXES = "FHE_ALLOWED_S3_PREFIXES"
 ENV_KEY_CACHE_DIR = "FHE_KEY_CACHE_DIR"
 ENV_KEY_CACHE_MAX_BYTES = "FHE_KEY_CACHE_MAX_BYTES"
@@ -32,7 +33,7 @@ DEFAULT_PORT = 8080
 DEFAULT_HOST = "0.0.0.0"
 DEFAULT_WORKERS = 1  # one FHE run already uses every core
 DEFAULT_TIMEOUT = 600
-DEFAULT_MODEL_DIR = "/opt/ml/model"
+DEFAULT_MODEL_DIR = str(sagemaker_layout.JobLayout().model_dir)
 DEFAULT_KEY_CACHE_DIR = "/tmp/fhe-key-cache"
 DEFAULT_KEY_CACHE_MAX_BYTES = 2 << 30
 DEFAULT_MAX_REQUEST_BYTES = 64 << 10

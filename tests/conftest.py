@@ -11,7 +11,7 @@ import boto3
 import pytest
 
 import common.pytest_plugin
-from inference.local.s3_server import LOCAL_CREDENTIALS, LOCAL_REGION, LocalS3Server
+from local_mode.s3_server import LOCAL_CREDENTIALS, LOCAL_REGION, LocalS3Server
 from tests.fixtures.models import FixtureModel, build_fixture_model
 
 # No test may reach real AWS: fake credentials and a fixed region for every test process,

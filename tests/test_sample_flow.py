@@ -33,8 +33,9 @@ import numpy as np
 import pytest
 
 from common.s3_location import parse_s3_uri
-from inference.local.s3_server import LOCAL_REGION, LocalS3Server
-from tests.fixtures.serving import wait_for_object, wait_for_ready_file
+from local_mode.processes import wait_for_ready_file
+from local_mode.s3_server import LOCAL_REGION, LocalS3Server
+from tests.fixtures.serving import wait_for_object
 
 ROOT = Path(__file__).resolve().parents[1]
 PREFIX = "MNIST"  # the sample's MNIST_PREFIX
@@ -74,7 +75,7 @@ def sample_stack(s3_server: LocalS3Server, tmp_path_factory: pytest.TempPathFact
              "--failure-path", f"s3://{bucket}/async/failures", "--ready-file", str(ready)],
             cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
-        info = wait_for_ready_file(ready, process, log, timeout=600)
+        info = wait_for_ready_file(ready, timeout=600, process=process, log=log)
         yield {"s3": s3, "bucket": bucket, "work": work, "result": result,
                "runtime_url": info["runtime_url"]}
     finally:

@@ -2,12 +2,10 @@
 
 Tree::
 
-    TrainingError (ValueError)          bad input to a training job; exit code 1 + failure file
+    TrainingError (ValueError)          bad input to a training job; exit code 2 + failure file
     ├── ConfigurationError              missing/invalid paths (model dir, channel, output dir)
     ├── DataError                       unreadable, mismatched, non-numeric or non-finite data
     └── HyperparameterError             unknown model type, unknown or invalid hyperparameter
-    LaunchConfigError (ValueError)      start_training.py settings incomplete or invalid
-    LaunchError (RuntimeError)          start_training.py could not run or package a job
 """
 
 from __future__ import annotations
@@ -27,11 +25,3 @@ class DataError(TrainingError):
 
 class HyperparameterError(TrainingError):
     """The model type or one of its hyperparameters is invalid."""
-
-
-class LaunchError(RuntimeError):
-    """start_training.py could not launch, run or package a training job."""
-
-
-class LaunchConfigError(ValueError):
-    """start_training.py was given incomplete or invalid settings (all problems listed)."""

@@ -55,6 +55,16 @@ from common.artifact import (
 )
 from common.files import atomic_write_bytes
 from common.process import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, run_main
+from common.sagemaker_layout import (
+    BASE_DIR,
+    ENV_MODEL_DIR,
+    ENV_OUTPUT_DATA_DIR,
+    FAILURE_FILE,
+    TRAINING_CHANNEL,
+    JobLayout,
+    TrainingEnvironment,
+    channel_env,
+)
 from training.data import load_dataset
 from training.errors import ConfigurationError, DataError, TrainingError
 from training.models import (
@@ -66,12 +76,8 @@ from training.models import (
 
 logger = logging.getLogger("training")
 
-ENV_MODEL_DIR = "SM_MODEL_DIR"
-ENV_CHANNEL_TRAINING = "SM_CHANNEL_TRAINING"
-ENV_OUTPUT_DATA_DIR = "SM_OUTPUT_DATA_DIR"
-ENV_OUTPUT_DIR = "SM_OUTPUT_DIR"
+ENV_CHANNEL_TRAINING = channel_env(TRAINING_CHANNEL)
 ENV_FAILURE_FILE = "FHE_TRAINING_FAILURE_FILE"
-SAGEMAKER_FAILURE_FILE = Path("/opt/ml/output/failure")
 METRICS_NAME = "metrics.json"
 REFERENCE_MODEL_NAME = "reference_model.json"
 ARTIFACT_FILES = (SERVER_ZIP, CLIENT_ZIP, MANIFEST_NAME)
@@ -92,17 +98,14 @@ class TrainingSettings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> TrainingSettings:
         """Read the settings; unset or empty variables stay None (no KeyError outside SageMaker)."""
-
-        def path(name: str) -> Path | None:
-            value = environ.get(name, "").strip()
-            return Path(value) if value else None
-
+        job = TrainingEnvironment.from_env(environ)
+        failure_file = environ.get(ENV_FAILURE_FILE, "").strip()
         return cls(
-            model_dir=path(ENV_MODEL_DIR),
-            train_dir=path(ENV_CHANNEL_TRAINING),
-            output_data_dir=path(ENV_OUTPUT_DATA_DIR),
-            output_dir=path(ENV_OUTPUT_DIR),
-            failure_file=path(ENV_FAILURE_FILE),
+            model_dir=job.model_dir,
+            train_dir=job.channel(TRAINING_CHANNEL),
+            output_data_dir=job.output_data_dir,
+            output_dir=job.output_dir,
+            failure_file=Path(failure_file) if failure_file else None,
         )
 
 
@@ -205,11 +208,9 @@ def failure_file_path(settings: TrainingSettings, *, flag: Path | None = None,
     if settings.failure_file:
         return settings.failure_file
     if settings.output_dir:
-        return settings.output_dir / "failure"
+        return settings.output_dir / FAILURE_FILE
     model_dir = model_dir or settings.model_dir
-    if model_dir:
-        return Path(model_dir).parent / "output" / "failure"
-    return SAGEMAKER_FAILURE_FILE
+    return JobLayout(Path(model_dir).parent if model_dir else BASE_DIR).failure_file
 
 
 def resolve_paths(args: argparse.Namespace, settings: TrainingSettings) -> JobPaths:
@@ -230,7 +231,7 @@ def resolve_paths(args: argparse.Namespace, settings: TrainingSettings) -> JobPa
         raise ConfigurationError("; ".join(missing))
     output = args.output_data_dir or settings.output_data_dir
     if output is None:
-        output = Path(model_dir).parent / "output" / "data"
+        output = JobLayout(Path(model_dir).parent).output_data_dir
     return JobPaths(Path(model_dir), Path(train_dir), Path(output))
 
 
@@ -338,7 +339,7 @@ def do_training(
         TrainingError: bad data or hyperparameters; the message says the fix.
     """
     model_dir = Path(model_dir)
-    output = Path(output_data_dir) if output_data_dir else model_dir.parent / "output" / "data"
+    output = Path(output_data_dir or JobLayout(model_dir.parent).output_data_dir)
     paths = JobPaths(model_dir, Path(train), output)
     resolved = resolve_hyperparameters(hyperparameters or {})
     prepare_model_dir(paths.model_dir)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from inference.local.s3_server import LocalS3Server
+from local_mode.s3_server import LocalS3Server
 from tests.fixtures.models import FixtureModel
 
 

@@ -15,9 +15,10 @@ import psutil
 import pytest
 
 from client import EncryptedPredictor
-from client.demo import LocalStack, load_case, local_stack, main
 from client.errors import InferenceFailedError, InferenceTimeoutError
 from common.contract import parse_s3_uri
+from local_mode.demo import load_case, main
+from local_mode.stack import LocalStack, local_stack
 
 pytestmark = pytest.mark.slow
 LINEAR = {"model": "LogisticRegression"}

@@ -21,7 +21,6 @@ from client.errors import (
     InvalidInputError,
     UnsupportedOperationError,
 )
-from client.storage import SSE
 from common.contract import error_body, parse_request, sha256_hex, unpack_batch
 
 
@@ -113,7 +112,7 @@ def test_request_follows_the_contract_and_failure_carries_the_server_message(
     assert request.query_sha256 == (sha256_hex(body),)
     assert len(unpack_batch(body)) == 3
     for key in _objects(s3_client, bucket, "fhe/"):
-        assert s3_client.head_object(Bucket=bucket, Key=key)["ServerSideEncryption"] == SSE
+        assert s3_client.head_object(Bucket=bucket, Key=key)["ServerSideEncryption"] == "AES256"
 
 
 def test_rows_are_split_into_batches(
@@ -163,7 +162,7 @@ def test_keys_are_generated_once_and_uploaded_once(
     ]
     head = s3_client.head_object(Bucket=bucket, Key=uri.key)
     assert head["ContentLength"] == keys.evaluation_keys_bytes
-    assert head["ServerSideEncryption"] == SSE
+    assert head["ServerSideEncryption"] == "AES256"
     assert second.key_store.uploads(second.fingerprint) == [str(uri)]
 
     directory = client_dirs["key_dir"] / tree.manifest.client_fingerprint

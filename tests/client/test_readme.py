@@ -26,9 +26,9 @@ def client_snippet() -> str:
 @pytest.mark.slow
 def test_readme_snippet_runs(capsys, monkeypatch) -> None:
     """The snippet's encrypted predictions equal the clear quantised model of its own stack."""
-    import client.demo
+    import local_mode.stack
 
-    real_stack, references = client.demo.local_stack, []
+    real_stack, references = local_mode.stack.local_stack, []
 
     @contextmanager
     def stack_keeping_its_reference(*args: Any, **kwargs: Any) -> Iterator[Any]:
@@ -36,7 +36,7 @@ def test_readme_snippet_runs(capsys, monkeypatch) -> None:
             yield stack
             references.append(stack.reference()[0])  # before the stack is torn down
 
-    monkeypatch.setattr(client.demo, "local_stack", stack_keeping_its_reference)
+    monkeypatch.setattr(local_mode.stack, "local_stack", stack_keeping_its_reference)
     namespace: dict[str, Any] = {"__name__": "readme"}
     exec(compile(client_snippet(), str(README), "exec"), namespace)
     labels, proba, patients = namespace["labels"], namespace["proba"], namespace["patients"]

@@ -24,9 +24,9 @@ from client import EncryptedPredictor
 from client.errors import VersionMismatchError
 from client.model import describe, load_client_model
 from common.artifact import NoScaler, file_sha256
-from inference.local.s3_server import LOCAL_REGION, LocalS3Server
+from local_mode.processes import wait_for_ready_file
+from local_mode.s3_server import LOCAL_REGION, LocalS3Server
 from tests.fixtures.models import breast_cancer_split
-from tests.fixtures.serving import wait_for_ready_file
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -134,7 +134,7 @@ def plain_endpoint(plain_model: PlainModel, s3_server: LocalS3Server,
              "--failure-path", f"s3://{bucket}/async/failures", "--ready-file", str(ready)],
             cwd=ROOT, env={**os.environ, **s3_server.env()}, stdout=out, stderr=subprocess.STDOUT)
     try:
-        info = wait_for_ready_file(ready, process, log)
+        info = wait_for_ready_file(ready, timeout=300, process=process, log=log)
         yield Endpoint("plain", bucket, model_data, info["runtime_url"], s3_server.endpoint_url)
     finally:
         process.send_signal(signal.SIGTERM)

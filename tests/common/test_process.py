@@ -108,7 +108,7 @@ ENTRY_POINTS = {
     "client": (["predict", "--endpoint-name", "e", "--model", "s3://b/m.tar.gz",
                 "--s3-prefix", "s3://b/p", "--input", "{tmp}/missing.npy",
                 "--output", "{tmp}/out.npy"], {}, 2),
-    "client.demo": (["--hyperparameter", "no-equals-sign"], {}, 1),
+    "local_mode.demo": (["--hyperparameter", "no-equals-sign"], {}, 2),
     "bench": (["--models", "no-such-model"], {}, 1),
     "inference.serve": ([], {"SAGEMAKER_MODEL_SERVER_WORKERS": "many"}, 2),
 }

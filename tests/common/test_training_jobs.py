@@ -15,7 +15,7 @@ from common.training_jobs import (
     find_model,
     newest_completed_job,
 )
-from inference.local.s3_server import LOCAL_REGION
+from local_mode.s3_server import LOCAL_REGION
 
 ROLE = "arn:aws:iam::123456789012:role/fhe-training"
 OUTPUT = "s3://fhe-models/MNIST"

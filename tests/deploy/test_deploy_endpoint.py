@@ -18,7 +18,7 @@ from moto import mock_aws
 
 import deploy_endpoint
 from deploy_endpoint import DeployError, Names, parse_args
-from inference.local.s3_server import LOCAL_REGION, LocalS3Server
+from local_mode.s3_server import LOCAL_REGION, LocalS3Server
 from tests.fixtures.models import FixtureModel
 from tests.fixtures.serving import wait_for_object
 
@@ -124,7 +124,7 @@ def test_options_layer_flags_over_env_over_config(tmp_path: Path) -> None:
     env = {"FHE_DEPLOY_TIMEOUT": "200", "FHE_DEPLOY_ALLOWED_S3_PREFIX": "s3://bkt-a/x,s3://bkt-b/y"}
     args = parse_args(["--config", str(config), "--endpoint-name", "from-flag"], env)
     assert (args.endpoint_name, args.timeout, args.role) == ("from-flag", 200, ROLE)
-    assert args.allowed_s3_prefix == ["s3://bkt-a/x", "s3://bkt-b/y"]
+    assert args.allowed_s3_prefix == ("s3://bkt-a/x", "s3://bkt-b/y")
 
 
 def test_missing_options_are_listed_with_the_fix() -> None:

@@ -14,7 +14,7 @@ from moto import mock_aws
 
 import deploy_endpoint
 import s3_lifecycle
-from inference.local.s3_server import LOCAL_REGION
+from local_mode.s3_server import LOCAL_REGION
 from s3_lifecycle import Ages, ExpiryRule, LifecycleError, planned_rules
 from tests.deploy.test_deploy_endpoint import NAME, deploy_argv
 from tests.iam.recorder import record_calls

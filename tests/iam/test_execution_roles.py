@@ -4,8 +4,8 @@ An execution role's S3 calls are made by two parties: our code in the container,
 itself on the role's behalf (it downloads the training channel and the model, uploads the
 training artefacts and the async results). Our code's calls are recorded from the code itself.
 SageMaker's are made here, for real against moto, by the code that stands for SageMaker in local
-mode (``training.local``'s File-mode staging and tarball upload, ``LocalAsyncRuntime`` for the
-async front end) or by the toolkit call the training image runs, each driven by what our
+mode (``local_mode.training_job``'s File-mode staging and tarball upload, ``LocalAsyncRuntime``
+for the async front end) or by the toolkit call the training image runs, each driven by what our
 scripts really asked SageMaker for; every such call is marked ``SageMaker, as the role``.
 """
 
@@ -81,7 +81,7 @@ def _create_training_job(s3: Any) -> dict[str, Any]:
 
 
 def _tarball(folder: Path, name: str) -> Path:
-    from training.local import pack_folder
+    from local_mode.training_job import pack_folder
 
     folder.mkdir(parents=True)
     (folder / name).write_bytes(b"artefact")
@@ -91,7 +91,7 @@ def _tarball(folder: Path, name: str) -> Path:
 def test_training_execution_role_allows_what_the_training_job_does(
     moto_s3: Any, tmp_path: Path
 ) -> None:
-    from training.local import stage_channel, upload
+    from local_mode.training_job import stage_channel, upload
 
     s3 = moto_s3
     s3.put_object(Bucket=BUCKET, Key="data/breast-cancer/train.csv", Body=TRAIN_CSV)
@@ -110,7 +110,7 @@ def test_training_execution_role_allows_what_the_training_job_does(
     with record_calls() as calls:
         # SageMaker, as the role: File mode copies the channel's S3 prefix to
         # /opt/ml/input/data/<channel> (ListObjectsV2 on the prefix, then each object);
-        # training.local.stage_channel is local mode's copy of exactly that.
+        # local_mode.training_job.stage_channel is local mode's copy of exactly that.
         staged = stage_channel(source["S3Uri"], tmp_path / channel["ChannelName"], s3)
         # In the container, as the role: the training toolkit (sagemaker-training 5.1.4, in
         # Dockerfile.training) fetches sagemaker_submit_directory with
@@ -191,10 +191,10 @@ def test_endpoint_execution_role_allows_what_the_endpoint_does(
 ) -> None:
     """Model download, async input, the container's reads (a lost key included), the outputs."""
     from client.predictor import EncryptedPredictor
-    from deploy_endpoint import extract_model
-    from inference.local.runtime import LocalAsyncRuntime
     from inference.predictor import create_app
     from inference.s3_store import make_s3_client
+    from local_mode.endpoint import extract_model
+    from local_mode.runtime import LocalAsyncRuntime
 
     linear = fixture_models["linear"]
     model = parse_s3_uri(DP["model_data"])

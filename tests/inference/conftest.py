@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 from common.contract import build_request, sha256_hex
-from inference.local.s3_server import LOCAL_REGION, LocalS3Server, free_port
 from inference.settings import Settings, parse_allowed_prefix
+from local_mode.processes import free_port
+from local_mode.s3_server import LOCAL_REGION, LocalS3Server
 from tests.fixtures.models import FixtureModel
 from tests.fixtures.serving import RunningServe, serve_process
 

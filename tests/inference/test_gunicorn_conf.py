@@ -15,7 +15,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from inference.local.s3_server import free_port
+from local_mode.processes import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 WORKER_BOOT_ERROR = 3

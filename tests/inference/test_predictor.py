@@ -24,10 +24,11 @@ from common.contract import (
     sha256_hex,
     unpack_batch,
 )
-from inference.local.s3_server import LocalS3Server, free_port
 from inference.predictor import create_app
 from inference.s3_store import make_s3_client
 from inference.settings import parse_allowed_prefix
+from local_mode.processes import free_port
+from local_mode.s3_server import LocalS3Server
 from tests.fixtures.models import FixtureModel
 from tests.fixtures.s3_reads import S3RequestLog
 from tests.fixtures.serving import s3_requests
@@ -374,7 +375,7 @@ def test_fingerprint_is_checked_before_any_s3_read(
 ) -> None:
     import boto3
 
-    from inference.local.s3_server import LOCAL_REGION
+    from local_mode.s3_server import LOCAL_REGION
 
     calls: list[str] = []
     s3 = boto3.client("s3", endpoint_url=s3_server.endpoint_url, region_name=LOCAL_REGION)

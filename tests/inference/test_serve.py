@@ -11,9 +11,10 @@ import pytest
 import requests
 
 from common.contract import build_request, parse_error_body, unpack_batch
-from inference.local.s3_server import LocalS3Server, free_port
 from inference.serve import render_nginx_conf
 from inference.settings import Settings
+from local_mode.processes import free_port
+from local_mode.s3_server import LocalS3Server
 from tests.fixtures.models import FixtureModel
 from tests.fixtures.serving import RunningServe, assert_nginx_in_front, serve_process
 from tests.inference.conftest import KeyedClient, Uploader, make_keyed_client, server_settings
@@ -107,8 +108,7 @@ def test_serve_without_nginx_binds_gunicorn_and_says_so(
     import subprocess
     import sys
 
-    from inference.local.s3_server import free_port
-    from tests.fixtures.serving import wait_for_ping
+    from local_mode.processes import free_port, wait_for_ping
 
     port = free_port()
     env = {**os.environ, **Settings(model_dir=fixture_models["linear"].model_dir, port=port,
@@ -118,7 +118,7 @@ def test_serve_without_nginx_binds_gunicorn_and_says_so(
         process = subprocess.Popen([sys.executable, "-m", "inference.serve", *flag], env=env,
                                    stdout=out, stderr=subprocess.STDOUT)
     try:
-        wait_for_ping(f"http://127.0.0.1:{port}", process)
+        wait_for_ping(f"http://127.0.0.1:{port}", timeout=120, process=process)
         assert "nginx disabled: gunicorn binds 127.0.0.1:" in log.read_text()
     finally:
         process.send_signal(signal.SIGTERM)

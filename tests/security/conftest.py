@@ -14,8 +14,9 @@ import boto3
 import pytest
 import requests
 
-from inference.local.runtime import LocalAsyncRuntime
-from inference.local.s3_server import LOCAL_REGION, LocalS3Server, free_port
+from local_mode.processes import free_port
+from local_mode.runtime import LocalAsyncRuntime
+from local_mode.s3_server import LOCAL_REGION, LocalS3Server
 from tests.fixtures.models import FixtureModel
 from tests.fixtures.serving import RunningServe, serve_process
 from tests.inference import conftest as serving_fixtures

@@ -23,13 +23,13 @@ import requests
 from client import EncryptedPredictor
 from client.errors import ServiceUnavailableError
 from common.contract import build_request, parse_error_body
-from inference.local.s3_server import LOCAL_REGION, LocalS3Server, free_port
+from local_mode.processes import free_port, wait_for_ping
+from local_mode.s3_server import LOCAL_REGION, LocalS3Server
 from tests.fixtures.serving import (
     RunningServe,
     serve_process,
     sm_runtime,
     wait_for_object,
-    wait_for_ping,
 )
 from tests.inference.conftest import KeyedClient, Uploader, server_settings
 from tests.security.conftest import make_runtime, worker_pid
@@ -91,7 +91,7 @@ def test_stop_with_s3_down_and_no_journal_names_every_lost_invocation(
 
 _RUNTIME_SCRIPT = """
 import sys, threading, boto3
-from inference.local.runtime import LocalAsyncRuntime
+from local_mode.runtime import LocalAsyncRuntime
 s3 = boto3.client("s3", endpoint_url=sys.argv[1], region_name="us-east-1")
 rt = LocalAsyncRuntime(endpoint_name="fhe-security-test", container_url=sys.argv[2],
                        output_path=sys.argv[3] + "/async-out",
@@ -158,7 +158,7 @@ def test_worker_killed_mid_fhe(tree_serve: RunningServe, serving_bucket, s3, upl
         status, code, message = parse_error_body(
             wait_for_object(s3, doomed["FailureLocation"], timeout=60))
         assert status is not None and status >= 500, (status, code, message)
-        wait_for_ping(tree_serve.url)
+        wait_for_ping(tree_serve.url, timeout=120)
         assert worker_pid(tree_serve.url) != pid
         after = client.invoke_endpoint_async(EndpointName=runtime.endpoint_name,
                                              InputLocation=_request(uploader, fhe, rows[1]))

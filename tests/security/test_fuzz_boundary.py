@@ -54,11 +54,12 @@ from common.contract import (
     unpack_batch,
 )
 from common.s3_location import parse_s3_uri
-from inference.local.runtime import LocalAsyncRuntime
-from inference.local.s3_server import LOCAL_REGION, LocalS3Server, free_port
 from inference.predictor import create_app
 from inference.s3_store import make_s3_client
 from inference.settings import parse_allowed_prefix
+from local_mode.processes import free_port
+from local_mode.runtime import LocalAsyncRuntime
+from local_mode.s3_server import LOCAL_REGION, LocalS3Server
 from tests.fixtures.models import FixtureModel
 from tests.fixtures.s3_reads import S3RequestLog
 from tests.fixtures.serving import serve_process

@@ -38,9 +38,9 @@ from common.contract import (
     sha256_hex,
     unpack_batch,
 )
-from inference.local.s3_server import LOCAL_REGION
 from inference.predictor import create_app
 from inference.s3_store import make_s3_client
+from local_mode.s3_server import LOCAL_REGION
 from tests.inference.conftest import KeyedClient, Uploader, server_settings
 from tests.security.conftest import worker_pid
 

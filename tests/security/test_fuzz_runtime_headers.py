@@ -24,9 +24,9 @@ import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from inference.local.api_model import operation_rules
-from inference.local.runtime import LocalAsyncRuntime
-from inference.local.s3_server import free_port
+from local_mode.api_model import operation_rules
+from local_mode.processes import free_port
+from local_mode.runtime import LocalAsyncRuntime
 
 BUDGET = 400
 ENDPOINT = "fhe-header-fuzz"
@@ -133,7 +133,7 @@ def runtime(s3_server: Any) -> Iterator[LocalAsyncRuntime]:
     """A runtime whose container is unreachable: accepted jobs fail reading their input."""
     import boto3
 
-    from inference.local.s3_server import LOCAL_REGION
+    from local_mode.s3_server import LOCAL_REGION
 
     s3 = boto3.client("s3", endpoint_url=s3_server.endpoint_url, region_name=LOCAL_REGION)
     bucket = f"headers-{uuid.uuid4().hex[:10]}"

@@ -15,8 +15,9 @@ import numpy as np
 import psutil
 import pytest
 
-from client.demo import LocalStack, load_case, local_stack
 from client.keys import EVAL_KEYS_FILE, KEYSET_FILE
+from local_mode.demo import load_case
+from local_mode.stack import LocalStack, local_stack
 from tests.security.scan import (
     Needle,
     Scanner,

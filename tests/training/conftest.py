@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from sklearn.datasets import load_breast_cancer
 
-from training.local import REPO_ROOT, TRAINING_SCRIPT
+from local_mode.training_job import REPO_ROOT, TRAINING_SCRIPT
 
 LABEL_COLUMN = "diagnosis"
 

@@ -18,8 +18,7 @@ from moto import mock_aws
 from sklearn.datasets import load_breast_cancer
 
 import start_training
-from start_training import LaunchSettings, main
-from training.errors import LaunchConfigError
+from start_training import LaunchConfigError, LaunchSettings, main
 
 ROLE = "arn:aws:iam::123456789012:role/fhe-training"
 IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/concrete-training:1.9.0"

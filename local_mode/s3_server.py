@@ -7,14 +7,15 @@ compete with FHE work for the GIL. State lives in memory: a restart starts empty
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
-import requests
+import boto3
+
+from local_mode.processes import free_port, stop_process, wait_for_http
 
 LOCAL_REGION = "us-east-1"
 LOCAL_CREDENTIALS = {
@@ -24,43 +25,14 @@ LOCAL_CREDENTIALS = {
 }
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """Return a TCP port that is free on ``host`` right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_for_http(
-    url: str, *, timeout: float, process: subprocess.Popen[bytes] | None = None
-) -> None:
-    """Poll ``url`` until it answers any HTTP status.
-
-    Raises:
-        RuntimeError: ``process`` exited, or ``timeout`` seconds passed.
-    """
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"process for {url} exited with code {process.returncode}")
-        try:
-            requests.get(url, timeout=1)
-            return
-        except requests.RequestException:
-            time.sleep(0.05)
-    raise RuntimeError(f"{url} did not answer within {timeout:.0f} s")
-
-
-def stop_process(process: subprocess.Popen[bytes], *, timeout: float = 30.0) -> int:
-    """SIGTERM ``process``, wait up to ``timeout`` seconds, then SIGKILL; return its exit code."""
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-    return process.returncode
+def local_session() -> boto3.session.Session:
+    """A boto3 session with the embedded S3's fake credentials (never real ones)."""
+    return boto3.session.Session(
+        aws_access_key_id=LOCAL_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=LOCAL_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+        aws_session_token=LOCAL_CREDENTIALS["AWS_SESSION_TOKEN"],
+        region_name=LOCAL_REGION,
+    )
 
 
 class LocalS3Server:
@@ -86,6 +58,10 @@ class LocalS3Server:
     def running(self) -> bool:
         """True while the server process is alive."""
         return self._process is not None and self._process.poll() is None
+
+    def client(self) -> Any:
+        """A boto3 S3 client of this server, with its fake credentials."""
+        return local_session().client("s3", endpoint_url=self.endpoint_url)
 
     def env(self) -> dict[str, str]:
         """Environment variables that point boto3 (and this kit's scripts) at this server."""

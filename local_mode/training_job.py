@@ -1,6 +1,6 @@
 """Local training that behaves like a SageMaker training job (``start_training.py --local``).
 
-A job folder mirrors ``/opt/ml``::
+A job folder mirrors ``/opt/ml`` (:class:`common.sagemaker_layout.JobLayout`)::
 
     <root>/input/config/hyperparameters.json, inputdataconfig.json
     <root>/input/data/training/     the channel (copied from a folder, or downloaded from S3)
@@ -31,58 +31,24 @@ from typing import Any
 from common.files import atomic_write_bytes
 from common.s3_access import SSE
 from common.s3_location import is_s3_location, parse_s3_prefix, parse_s3_uri
-from training.errors import LaunchError
+from common.sagemaker_layout import (
+    HYPERPARAMETERS_FILE,
+    INPUT_DATA_CONFIG_FILE,
+    TRAINING_CHANNEL,
+    JobLayout,
+)
 
 logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TRAINING_SCRIPT = REPO_ROOT / "training" / "training_script.py"
-CHANNEL = "training"
 MODEL_TARBALL = "model.tar.gz"
 OUTPUT_TARBALL = "output.tar.gz"
 
 
-@dataclass(frozen=True)
-class JobLayout:
-    """The ``/opt/ml``-like folders of one local job."""
-
-    root: Path
-
-    @property
-    def config_dir(self) -> Path:
-        """input/config (hyperparameters.json, inputdataconfig.json)."""
-        return self.root / "input" / "config"
-
-    @property
-    def channel_dir(self) -> Path:
-        """input/data/training."""
-        return self.root / "input" / "data" / CHANNEL
-
-    @property
-    def model_dir(self) -> Path:
-        """model (SM_MODEL_DIR)."""
-        return self.root / "model"
-
-    @property
-    def output_dir(self) -> Path:
-        """output (SM_OUTPUT_DIR)."""
-        return self.root / "output"
-
-    @property
-    def output_data_dir(self) -> Path:
-        """output/data (SM_OUTPUT_DATA_DIR)."""
-        return self.output_dir / "data"
-
-    @property
-    def failure_file(self) -> Path:
-        """output/failure."""
-        return self.output_dir / "failure"
-
-    def create(self) -> JobLayout:
-        """Create every folder; returns self."""
-        for folder in (self.config_dir, self.channel_dir, self.model_dir, self.output_data_dir):
-            folder.mkdir(parents=True, exist_ok=True)
-        return self
+class LocalJobError(RuntimeError):
+    """A local job could not stage its data, train, or package its results (the message says
+    why: for a failed training, the failure file's text)."""
 
 
 @dataclass(frozen=True)
@@ -101,7 +67,7 @@ def stage_channel(source: str, channel_dir: Path, s3: Any) -> int:
         Number of files staged.
 
     Raises:
-        LaunchError: nothing found at ``source``.
+        LocalJobError: nothing found at ``source``.
     """
     if is_s3_location(source):
         return _download_prefix(source, channel_dir, s3)
@@ -112,7 +78,7 @@ def stage_channel(source: str, channel_dir: Path, s3: Any) -> int:
     if path.is_file():
         shutil.copy2(path, channel_dir / path.name)
         return 1
-    raise LaunchError(f"training data {source} does not exist: pass --train DIR or "
+    raise LocalJobError(f"training data {source} does not exist: pass --train DIR or "
                       "s3://bucket/prefix")
 
 
@@ -131,13 +97,14 @@ def _download_prefix(uri: str, channel_dir: Path, s3: Any) -> int:
             relative = key[len(prefix):].lstrip("/") or PurePosixPath(key).name
             parts = PurePosixPath(relative).parts
             if ".." in parts:
-                raise LaunchError(f"refusing S3 key {key!r}: '..' would escape the channel folder")
+                raise LocalJobError(
+                    f"refusing S3 key {key!r}: '..' would escape the channel folder")
             dest = channel_dir.joinpath(*parts)
             dest.parent.mkdir(parents=True, exist_ok=True)
             s3.download_file(bucket, key, str(dest))
             count += 1
     if count == 0:
-        raise LaunchError(f"no objects under {uri}: upload the training data there first "
+        raise LocalJobError(f"no objects under {uri}: upload the training data there first "
                           "(features/labels .npy pair or one CSV)")
     return count
 
@@ -150,25 +117,11 @@ def hyperparameter_args(hyperparameters: Mapping[str, Any]) -> list[str]:
     return args
 
 
-def training_env(layout: JobLayout, hyperparameters: Mapping[str, Any],
+def training_env(layout: JobLayout, hyperparameters: Mapping[str, str],
                  base: Mapping[str, str]) -> dict[str, str]:
-    """The environment SageMaker's toolkit gives the training script."""
+    """The environment SageMaker's toolkit gives the training script (and this checkout)."""
     pythonpath = os.pathsep.join(filter(None, [str(REPO_ROOT), base.get("PYTHONPATH", "")]))
-    return {
-        **base,
-        "PYTHONPATH": pythonpath,
-        "SM_MODEL_DIR": str(layout.model_dir),
-        "SM_CHANNEL_TRAINING": str(layout.channel_dir),
-        "SM_CHANNELS": json.dumps([CHANNEL]),
-        "SM_INPUT_DIR": str(layout.root / "input"),
-        "SM_INPUT_CONFIG_DIR": str(layout.config_dir),
-        "SM_OUTPUT_DIR": str(layout.output_dir),
-        "SM_OUTPUT_DATA_DIR": str(layout.output_data_dir),
-        "SM_HPS": json.dumps(dict(hyperparameters)),
-        "SM_CURRENT_HOST": "algo-1",
-        "SM_HOSTS": json.dumps(["algo-1"]),
-        "SM_NUM_CPUS": str(os.cpu_count() or 1),
-    }
+    return {**base, "PYTHONPATH": pythonpath, **layout.environment(hyperparameters)}
 
 
 def run_training_script(layout: JobLayout, hyperparameters: Mapping[str, Any], *,
@@ -176,13 +129,13 @@ def run_training_script(layout: JobLayout, hyperparameters: Mapping[str, Any], *
     """Run training_script.py in a subprocess, as the toolkit does.
 
     Raises:
-        LaunchError: the script failed; the message is the failure file's text.
+        LocalJobError: the script failed; the message is the failure file's text.
     """
     hps = {name: value if isinstance(value, str) else json.dumps(value)
            for name, value in hyperparameters.items()}
-    atomic_write_bytes(layout.config_dir / "hyperparameters.json", json.dumps(hps).encode())
-    atomic_write_bytes(layout.config_dir / "inputdataconfig.json",
-                       json.dumps({CHANNEL: {"TrainingInputMode": "File"}}).encode())
+    atomic_write_bytes(layout.config_dir / HYPERPARAMETERS_FILE, json.dumps(hps).encode())
+    atomic_write_bytes(layout.config_dir / INPUT_DATA_CONFIG_FILE,
+                       json.dumps({TRAINING_CHANNEL: {"TrainingInputMode": "File"}}).encode())
     command = [sys.executable, str(TRAINING_SCRIPT), *hyperparameter_args(hps)]
     logger.info("running %s", " ".join(command))
     completed = subprocess.run(command, env=training_env(layout, hps, environ),
@@ -190,7 +143,7 @@ def run_training_script(layout: JobLayout, hyperparameters: Mapping[str, Any], *
     if completed.returncode != 0:
         reason = (layout.failure_file.read_text(errors="replace").strip()
                   if layout.failure_file.is_file() else "no failure file was written")
-        raise LaunchError(f"training failed (exit code {completed.returncode}): {reason}")
+        raise LocalJobError(f"training failed (exit code {completed.returncode}): {reason}")
 
 
 def pack_folder(folder: Path, tarball: Path) -> Path:
@@ -223,15 +176,15 @@ def run_local_job(
     """Stage data, train in a subprocess, pack and upload the results.
 
     Raises:
-        LaunchError: missing data or a failed training (with the failure file's message).
+        LocalJobError: missing data or a failed training (with the failure file's message).
     """
     layout = JobLayout(work_dir / job_name)
     if layout.root.exists() and any(layout.root.iterdir()):
-        raise LaunchError(f"job folder {layout.root} already exists: choose another --job-name "
+        raise LocalJobError(f"job folder {layout.root} already exists: choose another --job-name "
                           "(job names are unique, as on SageMaker) or remove that folder")
     layout.create()
-    staged = stage_channel(train, layout.channel_dir, s3)
-    logger.info("staged %d file(s) from %s into %s", staged, train, layout.channel_dir)
+    staged = stage_channel(train, layout.channel_dir(), s3)
+    logger.info("staged %d file(s) from %s into %s", staged, train, layout.channel_dir())
     run_training_script(layout, hyperparameters, environ=environ)
     output = parse_s3_prefix(output_path, field="--output-path")
     model_tar = pack_folder(layout.model_dir, layout.output_dir / MODEL_TARBALL)

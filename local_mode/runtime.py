@@ -52,7 +52,7 @@ from common.s3_location import (
     parse_s3_prefix,
     parse_s3_uri,
 )
-from inference.local.api_model import ConstraintViolation, operation_rules
+from local_mode.api_model import ConstraintViolation, operation_rules
 
 logger = logging.getLogger(__name__)
 
@@ -208,7 +208,7 @@ class LocalAsyncRuntime:
         """Validate an InvokeEndpointAsync call and queue it.
 
         Every member is checked against botocore's service model first
-        (:mod:`inference.local.api_model`), all violations in one ValidationError.
+        (:mod:`local_mode.api_model`), all violations in one ValidationError.
 
         Raises:
             RuntimeRequestError: unknown operation or endpoint, constraint violations, no

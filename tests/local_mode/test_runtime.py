@@ -12,9 +12,10 @@ import pytest
 from botocore.exceptions import ClientError
 
 from common.contract import parse_error_body
-from inference.local.runtime import LocalAsyncRuntime
-from inference.local.s3_server import LOCAL_REGION, LocalS3Server, free_port
 from inference.settings import parse_allowed_prefix
+from local_mode.processes import free_port
+from local_mode.runtime import LocalAsyncRuntime
+from local_mode.s3_server import LOCAL_REGION, LocalS3Server
 from tests.fixtures.s3_reads import S3RequestLog
 from tests.fixtures.serving import RunningServe, sm_runtime, wait_for_object
 from tests.inference.conftest import KeyedClient, Uploader

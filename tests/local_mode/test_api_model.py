@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from inference.local.api_model import (
+from local_mode.api_model import (
     ConstraintViolation,
     UnsupportedPatternError,
     java_pattern,
