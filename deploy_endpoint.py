@@ -30,6 +30,7 @@ from typing import Any
 
 import s3_lifecycle
 from common import options
+from common.options import option
 from common.process import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, run_main
 from common.s3_location import S3LocationError, parse_s3_prefix
 from local_mode.endpoint import LocalEndpointConfig, LocalEndpointError, run_until_stopped
@@ -55,46 +56,69 @@ class DeployError(RuntimeError):
 
 @dataclass(frozen=True)
 class DeploySettings:
-    """Every option of one run (see the flags' help): flags > FHE_DEPLOY_* env > --config."""
+    """Every option of one run: flags > FHE_DEPLOY_<OPTION> env > --config > these defaults.
 
-    endpoint_name: str | None = None
-    image_uri: str | None = None
-    model_data: str | None = None
-    training_job: str | None = None
-    latest_training_job: str | None = None
-    model_dir: str | None = None
-    role: str | None = None
-    region: str | None = None
-    instance_type: str = "ml.c5.4xlarge"
-    output_path: str | None = None
-    failure_path: str | None = None
-    allowed_s3_prefix: tuple[str, ...] = ()
-    success_topic: str | None = None
-    error_topic: str | None = None
-    kms_key: str | None = None
-    max_concurrent_invocations: int = 1
-    timeout: int = 600
-    workers: int = 1
-    startup_timeout: int = 1800
-    min_capacity: int = 0
-    max_capacity: int = 2
-    target_backlog: float = 2.0
-    scale_in_cooldown: int = 600
-    scale_out_cooldown: int = 120
-    delete: bool = False
-    delete_prefix: tuple[str, ...] = ()
-    client_prefix: tuple[str, ...] = ()
-    expire_keys_days: int = s3_lifecycle.DEFAULT_KEYS_DAYS
-    expire_requests_days: int = s3_lifecycle.DEFAULT_REQUESTS_DAYS
-    expire_results_days: int = s3_lifecycle.DEFAULT_RESULTS_DAYS
-    no_lifecycle: bool = False
-    dry_run: bool = False
-    local: bool = False
-    s3_endpoint_url: str | None = None
-    ready_file: str | None = None
-    port: int = 0
-    runtime_port: int = 0
-    journal_dir: str | None = None
+    Each field is also the flag ``--field-name`` (:func:`common.options.add_arguments`).
+    """
+
+    endpoint_name: str | None = option("endpoint (also model and config) name")
+    image_uri: str | None = option("inference image (Dockerfile.inference) in ECR")
+    model_data: str | None = option("s3://…/model.tar.gz produced by training")
+    training_job: str | None = option(
+        "instead of --model-data: the model of this completed training job (DescribeTrainingJob)")
+    latest_training_job: str | None = option(
+        "instead of --model-data: the model of the newest completed training job named"
+        " BASE_JOB_NAME or BASE_JOB_NAME-…", metavar="BASE_JOB_NAME")
+    model_dir: str | None = option("--local only: a model directory instead of --model-data")
+    role: str | None = option("execution role ARN of the endpoint")
+    region: str | None = option("AWS region (default: the SDK's)")
+    instance_type: str = option("CPU instance (FHE runs on every core of it)", "ml.c5.4xlarge")
+    output_path: str | None = option("s3://bucket/prefix for async results")
+    failure_path: str | None = option("s3://bucket/prefix for async errors")
+    allowed_s3_prefix: tuple[str, ...] = option(
+        "s3://bucket/prefix the container may read (repeat); default: the bucket of"
+        " --output-path", ())
+    success_topic: str | None = option("SNS topic ARN notified on success")
+    error_topic: str | None = option("SNS topic ARN notified on error")
+    kms_key: str | None = option("KMS key for the async output and the instance volume")
+    max_concurrent_invocations: int = option(
+        "per instance; 1 fits FHE (one run uses every core)", 1)
+    timeout: int = option("seconds per invocation: SAGEMAKER_MODEL_SERVER_TIMEOUT; invoke with"
+                          f" InvocationTimeoutSeconds = this + {TIMEOUT_MARGIN}", 600)
+    workers: int = option("gunicorn workers per instance", 1)
+    startup_timeout: int = option(
+        "container startup health check timeout (covers the circuit compile)", 1800)
+    min_capacity: int = option("fewest instances (0: scale to zero)", 0)
+    max_capacity: int = option("most instances", 2)
+    target_backlog: float = option("target ApproximateBacklogSizePerInstance", 2.0)
+    scale_in_cooldown: int = option("seconds between scale-ins", 600)
+    scale_out_cooldown: int = option("seconds between scale-outs", 120)
+    delete: bool = option("remove endpoint, endpoint config, model, scaling policies and alarm",
+                          False)
+    delete_prefix: tuple[str, ...] = option(
+        "with --delete: also delete every object under this s3:// prefix", ())
+    client_prefix: tuple[str, ...] = option(
+        "s3://bucket/prefix a client uses (EncryptedPredictor's s3_prefix; repeat): its keys/,"
+        " queries/ and requests/ expire; default: each --allowed-s3-prefix", ())
+    expire_keys_days: int = option(
+        "age of evaluation keys in S3 (clients re-upload them when missing)",
+        s3_lifecycle.DEFAULT_KEYS_DAYS)
+    expire_requests_days: int = option(
+        "age of ciphertexts and request documents a client did not delete",
+        s3_lifecycle.DEFAULT_REQUESTS_DAYS)
+    expire_results_days: int = option("age of async results and failure objects",
+                                      s3_lifecycle.DEFAULT_RESULTS_DAYS)
+    no_lifecycle: bool = option("leave the buckets' lifecycle configuration alone", False)
+    dry_run: bool = option("print what would be created (or deleted) and change nothing", False)
+    local: bool = option("run the whole endpoint on this machine", False)
+    s3_endpoint_url: str | None = option(
+        "--local: S3 endpoint (default AWS_ENDPOINT_URL_S3, else an embedded S3 for --model-dir)")
+    ready_file: str | None = option("--local: write endpoint JSON here once healthy")
+    port: int = option("--local: serve port (0 = free port)", 0)
+    runtime_port: int = option("--local: runtime port (0 = free port)", 0)
+    journal_dir: str | None = option(
+        "--local: keep accepted invocations on disk here; a local endpoint restarted on the same"
+        " folder completes what a crash left")
 
     def validate(self) -> None:
         """Check what this kind of run needs, before anything is created.
@@ -139,80 +163,11 @@ class DeploySettings:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command line (every option also reads from --config and FHE_DEPLOY_* env).
-
-    Every default is None, so the options given are the non-None ones (defaults:
-    :class:`DeploySettings`).
-    """
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--config", help="JSON file of option values")
-    p.add_argument("--endpoint-name", help="endpoint (also model and config) name")
-    p.add_argument("--image-uri", help="inference image (Dockerfile.inference) in ECR")
-    p.add_argument("--model-data", help="s3://…/model.tar.gz produced by training")
-    p.add_argument("--training-job", help="instead of --model-data: the model of this completed"
-                                          " training job (DescribeTrainingJob)")
-    p.add_argument("--latest-training-job", metavar="BASE_JOB_NAME",
-                   help="instead of --model-data: the model of the newest completed training"
-                        " job named BASE_JOB_NAME or BASE_JOB_NAME-…")
-    p.add_argument("--model-dir", help="--local only: a model directory instead of --model-data")
-    p.add_argument("--role", help="execution role ARN of the endpoint")
-    p.add_argument("--region", help="AWS region (default: the SDK's)")
-    p.add_argument("--instance-type",
-                   help="CPU instance (FHE runs on every core of it; default ml.c5.4xlarge)")
-    p.add_argument("--output-path", help="s3://bucket/prefix for async results")
-    p.add_argument("--failure-path", help="s3://bucket/prefix for async errors")
-    p.add_argument("--allowed-s3-prefix", action="append",
-                   help="s3://bucket/prefix the container may read (repeat); default: the"
-                        " bucket of --output-path")
-    p.add_argument("--success-topic", help="SNS topic ARN notified on success")
-    p.add_argument("--error-topic", help="SNS topic ARN notified on error")
-    p.add_argument("--kms-key", help="KMS key for the async output and the instance volume")
-    p.add_argument("--max-concurrent-invocations", type=int,
-                   help="per instance; 1 (the default) fits FHE (one run uses every core)")
-    p.add_argument("--timeout", type=int,
-                   help="seconds per invocation (default 600): SAGEMAKER_MODEL_SERVER_TIMEOUT;"
-                        " invoke with InvocationTimeoutSeconds = this + 60")
-    p.add_argument("--workers", type=int, help="gunicorn workers per instance (default 1)")
-    p.add_argument("--startup-timeout", type=int,
-                   help="container startup health check timeout (covers the circuit compile;"
-                        " default 1800)")
-    p.add_argument("--min-capacity", type=int, help="default 0")
-    p.add_argument("--max-capacity", type=int, help="default 2")
-    p.add_argument("--target-backlog", type=float,
-                   help="target ApproximateBacklogSizePerInstance (default 2)")
-    p.add_argument("--scale-in-cooldown", type=int, help="default 600")
-    p.add_argument("--scale-out-cooldown", type=int, help="default 120")
-    p.add_argument("--delete", action="store_true", default=None,
-                   help="remove endpoint, endpoint config, model, scaling policies and alarm")
-    p.add_argument("--delete-prefix", action="append",
-                   help="with --delete: also delete every object under this s3:// prefix")
-    p.add_argument("--client-prefix", action="append",
-                   help="s3://bucket/prefix a client uses (EncryptedPredictor's s3_prefix; repeat):"
-                        " its keys/, queries/ and requests/ expire; default: each"
-                        " --allowed-s3-prefix")
-    p.add_argument("--expire-keys-days", type=int,
-                   help="age of evaluation keys in S3 (clients re-upload them when missing;"
-                        f" default {s3_lifecycle.DEFAULT_KEYS_DAYS})")
-    p.add_argument("--expire-requests-days", type=int,
-                   help="age of ciphertexts and request documents a client did not delete"
-                        f" (default {s3_lifecycle.DEFAULT_REQUESTS_DAYS})")
-    p.add_argument("--expire-results-days", type=int,
-                   help="age of async results and failure objects"
-                        f" (default {s3_lifecycle.DEFAULT_RESULTS_DAYS})")
-    p.add_argument("--no-lifecycle", action="store_true", default=None,
-                   help="leave the buckets' lifecycle configuration alone")
-    p.add_argument("--dry-run", action="store_true", default=None,
-                   help="print what would be created (or deleted) and change nothing")
-    p.add_argument("--local", action="store_true", default=None,
-                   help="run the whole endpoint on this machine")
-    p.add_argument("--s3-endpoint-url", help="--local: S3 endpoint (default AWS_ENDPOINT_URL_S3,"
-                                             " else an embedded S3 for --model-dir)")
-    p.add_argument("--ready-file", help="--local: write endpoint JSON here once healthy")
-    p.add_argument("--port", type=int, help="--local: serve port (0 = free port)")
-    p.add_argument("--runtime-port", type=int, help="--local: runtime port")
-    p.add_argument("--journal-dir", help="--local: keep accepted invocations on disk here; a"
-                   " local endpoint restarted on the same folder completes what a crash left")
-    return p
+    """The command line: ``--config`` and one flag per :class:`DeploySettings` field."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", help="JSON file of option values (keys: option names)")
+    options.add_arguments(parser, DeploySettings)
+    return parser
 
 
 ENV_NAMES = {item.name: ENV_PREFIX + item.name.upper() for item in fields(DeploySettings)}

@@ -54,7 +54,7 @@ READY_TIMEOUT = 600.0
 STOP_TIMEOUT = 60.0
 PING_INTERVAL = 0.01
 
-# Lines the server (inference/predictor.py) and the local runtime (inference/local/runtime.py)
+# Lines the server (inference/predictor.py) and the local runtime (local_mode/runtime.py)
 # log for every request; the benchmark reads the server-side breakdown from them.
 SERVER_LINE = re.compile(
     r"request (?P<id>\S+) ok: (?P<n>\d+) ciphertext\(s\), (?P<bytes_in>\d+) bytes in,"

@@ -143,6 +143,32 @@ def _evaluation_keys_missing(exc: InferenceFailedError) -> bool:
     return exc.code == EVALUATION_KEYS_NOT_FOUND.code
 
 
+def _check_options(*, batch_size: int, timeout: float) -> None:
+    if batch_size < 1:
+        raise InvalidInputError(f"batch_size must be at least 1, got {batch_size}")
+    if timeout <= 0:
+        raise InvalidInputError(f"timeout must be positive, got {timeout}")
+
+
+def _aws_clients(session: boto3.session.Session, *, region_name: str | None,
+                 s3_endpoint_url: str | None, runtime_endpoint_url: str | None
+                 ) -> tuple[Any, Any]:
+    """The S3 and sagemaker-runtime clients of ``session`` (endpoint overrides: local stack).
+
+    Raises:
+        StorageError: no region is configured.
+    """
+    try:
+        return (session.client("s3", endpoint_url=s3_endpoint_url, region_name=region_name,
+                               config=_BOTO_CONFIG),
+                session.client("sagemaker-runtime", endpoint_url=runtime_endpoint_url,
+                               region_name=region_name, config=_BOTO_CONFIG))
+    except NoRegionError as exc:
+        raise StorageError(
+            "no AWS region configured: pass region_name=… or set AWS_DEFAULT_REGION"
+        ) from exc
+
+
 def validate_features(x: Any, n_features: int) -> np.ndarray:
     """Return ``x`` as a finite float64 array of shape (rows, n_features).
 
@@ -220,10 +246,7 @@ class EncryptedPredictor:
         progress: bool = True,
         expected_fingerprint: str | None = None,
     ) -> None:
-        if batch_size < 1:
-            raise InvalidInputError(f"batch_size must be at least 1, got {batch_size}")
-        if timeout <= 0:
-            raise InvalidInputError(f"timeout must be positive, got {timeout}")
+        _check_options(batch_size=batch_size, timeout=timeout)
         self.endpoint_name = endpoint_name
         self.s3_prefix = parse_prefix(s3_prefix)
         self.batch_size = batch_size
@@ -242,28 +265,14 @@ class EncryptedPredictor:
         self._io = ThreadPoolExecutor(max_workers=4, thread_name_prefix="fhe-client-s3")
         # Recent endpoint service times (seconds per row), to poll when results are due.
         self._service_per_row: deque[float] = deque(maxlen=5)
-        session = session or boto3.session.Session(region_name=region_name)
-        try:
-            self._s3 = session.client(
-                "s3", endpoint_url=s3_endpoint_url, region_name=region_name, config=_BOTO_CONFIG
-            )
-            self._runtime = session.client(
-                "sagemaker-runtime",
-                endpoint_url=runtime_endpoint_url,
-                region_name=region_name,
-                config=_BOTO_CONFIG,
-            )
-        except NoRegionError as exc:
-            raise StorageError(
-                "no AWS region configured: pass region_name=… or set AWS_DEFAULT_REGION"
-            ) from exc
+        self._s3, self._runtime = _aws_clients(
+            session or boto3.session.Session(region_name=region_name), region_name=region_name,
+            s3_endpoint_url=s3_endpoint_url, runtime_endpoint_url=runtime_endpoint_url)
         self.storage = S3Storage(self._s3)
+        # Fetched and checked now, so a wrong or incompatible model fails here, not mid-predict.
         self.model: ClientModel = load_client_model(
-            model,
-            storage=self.storage,
-            cache_dir=Path(cache_dir) if cache_dir is not None else default_cache_dir(),
-            expected_fingerprint=expected_fingerprint,
-        )
+            model, storage=self.storage, expected_fingerprint=expected_fingerprint,
+            cache_dir=Path(cache_dir) if cache_dir is not None else default_cache_dir())
 
     @classmethod
     def from_training_job(

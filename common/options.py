@@ -1,8 +1,9 @@
 """Options of the operator scripts, read one way: flags > environment > config file > defaults.
 
-A script describes its options once: a frozen dataclass (names, types, defaults) and an argparse
-parser whose ``dest`` names are the dataclass's fields and whose defaults are all None, so a flag
-that was not given is None. :func:`resolve` layers the flags given over the environment over the
+A script describes its options once: a frozen dataclass (names, types, defaults; help texts in
+:func:`option` fields, from which :func:`add_arguments` makes the flags) and an argparse parser
+whose ``dest`` names are the dataclass's fields and whose defaults are all None, so a flag that
+was not given is None. :func:`resolve` layers the flags given over the environment over the
 config file (:func:`read_config`) over the dataclass defaults, converts every value to its
 field's type and reports every problem in one :class:`OptionsError`. No argparse internals.
 
@@ -17,7 +18,7 @@ import json
 import types
 import typing
 from collections.abc import Iterable, Mapping
-from dataclasses import fields
+from dataclasses import field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -28,6 +29,36 @@ _FALSE = frozenset({"0", "false", "no", "off", ""})
 
 class OptionsError(ValueError):
     """Options that cannot be used: the message lists every problem."""
+
+
+def option(help: str, default: Any = None, **argparse_options: Any) -> Any:
+    """A settings field that is also a command-line flag (see :func:`add_arguments`)."""
+    return field(default=default, metadata={"help": help, **argparse_options})
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
+    """Add ``--field-name`` for every :func:`option` field of ``cls``, typed by the field.
+
+    Every default is None (the dataclass holds the real ones, named in the help), so
+    :func:`given` tells the flags given from the others. ``bool`` fields are switches,
+    ``tuple`` fields repeatable flags.
+    """
+    hints = typing.get_type_hints(cls)
+    for item in fields(cls):
+        if "help" not in item.metadata:
+            continue
+        extra = {key: value for key, value in item.metadata.items() if key != "help"}
+        text = item.metadata["help"]
+        if item.default not in (None, False, ()):
+            text += f" (default {item.default})"
+        kind = _base(hints[item.name])
+        if kind is bool:
+            extra.update(action="store_true", default=None)
+        elif typing.get_origin(kind) is tuple:
+            extra.update(action="append")
+        elif kind in (int, float):
+            extra.update(type=kind)
+        parser.add_argument("--" + item.name.replace("_", "-"), help=text, **extra)
 
 
 def read_config(path: Path, *, known: Iterable[str]) -> dict[str, Any]:
@@ -86,14 +117,18 @@ def resolve(cls: type[T], *, flags: Mapping[str, Any], environ: Mapping[str, str
     return cls(**values)
 
 
+def _base(hint: Any) -> Any:
+    """``X`` for ``X | None``; ``hint`` otherwise."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        (hint,) = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+    return hint
+
+
 def _convert(value: Any, hint: Any, *, text: bool) -> Any:
     """``value`` as type ``hint``; raises ValueError("<type name>") when it is not one."""
-    args = typing.get_args(hint)
-    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-        if value is None and type(None) in args:
-            return None
-        (hint,) = [arg for arg in args if arg is not type(None)]
-        args = typing.get_args(hint)
+    if value is None and type(None) in typing.get_args(hint):
+        return None
+    hint = _base(hint)
     origin = typing.get_origin(hint) or hint
     if origin is tuple:
         items = [v for v in value.split(",") if v] if text and isinstance(value, str) else value

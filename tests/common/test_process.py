@@ -99,9 +99,10 @@ def test_ci_run_fails_on_a_failed_test(tiny_suite: Path, disable_plugin: bool) -
 
 
 ENTRY_POINTS = {
-    # module: (bad arguments, extra environment, documented exit status)
+    # module: (bad arguments, extra environment, exit status): every one is a bad input, so
+    # every one exits EXIT_BAD_INPUT (common/process.py gives every entry point the same codes).
     "training.training_script": (["--model-dir", "{tmp}/model", "--train", "{tmp}/missing",
-                                  "--failure-file", "{tmp}/failure"], {}, 1),
+                                  "--failure-file", "{tmp}/failure"], {}, 2),
     "start_training": (["--local"], {}, 2),
     "deploy_endpoint": (["--local"], {}, 2),
     "iam.render": (["--out", "{tmp}/iam"], {}, 2),
@@ -109,7 +110,8 @@ ENTRY_POINTS = {
                 "--s3-prefix", "s3://b/p", "--input", "{tmp}/missing.npy",
                 "--output", "{tmp}/out.npy"], {}, 2),
     "local_mode.demo": (["--hyperparameter", "no-equals-sign"], {}, 2),
-    "bench": (["--models", "no-such-model"], {}, 1),
+    "bench": (["--models", "no-such-model"], {}, 2),
+    "prepare_data": (["--source", "{tmp}/missing.npz", "--out-dir", "{tmp}/out"], {}, 2),
     "inference.serve": ([], {"SAGEMAKER_MODEL_SERVER_WORKERS": "many"}, 2),
 }
 

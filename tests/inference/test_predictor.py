@@ -446,8 +446,8 @@ def test_a_model_dir_that_does_not_match_its_manifest_is_not_served(
 
 
 class Boundary:
-    """An app allowed ``s3://<bucket>/client`` (no trailing slash, as client/demo.py deploys it),
-    good objects under ``client/`` and look-alike objects planted under ``client-evil/``.
+    """An app allowed ``s3://<bucket>/client`` (no trailing slash, as local_mode/stack.py deploys
+    it), good objects under ``client/`` and look-alike objects planted under ``client-evil/``.
 
     The planted ciphertext encrypts another row than the good one, so a result computed from
     it decrypts to another prediction; ``log`` records every request the app sends to S3.

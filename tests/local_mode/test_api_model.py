@@ -1,4 +1,4 @@
-"""InvokeEndpointAsync's constraints read from botocore's model (inference/local/api_model.py)."""
+"""InvokeEndpointAsync's constraints read from botocore's model (local_mode/api_model.py)."""
 
 from __future__ import annotations
 

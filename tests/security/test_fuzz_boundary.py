@@ -1,12 +1,12 @@
 """Oracle-based fuzz of the S3 boundary: nothing outside the allow-list is read or answered from.
 
 Layout: bucket ``B`` with the allow-list ``s3://B/client`` (no trailing slash: what
-client/demo.py deploys), good objects under ``B/client/`` and *distinguishable* objects planted
-outside it: under sibling prefixes (``client-evil``, ``clientx``, ``Client``, ...), at the bucket
-root, in another bucket ``O``, and at literal S3 keys that only a dot-segment, encoded or doubled
-``/`` URI names (``client/../client-evil/...``, ``client/%2e%2e/...``, ``client//...``). Every
-planted ciphertext encrypts another row than the good one, so a result computed from it
-decrypts to another prediction.
+local_mode/stack.py deploys), good objects under ``B/client/`` and *distinguishable* objects
+planted outside it: under sibling prefixes (``client-evil``, ``clientx``, ``Client``, ...), at
+the bucket root, in another bucket ``O``, and at literal S3 keys that only a dot-segment, encoded
+or doubled ``/`` URI names (``client/../client-evil/...``, ``client/%2e%2e/...``,
+``client//...``). Every planted ciphertext encrypts another row than the good one, so a result
+computed from it decrypts to another prediction.
 
 URIs come from a grammar (scheme, bucket, root, segments, separators and suffix, plus
 percent-encodings, case flips, look-alike characters and dot-segments applied to the planted

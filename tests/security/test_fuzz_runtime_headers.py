@@ -1,7 +1,7 @@
 """Fuzz of the local runtime's ``InvokeEndpointAsync`` headers against the service model.
 
 The runtime derives its checks from botocore's sagemaker-runtime model
-(``inference/local/api_model.py``). The oracle here is written apart from that code: one
+(``local_mode/api_model.py``). The oracle here is written apart from that code: one
 predicate per header, by hand, from the constraint text the model publishes, and a test pins
 that text so a botocore upgrade that changes a constraint fails here until the oracle follows.
 Requests are raw HTTP (no client-side checks); values are any text without CR/LF, sent as
