@@ -10,13 +10,13 @@ from __future__ import annotations
 import shutil
 import subprocess
 import tarfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from bench.images import ImageBuild
+from bench.images import ImageBuild, docker
 from client.demo import local_session, training_csv
 from framework import Concrete
 from tests.containers.conftest import GOOD_JOB, IMAGE_TEST_TIMEOUT, unavailable
@@ -44,9 +44,20 @@ def _members(archive: Path) -> dict[str, bytes]:
                 for m in tar.getmembers() if m.isfile()}
 
 
+def _remove_compose_containers(root: Path) -> None:
+    """Remove the (stopped) containers docker compose created for jobs under ``root``."""
+    label = "com.docker.compose.project.working_dir"
+    listing = docker("ps", "-a", "--filter", f"label={label}", "--format",
+                     f'{{{{.ID}}}} {{{{.Label "{label}"}}}}').stdout
+    ours = [line.split()[0] for line in listing.splitlines()
+            if line.split()[1:] and Path(line.split()[1]).is_relative_to(root)]
+    if ours:
+        docker("rm", "-f", *ours, check=False)
+
+
 @pytest.fixture
 def local_mode(training_image: ImageBuild, breast_cancer: tuple[np.ndarray, ...],
-               tmp_path: Path) -> tuple[Callable[[dict[str, object]], Concrete], str]:
+               tmp_path: Path) -> Iterator[tuple[Callable[[dict[str, object]], Concrete], str]]:
     """``(estimator factory, training channel URI)`` for the SDK's local mode."""
     from sagemaker.local import LocalSession
 
@@ -67,7 +78,8 @@ def local_mode(training_image: ImageBuild, breast_cancer: tuple[np.ndarray, ...]
                         sagemaker_session=session, output_path=f"file://{tmp_path / 'out'}",
                         hyperparameters=hyperparameters)
 
-    return estimator, f"file://{channel}"
+    yield estimator, f"file://{channel}"
+    _remove_compose_containers(tmp_path)
 
 
 def test_estimator_fit_in_local_mode_packs_the_model(local_mode) -> None:
