@@ -7,6 +7,7 @@ instead, so a CI run can never pass without having built and run the images.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NoReturn
@@ -60,11 +61,12 @@ def docker_ready(container_logs: Path) -> str:
     problem = docker_problem()
     if problem:
         unavailable(problem)
+    started = time.monotonic()
     try:
         how = ensure_base_image(log=container_logs / "base-image.log")
     except DockerError as exc:
         unavailable(str(exc))
-    MEASURED["base image"] = how
+    MEASURED["base image"] = f"{how} ({time.monotonic() - started:.0f} s)"
     return how
 
 
