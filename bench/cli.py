@@ -16,6 +16,10 @@ Flags::
     --no-readme                 do not rewrite the README section
     --readme PATH               README to update (default: the repository's)
     --render-readme             only regenerate the README section from <out-dir>/latest.json
+    --images                    instead: build both container images (no layer cache, then from
+                                cache), run a training job in one and time the other to a healthy
+                                /ping; writes `images` into <out-dir>/latest.json and the README's
+                                images section (needs Docker; about 15 minutes on 2 cores)
 
 Exit status: 0 done (missed targets are reported, not fatal), 1 FHE disagreed with the clear
 quantised model, 2 the stack or the results could not be produced.
@@ -24,6 +28,7 @@ quantised model, 2 the stack or the results could not be produced.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import shutil
 import sys
@@ -37,17 +42,22 @@ from typing import Any
 from bench import machine
 from bench.cases import CASES, ModelCase, quick
 from bench.check import OutputMismatchError
+from bench.images import DockerError
 from bench.report import (
+    IMAGES_BEGIN,
+    IMAGES_END,
     LATEST,
     SCHEMA_VERSION,
     ReportError,
     evaluate_targets,
     load_results,
+    render_images_section,
     render_readme_section,
     update_readme,
     write_results,
 )
 from bench.stack import BenchError, BenchStack
+from common.files import atomic_write_bytes
 from common.process import EXIT_BAD_INPUT, EXIT_FAILED
 
 logger = logging.getLogger("bench")
@@ -72,6 +82,7 @@ class BenchSettings:
         keep: Keep ``work_dir``.
         readme: README to update (None: leave it alone).
         render_only: Only regenerate the README from ``out_dir/latest.json``.
+        images: Measure the container images instead of the encrypted path.
     """
 
     cases: tuple[ModelCase, ...]
@@ -82,6 +93,7 @@ class BenchSettings:
     keep: bool = False
     readme: Path | None = DEFAULT_README
     render_only: bool = False
+    images: bool = False
 
     @classmethod
     def from_args(cls, argv: Sequence[str] | None) -> BenchSettings:
@@ -104,7 +116,7 @@ class BenchSettings:
                    out_dir=args.out_dir, work_dir=args.work_dir, keep=args.keep,
                    readme=None if (args.no_readme or (args.quick and args.readme is None))
                    else (args.readme or DEFAULT_README),
-                   render_only=args.render_readme)
+                   render_only=args.render_readme, images=args.images)
 
     @property
     def results_dir(self) -> Path:
@@ -130,6 +142,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-readme", action="store_true")
     parser.add_argument("--readme", type=Path, default=None)
     parser.add_argument("--render-readme", action="store_true")
+    parser.add_argument("--images", action="store_true")
     return parser
 
 
@@ -212,11 +225,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             doc = load_results(settings.results_dir / LATEST)
             update_readme(settings.readme or DEFAULT_README, render_readme_section(doc))
             return 0
+        if settings.images:
+            return _measure_images(settings)
         return _measure(settings)
     except OutputMismatchError as exc:
         print(f"bench: FAILED: {exc}", file=sys.stderr)
         return EXIT_MISMATCH
-    except (BenchError, ReportError) as exc:
+    except (BenchError, ReportError, DockerError) as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return EXIT_ERROR
 
@@ -227,6 +242,9 @@ def _measure(settings: BenchSettings) -> int:
     work_dir.mkdir(parents=True, exist_ok=True)
     try:
         doc = run(settings, work_dir)
+        previous = settings.results_dir / LATEST
+        if not settings.quick and previous.is_file():  # keep the last images measurement
+            doc.setdefault("images", load_results(previous).get("images"))
         out_dir = settings.out_dir or (work_dir / "results" if settings.quick else DEFAULT_OUT_DIR)
         stamp = datetime.fromisoformat(doc["date"]).strftime("%Y%m%d-%H%M")
         stem = f"{stamp}-{doc['machine']['host_kind']}{'-quick' if settings.quick else ''}"
@@ -238,5 +256,36 @@ def _measure(settings: BenchSettings) -> int:
         if temporary and not settings.keep and not settings.quick:
             shutil.rmtree(work_dir, ignore_errors=True)
     print("\n".join(summary_lines(doc)))
+    print("wrote " + ", ".join(map(str, paths)))
+    return 0
+
+
+def _measure_images(settings: BenchSettings) -> int:
+    """``--images``: measure the container images into ``latest.json`` (key ``images``)."""
+    from bench.images import measure
+
+    temporary = settings.work_dir is None
+    work_dir = (Path(tempfile.mkdtemp(prefix="fhe-bench-images-")) if temporary
+                else settings.work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        started = datetime.now(UTC)
+        images = measure(work_dir)
+        images["date"] = started.isoformat(timespec="seconds")
+    finally:
+        if temporary and not settings.keep:
+            shutil.rmtree(work_dir, ignore_errors=True)
+    latest = settings.results_dir / LATEST
+    doc = load_results(latest)
+    doc["images"] = images
+    stem = f"{started.strftime('%Y%m%d-%H%M')}-{images['machine']['host_kind']}-images"
+    paths = write_results(doc, settings.results_dir, stem=stem, latest=False)
+    atomic_write_bytes(latest, json.dumps(doc, indent=2, sort_keys=True).encode() + b"\n")
+    paths.append(latest)
+    if settings.readme is not None:
+        update_readme(settings.readme, render_images_section(images), begin=IMAGES_BEGIN,
+                      end=IMAGES_END)
+        paths.append(settings.readme)
+    print(json.dumps({k: images[k] for k in ("inference", "training")}, indent=2))
     print("wrote " + ", ".join(map(str, paths)))
     return 0

@@ -17,6 +17,8 @@ LATEST = "latest.json"
 CHART = "latency.png"
 README_BEGIN = "<!-- BEGIN bench -->"
 README_END = "<!-- END bench -->"
+IMAGES_BEGIN = "<!-- BEGIN image-measurements -->"
+IMAGES_END = "<!-- END image-measurements -->"
 
 
 class ReportError(ValueError):
@@ -297,16 +299,54 @@ def _fmt_value(value: float | None) -> str:
     return f"{value:.3g}"
 
 
-def update_readme(readme: Path, section: str) -> None:
-    """Replace the text between the bench markers of ``readme`` (atomically).
+def render_images_section(images: Mapping[str, Any],
+                          *, json_path: str = "bench/results/latest.json") -> str:
+    """The README text between the images markers, from the ``images`` entry of the results."""
+    m = images["machine"]
+
+    def gb(n_bytes: float) -> str:
+        return f"{n_bytes / 1e9:.2f} GB"
+
+    rows = [_row("", ["inference", "training"]),
+            _row("---", ["---", "---"])]
+    kinds = ("inference", "training")
+    rows += [
+        _row("image size", [gb(images[k]["size_bytes"]) for k in kinds]),
+        _row("&nbsp;&nbsp;of which torch + the CUDA libraries it links (shared layer)",
+             [gb(images[k]["torch_layer_bytes"]) for k in kinds]),
+        _row("build, no layer cache (s)",
+             [f"{images[k]['build_seconds_no_cache']:.0f}" for k in kinds]),
+        _row("build, nothing changed (s)",
+             [f"{images[k]['build_seconds_cached']:.1f}" for k in kinds]),
+        _row("`docker run IMAGE serve` → healthy `/ping` (s)",
+             [f"{images['inference']['healthy_ping_seconds']['median']:.1f} (median of"
+              f" {len(images['inference']['healthy_ping_seconds']['runs'])})", "-"]),
+        _row("`docker run IMAGE train`, whole job (s)",
+             ["-", f"{images['training']['job_seconds']:.1f}"]),
+    ]
+    return "\n".join([
+        IMAGES_BEGIN,
+        f"Measured {images['date'][:16].replace('T', ' ')} UTC on `{m['host_kind']}` ({m['nproc']}"
+        f" cores, load average at start {m['loadavg_start']}), base image {images['base_image']}"
+        f" ({images['base_image_source']}), model: {images['model']}. Generated into"
+        f" [`{json_path}`]({json_path}) (`images`) by `python -m bench --images`.",
+        "",
+        *rows,
+        IMAGES_END,
+    ])
+
+
+def update_readme(readme: Path, section: str, *, begin: str = README_BEGIN,
+                  end: str = README_END) -> None:
+    """Replace the text between the ``begin``/``end`` markers of ``readme`` (atomically).
 
     Raises:
         ReportError: the markers are missing or out of order.
     """
     text = readme.read_text()
-    pattern = re.compile(re.escape(README_BEGIN) + r".*?" + re.escape(README_END), re.DOTALL)
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.DOTALL)
     if len(pattern.findall(text)) != 1:
-        raise ReportError(f"{readme} must contain exactly one {README_BEGIN} … {README_END} pair")
+        raise ReportError(f"{readme} must contain exactly one {begin} … {end} pair")
     atomic_write_bytes(readme, pattern.sub(lambda _: section, text).encode())
 
 

@@ -110,10 +110,12 @@ def _download_prefix(uri: str, channel_dir: Path, s3: Any) -> int:
 
 
 def hyperparameter_args(hyperparameters: Mapping[str, Any]) -> list[str]:
-    """``{"n_bits": 3}`` -> ``["--n_bits", "3"]`` (the toolkit's command line)."""
+    """``{"n_bits": 3, "C": 1}`` -> ``["--n_bits", "3", "-C", "1"]``: the toolkit's command line
+    (sagemaker-training gives one-letter names a single dash)."""
     args: list[str] = []
     for name, value in hyperparameters.items():
-        args += [f"--{name}", value if isinstance(value, str) else json.dumps(value)]
+        args += [f"{'-' if len(name) == 1 else '--'}{name}",
+                 value if isinstance(value, str) else json.dumps(value)]
     return args
 
 

@@ -23,6 +23,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -83,6 +84,9 @@ REFERENCE_MODEL_NAME = "reference_model.json"
 ARTIFACT_FILES = (SERVER_ZIP, CLIENT_ZIP, MANIFEST_NAME)
 # SageMaker keeps the first 1024 characters of the failure file as FailureReason.
 FAILURE_MAX_CHARS = 1024
+# One-letter hyperparameter as SageMaker's training toolkit passes it: `-C 1.0` (longer names get
+# two dashes).
+SHORT_FLAG = re.compile(r"^-[A-Za-z](=.*)?$")
 
 
 @dataclass(frozen=True)
@@ -170,8 +174,19 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _flag_name(token: str) -> str | None:
+    """``--name[=v]`` -> ``name[=v]``; ``-C[=v]`` -> ``C[=v]`` (SageMaker's training toolkit
+    passes one-letter hyperparameters such as ``C`` with a single dash); otherwise None."""
+    if token.startswith("--") and token != "--":
+        return token[2:]
+    if SHORT_FLAG.match(token):
+        return token[1:]
+    return None
+
+
 def parse_hyperparameters(tokens: Sequence[str]) -> dict[str, str]:
-    """Turn ``--name value`` / ``--name=value`` tokens into a dict (dashes in names become ``_``).
+    """Turn ``--name value`` / ``--name=value`` / ``-C value`` tokens into a dict (dashes in
+    names become ``_``).
 
     Raises:
         ConfigurationError: a stray token or a name without a value (all listed).
@@ -182,13 +197,14 @@ def parse_hyperparameters(tokens: Sequence[str]) -> dict[str, str]:
     while index < len(tokens):
         token = tokens[index]
         index += 1
-        if not token.startswith("--") or token == "--":
+        flag = _flag_name(token)
+        if flag is None:
             problems.append(f"stray argument {token!r}")
             continue
-        name, sep, value = token[2:].partition("=")
+        name, sep, value = flag.partition("=")
         if not sep:
-            if index >= len(tokens) or tokens[index].startswith("--"):
-                problems.append(f"hyperparameter --{name} has no value")
+            if index >= len(tokens) or _flag_name(tokens[index]) is not None:
+                problems.append(f"hyperparameter {token} has no value")
                 continue
             value = tokens[index]
             index += 1

@@ -27,6 +27,12 @@ def _lock() -> dict[str, str]:
     return pins
 
 
+def _pip_commands(parser: DockerfileParser, verb: str) -> list[str]:
+    """Every ``pip <verb> ...`` command of the RUN lines (``&&``-chains split)."""
+    return [command.strip() for i in parser.structure if i["instruction"] == "RUN"
+            for command in i["value"].split("&&") if f"pip {verb} " in command]
+
+
 def _pip_installs(parser: DockerfileParser) -> list[str]:
     """Each `pip install ...` command of the RUN lines (shell commands split on && and ;)."""
     commands = [c.strip() for i in parser.structure if i["instruction"] == "RUN"
@@ -69,3 +75,13 @@ def test_runs_serve_as_non_root_without_credentials() -> None:
     assert "/usr/local/bin/serve" in parser.content
     assert not re.search(r"AWS_(ACCESS|SECRET|SESSION)", parser.content)
     assert "SAGEMAKER_BIND_TO_PORT=8080" in parser.content
+
+
+def test_only_gpu_only_packages_are_removed_and_torch_still_imports() -> None:
+    parser, lock = _parser(), _lock()
+    removed = parser.args["GPU_ONLY_PACKAGES"].split()
+    assert removed and all(name in lock for name in removed)
+    assert all(name == "triton" or name.startswith("nvidia-") for name in removed)
+    uninstalls = _pip_commands(parser, "uninstall")
+    assert uninstalls and all(c == "pip uninstall -y ${GPU_ONLY_PACKAGES}" for c in uninstalls)
+    assert 'python -c "import torch"' in parser.content

@@ -65,7 +65,8 @@ def test_delete_prefix_grants_only_its_prefixes_and_is_optional() -> None:
     assert [s["Resource"] for s in _s3_grants({**CONFIG, "deploy_endpoint": one})] == [
         ["arn:aws:s3:::acme-fhe"], ["arn:aws:s3:::acme-fhe/async-out/*"]]
     bad = {**section, "delete_prefix": ["s3://acme-fhe/ok", "/local/dir"]}
-    with pytest.raises(RenderError, match=r"deploy_endpoint\.delete_prefix\[1\]' must look like 's3://"):
+    with pytest.raises(RenderError, match=r"'deploy_endpoint\.delete_prefix\[1\]' must look like"
+                       r" 's3://bucket/prefix', got '/local/dir': it must start with 's3://'"):
         render({**CONFIG, "deploy_endpoint": bad}, roles=["endpoint-creator"])
 
 

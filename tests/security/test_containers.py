@@ -29,8 +29,8 @@ def copied_files(dockerfile: str) -> list[Path]:
     parser = _parse(dockerfile)
     files: list[Path] = []
     for item in parser.structure:
-        if item["instruction"] not in ("COPY", "ADD"):
-            continue
+        if item["instruction"] not in ("COPY", "ADD") or item["value"].startswith("--from="):
+            continue  # COPY --from takes files from a build stage, not from the context
         sources = [s for s in item["value"].split()[:-1] if not s.startswith("--")]
         for source in sources:
             path = REPO / source

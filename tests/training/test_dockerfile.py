@@ -72,26 +72,42 @@ def test_every_pin_equals_the_lock(parsed: DockerfileParser) -> None:
     assert {name for name, _ in pins} - set(lock) <= NOT_IN_LOCK
 
 
+def _final_stage(parsed: DockerfileParser) -> list[dict[str, str]]:
+    froms = [n for n, i in enumerate(parsed.structure) if i["instruction"] == "FROM"]
+    return parsed.structure[froms[-1]:]
+
+
 def test_installs_from_the_lock(parsed: DockerfileParser) -> None:
-    runs = _runs(parsed)
-    copies = [i["value"] for i in parsed.structure if i["instruction"] == "COPY"]
+    final = _final_stage(parsed)
+    copies = [i["value"] for i in final if i["instruction"] == "COPY"]
     assert any(c.startswith("requirements/lock.txt ") for c in copies)
-    assert any(re.search(r"pip install (-r|--requirement) \S*lock\.txt", r) for r in runs)
-    # Anything not in the lock is constrained by it, so no pinned version can move.
-    for run in runs:
-        if "sagemaker-training" in run:
-            assert re.search(r"pip install -c \S*lock\.txt", run)
+    installs = [command.strip() for i in final if i["instruction"] == "RUN"
+                for command in i["value"].split("&&") if "pip install" in command]
+    assert any("concrete-ml" in command for command in installs)
+    # Every install is constrained by the lock, so no pinned version can move.
+    assert installs and all(re.search(r"pip install -c \S*lock\.txt", c) for c in installs)
+    assert any("sagemaker-training==" in command for command in installs)
 
 
 def test_entry_point_and_code(parsed: DockerfileParser) -> None:
     assert parsed.envs["SAGEMAKER_PROGRAM"] == "training_script.py"
     assert parsed.envs["SAGEMAKER_SUBMIT_DIRECTORY"] == "/opt/ml/code"
-    copies = [i["value"].split() for i in parsed.structure if i["instruction"] == "COPY"]
+    copies = [i["value"].split() for i in parsed.structure if i["instruction"] == "COPY"
+              and not i["value"].startswith("--from=")]
     assert ["training/training_script.py", "/opt/ml/code/training_script.py"] in copies
     for sources in (c[:-1] for c in copies):
         for source in sources:
             assert (REPO / source).exists(), source
-    assert any("cmake" in run for run in _runs(parsed))
+
+
+def test_no_compiler_in_the_image(parsed: DockerfileParser) -> None:
+    """The toolkit's C extension is built in a separate stage; the final image has binutils only."""
+    final_runs = [i["value"] for i in _final_stage(parsed) if i["instruction"] == "RUN"]
+    apt = [run for run in final_runs if "apt-get install" in run]
+    assert apt and all(re.search(r"\b(gcc|g\+\+|build-essential|cmake|clang)\b", run) is None
+                       for run in apt)
+    assert any("binutils" in run for run in apt)
+    assert any("gcc" in run for run in _runs(parsed))  # in the toolkit stage
 
 
 def test_no_credentials_baked_in(parsed: DockerfileParser) -> None:

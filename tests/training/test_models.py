@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from training.errors import HyperparameterError
+from training.errors import ConfigurationError, HyperparameterError
 from training.models import MODELS, build_model, constructor_kwargs, resolve_hyperparameters
 from training.training_script import parse_hyperparameters
 
@@ -104,3 +104,12 @@ def test_command_line_pairs() -> None:
     assert parse_hyperparameters(["--model", "Ridge", "--alpha=0.5", "--label-column", "y",
                                   "--random_state", "-1"]) == {
         "model": "Ridge", "alpha": "0.5", "label_column": "y", "random_state": "-1"}
+
+
+def test_one_letter_names_come_with_one_dash_from_the_sagemaker_toolkit() -> None:
+    """sagemaker-training runs ``training_script.py -C 1.0 --model LinearSVC``."""
+    assert parse_hyperparameters(["-C", "0.5", "--model", "LinearSVC", "-C=2"]) == {
+        "C": "2", "model": "LinearSVC"}
+    with pytest.raises(ConfigurationError,
+                       match=r"stray argument '-1'; hyperparameter -C has no value"):
+        parse_hyperparameters(["-1", "-C", "--model", "x"])

@@ -210,7 +210,8 @@ def test_local_mode_trains_and_uploads_like_sagemaker(
     result_file = tmp_path / "result.json"
     code = main(["--local", "--train", f"s3://{bucket}/datasets/bc",
                  "--output-path", f"s3://{bucket}/models", "--job-name", "local-job",
-                 "-H", "model=LogisticRegression", "--result-file", str(result_file),
+                 "-H", "model=LogisticRegression", "-H", "C=0.5",  # one letter: `-C 0.5`
+                 "--result-file", str(result_file),
                  "--work-dir", str(tmp_path / "work")])
     assert code == 0, capsys.readouterr().err
     prefix = "models/local-job/output"
@@ -226,7 +227,7 @@ def test_local_mode_trains_and_uploads_like_sagemaker(
     assert sorted(p.name for p in (job_root / "input" / "data" / "training").iterdir()) == [
         "bc_features.npy", "bc_labels.npy"]
     assert json.loads((job_root / "input" / "config" / "hyperparameters.json").read_text()) == {
-        "model": "LogisticRegression"}
+        "model": "LogisticRegression", "C": "0.5"}
 
 
 def test_local_mode_failure_surfaces_the_failure_file(
