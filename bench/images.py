@@ -377,7 +377,7 @@ def measure(work_dir: Path, *, reps: int = 3) -> dict[str, Any]:
     case = CASES[BENCH_CASE]
     split = load_split(case)
     job = create_job(work_dir / "job", case.hyperparameters)
-    (job.channel_dir() / "train.csv").write_bytes(training_csv(split.x_train, split.y_train))
+    (job.channel_dir / "train.csv").write_bytes(training_csv(split.x_train, split.y_train))
     run = run_training(BENCH_TAGS["training"], job, job_name="fhe-bench-images",
                        log=logs / "train.log")
     if run.returncode != 0:

@@ -58,9 +58,14 @@ class JobLayout:
         """input/config (SM_INPUT_CONFIG_DIR): hyperparameters.json, inputdataconfig.json."""
         return self.input_dir / "config"
 
-    def channel_dir(self, channel: str = TRAINING_CHANNEL) -> Path:
-        """input/data/<channel> (SM_CHANNEL_<CHANNEL>)."""
-        return self.input_dir / "data" / channel
+    def channel(self, name: str) -> Path:
+        """input/data/<name> (SM_CHANNEL_<NAME>)."""
+        return self.input_dir / "data" / name
+
+    @property
+    def channel_dir(self) -> Path:
+        """input/data/training: the kit's one channel (SM_CHANNEL_TRAINING)."""
+        return self.channel(TRAINING_CHANNEL)
 
     @property
     def model_dir(self) -> Path:
@@ -84,7 +89,7 @@ class JobLayout:
 
     def create(self, channels: Sequence[str] = (TRAINING_CHANNEL,)) -> JobLayout:
         """Create every folder; returns self."""
-        for folder in (self.config_dir, *map(self.channel_dir, channels), self.model_dir,
+        for folder in (self.config_dir, *map(self.channel, channels), self.model_dir,
                        self.output_data_dir):
             folder.mkdir(parents=True, exist_ok=True)
         return self
@@ -94,7 +99,7 @@ class JobLayout:
         """The ``SM_*`` variables the training toolkit sets for a one-host job here."""
         return {
             ENV_MODEL_DIR: str(self.model_dir),
-            **{channel_env(channel): str(self.channel_dir(channel)) for channel in channels},
+            **{channel_env(channel): str(self.channel(channel)) for channel in channels},
             ENV_CHANNELS: json.dumps(list(channels)),
             ENV_INPUT_DIR: str(self.input_dir),
             ENV_INPUT_CONFIG_DIR: str(self.config_dir),

@@ -185,8 +185,8 @@ def run_local_job(
         raise LocalJobError(f"job folder {layout.root} already exists: choose another --job-name "
                           "(job names are unique, as on SageMaker) or remove that folder")
     layout.create()
-    staged = stage_channel(train, layout.channel_dir(), s3)
-    logger.info("staged %d file(s) from %s into %s", staged, train, layout.channel_dir())
+    staged = stage_channel(train, layout.channel_dir, s3)
+    logger.info("staged %d file(s) from %s into %s", staged, train, layout.channel_dir)
     run_training_script(layout, hyperparameters, environ=environ)
     output = parse_s3_prefix(output_path, field="--output-path")
     model_tar = pack_folder(layout.model_dir, layout.output_dir / MODEL_TARBALL)

@@ -31,12 +31,12 @@ def test_what_the_local_job_writes_the_training_script_reads(tmp_path: Path) -> 
     env = layout.environment({})
     job = TrainingEnvironment.from_env(env)
     assert (job.model_dir, job.channel("training"), job.output_dir, job.output_data_dir) == (
-        layout.model_dir, layout.channel_dir(), layout.output_dir, layout.output_data_dir)
+        layout.model_dir, layout.channel_dir, layout.output_dir, layout.output_data_dir)
     settings = TrainingSettings.from_env(env)
     assert (settings.model_dir, settings.train_dir, settings.output_data_dir) == (
-        layout.model_dir, layout.channel_dir(), layout.output_data_dir)
+        layout.model_dir, layout.channel_dir, layout.output_data_dir)
     assert failure_file_path(settings) == layout.failure_file
-    assert all(folder.is_dir() for folder in (layout.config_dir, layout.channel_dir(),
+    assert all(folder.is_dir() for folder in (layout.config_dir, layout.channel_dir,
                                               layout.model_dir, layout.output_data_dir))
 
 

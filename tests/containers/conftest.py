@@ -103,7 +103,7 @@ def new_job(root: Path, hyperparameters: dict[str, object], x: np.ndarray,
     """A SageMaker job folder with ``x``/``y`` as train.csv in the training channel."""
     root.mkdir(parents=True, exist_ok=True)
     job = create_job(root, hyperparameters)
-    (job.channel_dir() / "train.csv").write_bytes(training_csv(x, y))
+    (job.channel_dir / "train.csv").write_bytes(training_csv(x, y))
     return job
 
 
