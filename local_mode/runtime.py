@@ -214,6 +214,14 @@ class LocalAsyncRuntime:
             RuntimeRequestError: unknown operation or endpoint, constraint violations, no
                 readable InputLocation.
         """
+        job = self._job(self._validated(path, headers, body))
+        if self._journal is not None:
+            atomic_write_bytes(self._journal_path(job), job.to_json())
+        self._queue.put(job)
+        return job
+
+    def _validated(self, path: str, headers: Any, body: bytes) -> dict[str, Any]:
+        """The call's members, typed, once the service model, endpoint and input accept them."""
         match = _PATH_RE.fullmatch(path.split("?", 1)[0])
         if match is None:
             raise RuntimeRequestError(f"unknown operation {path!r}", status=404,
@@ -237,12 +245,16 @@ class LocalAsyncRuntime:
             parse_s3_uri(location, field="InputLocation")
         except S3LocationError as exc:
             raise RuntimeRequestError(str(exc)) from exc
+        return values
+
+    def _job(self, values: dict[str, Any]) -> AsyncJob:
+        """The queued invocation of a validated call (SageMaker's defaults where it gave none)."""
         inference_id = values.get("InferenceId") or str(uuid.uuid4())
         filename = values.get("Filename") or f"{inference_id}.out"
         extension = (values.get("S3OutputPathExtension") or "").strip("/")
-        job = AsyncJob(
+        return AsyncJob(
             inference_id=inference_id,
-            input_location=location,
+            input_location=values["InputLocation"],
             content_type=values.get("ContentType") or CONTENT_TYPE_JSON,
             accept=values.get("Accept"),
             custom_attributes=values.get("CustomAttributes"),
@@ -254,10 +266,6 @@ class LocalAsyncRuntime:
             timeout_seconds=min(self.invocation_timeout, values.get(
                 "InvocationTimeoutSeconds", self.invocation_timeout)),
         )
-        if self._journal is not None:
-            atomic_write_bytes(self._journal_path(job), job.to_json())
-        self._queue.put(job)
-        return job
 
     # -- journal ---------------------------------------------------------------------------
 

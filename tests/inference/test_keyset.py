@@ -16,7 +16,7 @@ from inference.keyset import (
 )
 from inference.model import FheModel
 from tests.fixtures.models import FixtureModel
-from tests.inference.conftest import KeyedClient
+from tests.fixtures.serving import KeyedClient
 
 
 @pytest.mark.parametrize("kind", ["linear", "tree"])

@@ -31,8 +31,13 @@ from local_mode.processes import free_port
 from local_mode.s3_server import LocalS3Server
 from tests.fixtures.models import FixtureModel
 from tests.fixtures.s3_reads import S3RequestLog
-from tests.fixtures.serving import s3_requests
-from tests.inference.conftest import KeyedClient, Uploader, make_keyed_client, server_settings
+from tests.fixtures.serving import (
+    KeyedClient,
+    Uploader,
+    make_keyed_client,
+    s3_requests,
+    server_settings,
+)
 
 AppFactory = Callable[..., FlaskClient]
 

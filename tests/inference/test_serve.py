@@ -16,8 +16,15 @@ from inference.settings import Settings
 from local_mode.processes import free_port
 from local_mode.s3_server import LocalS3Server
 from tests.fixtures.models import FixtureModel
-from tests.fixtures.serving import RunningServe, assert_nginx_in_front, serve_process
-from tests.inference.conftest import KeyedClient, Uploader, make_keyed_client, server_settings
+from tests.fixtures.serving import (
+    KeyedClient,
+    RunningServe,
+    Uploader,
+    assert_nginx_in_front,
+    make_keyed_client,
+    serve_process,
+    server_settings,
+)
 
 
 def post(serve: RunningServe, body: bytes) -> requests.Response:

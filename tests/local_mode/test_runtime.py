@@ -17,8 +17,7 @@ from local_mode.processes import free_port
 from local_mode.runtime import LocalAsyncRuntime
 from local_mode.s3_server import LOCAL_REGION, LocalS3Server
 from tests.fixtures.s3_reads import S3RequestLog
-from tests.fixtures.serving import RunningServe, sm_runtime, wait_for_object
-from tests.inference.conftest import KeyedClient, Uploader
+from tests.fixtures.serving import KeyedClient, RunningServe, Uploader, sm_runtime, wait_for_object
 
 ENDPOINT = "fhe-local-test"
 

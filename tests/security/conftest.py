@@ -2,7 +2,7 @@
 an in-process async runtime in front of it, boto3 clients of the session S3 server.
 
 The serving helpers are shared: ``tests/fixtures/serving.py`` (serve process, runtime clients,
-object waits) and ``tests/inference/conftest.py`` (settings, uploader, keyed clients).
+object waits, settings, uploader, keyed clients) and ``tests/conftest.py`` (their fixtures).
 """
 
 from __future__ import annotations
@@ -18,14 +18,7 @@ from local_mode.processes import free_port
 from local_mode.runtime import LocalAsyncRuntime
 from local_mode.s3_server import LOCAL_REGION, LocalS3Server
 from tests.fixtures.models import FixtureModel
-from tests.fixtures.serving import RunningServe, serve_process
-from tests.inference import conftest as serving_fixtures
-from tests.inference.conftest import server_settings
-
-# The serving tests' fixtures, shared with this package (keys generated once per session).
-keyed = serving_fixtures.keyed
-serving_bucket = serving_fixtures.serving_bucket
-uploader = serving_fixtures.uploader
+from tests.fixtures.serving import RunningServe, serve_process, server_settings
 
 ENDPOINT = "fhe-security-test"
 

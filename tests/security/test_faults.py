@@ -26,12 +26,14 @@ from common.contract import build_request, parse_error_body
 from local_mode.processes import free_port, wait_for_ping
 from local_mode.s3_server import LOCAL_REGION, LocalS3Server
 from tests.fixtures.serving import (
+    KeyedClient,
     RunningServe,
+    Uploader,
     serve_process,
+    server_settings,
     sm_runtime,
     wait_for_object,
 )
-from tests.inference.conftest import KeyedClient, Uploader, server_settings
 from tests.security.conftest import make_runtime, worker_pid
 
 

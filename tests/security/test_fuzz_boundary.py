@@ -53,7 +53,6 @@ from common.contract import (
     parse_error_body,
     unpack_batch,
 )
-from common.s3_location import parse_s3_uri
 from inference.predictor import create_app
 from inference.s3_store import make_s3_client
 from inference.settings import parse_allowed_prefix
@@ -62,8 +61,7 @@ from local_mode.runtime import LocalAsyncRuntime
 from local_mode.s3_server import LOCAL_REGION, LocalS3Server
 from tests.fixtures.models import FixtureModel
 from tests.fixtures.s3_reads import S3RequestLog
-from tests.fixtures.serving import serve_process
-from tests.inference.conftest import KeyedClient, server_settings
+from tests.fixtures.serving import KeyedClient, serve_process, server_settings
 from tests.security.conftest import worker_pid
 
 BUDGET_PER_FIELD = 800  # in process, per URI field (4 fields)
@@ -381,9 +379,9 @@ def _wait_either(s3: Any, *uris: str, timeout: float = 60) -> tuple[str, bytes]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for uri in uris:
-            location = parse_s3_uri(uri)
+            bucket, key = uri.removeprefix("s3://").split("/", 1)
             try:
-                return uri, s3.get_object(Bucket=location.bucket, Key=location.key)["Body"].read()
+                return uri, s3.get_object(Bucket=bucket, Key=key)["Body"].read()
             except s3.exceptions.NoSuchKey:
                 pass
         time.sleep(0.01)

@@ -41,7 +41,7 @@ from common.contract import (
 from inference.predictor import create_app
 from inference.s3_store import make_s3_client
 from local_mode.s3_server import LOCAL_REGION
-from tests.inference.conftest import KeyedClient, Uploader, server_settings
+from tests.fixtures.serving import KeyedClient, Uploader, server_settings
 from tests.security.conftest import worker_pid
 
 CLIENT_ERRORS = {400, 403, 404, 413, 422}
