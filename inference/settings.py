@@ -62,6 +62,43 @@ def parse_allowed_prefix(text: str) -> S3Prefix:
         raise SettingsError(str(exc)) from exc
 
 
+class _EnvReader:
+    """Typed values out of an environment; every unusable one is remembered in ``problems``."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+        self.problems: list[str] = []
+
+    def number(self, name: str, default: float, kind: type, minimum: float,
+               fallback: str | None = None) -> float:
+        """``name`` (else ``fallback``) as ``kind`` >= ``minimum``; ``default`` when unset/bad."""
+        raw = self.env.get(name, "").strip()
+        if not raw and fallback:
+            name, raw = fallback, self.env.get(fallback, "").strip()
+        if not raw:
+            return default
+        try:
+            value = kind(raw)
+        except ValueError:
+            self.problems.append(f"{name}={raw!r} is not {_KIND_NAMES[kind]}")
+            return default
+        if value < minimum:
+            self.problems.append(f"{name}={raw!r} must be >= {minimum}")
+            return default
+        return value
+
+    def allowed_prefixes(self) -> tuple[S3Prefix, ...]:
+        """The comma-separated allow-list (unparsable entries are problems)."""
+        prefixes: list[S3Prefix] = []
+        entries = (p.strip() for p in self.env.get(ENV_ALLOWED_PREFIXES, "").split(","))
+        for item in filter(None, entries):
+            try:
+                prefixes.append(parse_allowed_prefix(item))
+            except SettingsError as exc:
+                self.problems.append(str(exc))
+        return tuple(prefixes)
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the server reads from its environment.
@@ -110,31 +147,9 @@ class Settings:
             SettingsError: every unusable variable, listed in one message.
         """
         env = os.environ if environ is None else environ
-        problems: list[str] = []
-
-        def number(name: str, default: float, kind: type, minimum: float,
-                   fallback: str | None = None) -> float:
-            raw = env.get(name, "").strip()
-            if not raw and fallback:
-                name, raw = fallback, env.get(fallback, "").strip()
-            if not raw:
-                return default
-            try:
-                value = kind(raw)
-            except ValueError:
-                problems.append(f"{name}={raw!r} is not {_KIND_NAMES[kind]}")
-                return default
-            if value < minimum:
-                problems.append(f"{name}={raw!r} must be >= {minimum}")
-                return default
-            return value
-
-        prefixes: list[S3Prefix] = []
-        for item in filter(None, (p.strip() for p in env.get(ENV_ALLOWED_PREFIXES, "").split(","))):
-            try:
-                prefixes.append(parse_allowed_prefix(item))
-            except SettingsError as exc:
-                problems.append(str(exc))
+        reader = _EnvReader(env)
+        number = reader.number
+        allowed_prefixes = reader.allowed_prefixes()
         model_dir = env.get(ENV_MODEL_DIR) or env.get(ENV_SM_MODEL_DIR) or DEFAULT_MODEL_DIR
         settings = cls(
             port=int(number(ENV_PORT, DEFAULT_PORT, int, 1)),
@@ -142,7 +157,7 @@ class Settings:
             workers=int(number(ENV_WORKERS, DEFAULT_WORKERS, int, 1, ENV_WORKERS_SAMPLE)),
             timeout=int(number(ENV_TIMEOUT, DEFAULT_TIMEOUT, int, 1, ENV_TIMEOUT_SAMPLE)),
             model_dir=Path(model_dir),
-            allowed_prefixes=tuple(prefixes),
+            allowed_prefixes=allowed_prefixes,
             key_cache_dir=Path(env.get(ENV_KEY_CACHE_DIR) or DEFAULT_KEY_CACHE_DIR),
             key_cache_max_bytes=int(
                 number(ENV_KEY_CACHE_MAX_BYTES, DEFAULT_KEY_CACHE_MAX_BYTES, int, 0)),
@@ -154,8 +169,8 @@ class Settings:
                 ENV_S3_CONNECT_TIMEOUT, DEFAULT_S3_CONNECT_TIMEOUT, float, 0.1),
             s3_read_timeout=number(ENV_S3_READ_TIMEOUT, DEFAULT_S3_READ_TIMEOUT, float, 0.1),
         )
-        if problems:
-            raise SettingsError("invalid server environment: " + "; ".join(problems))
+        if reader.problems:
+            raise SettingsError("invalid server environment: " + "; ".join(reader.problems))
         return settings
 
     def to_env(self) -> dict[str, str]:
