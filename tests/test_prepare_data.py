@@ -145,7 +145,7 @@ def test_bad_upload_prefix_is_a_bad_input(tmp_path: Path, capsys: pytest.Capture
     code = main(["--source", "digits", "--max-rows", "20", "--out-dir", str(tmp_path),
                  "--upload", "bucket/no-scheme"])
     assert code == 2
-    assert "'--upload' must look like 's3://bucket/key'" in capsys.readouterr().err
+    assert "'--upload' must look like 's3://bucket/prefix'" in capsys.readouterr().err
 
 
 def test_too_few_rows_for_the_split() -> None:
