@@ -44,22 +44,23 @@ def _tar_names(data: bytes) -> list[str]:
 # from the unpacked sourcedir), with only the interpreter's site-packages besides the sourcedir:
 # the checkout (and the kit's editable install) is hidden, so a missing package fails here.
 _ISOLATED_RUN = """
-import runpy, sys
+import atexit, runpy, sys
 code = sys.argv[1]
 sys.meta_path[:] = [f for f in sys.meta_path if "__editable__" not in getattr(f, "__module__", "")]
 keep = [p for p in sys.path if p.startswith(sys.base_prefix) or "site-packages" in p]
 sys.path[:] = [code, *keep]
 sys.argv = [code + "/training_script.py", *sys.argv[2:]]
-try:
-    runpy.run_path(sys.argv[0], run_name="__main__")
-except SystemExit as exc:
-    status = exc.code
-kit = {m.__file__ for name, m in list(sys.modules.items())
-       if name.split(".")[0] in ("common", "training", "inference", "client")
-       and getattr(m, "__file__", None)}
-outside = sorted(f for f in kit if not f.startswith(code))
-print("outside:", outside)
-sys.exit(1 if outside else status)
+
+
+@atexit.register  # the script ends the process itself (common.process.run_main)
+def report_modules_loaded_from_outside_the_sourcedir():
+    kit = {m.__file__ for name, m in list(sys.modules.items())
+           if name.split(".")[0] in ("common", "training", "inference", "client")
+           and getattr(m, "__file__", None)}
+    print("outside:", sorted(f for f in kit if not f.startswith(code)), flush=True)
+
+
+runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
