@@ -18,6 +18,7 @@ from moto import mock_aws
 
 import deploy_endpoint
 from deploy_endpoint import DeployError, Names, parse_args
+from local_mode.processes import wait_for_ready_file
 from local_mode.s3_server import LOCAL_REGION, LocalS3Server
 from tests.fixtures.models import FixtureModel
 from tests.fixtures.serving import wait_for_object
@@ -204,12 +205,7 @@ def test_local_endpoint_end_to_end(fixture_models: dict[str, FixtureModel],
         cwd=Path(deploy_endpoint.__file__).parent, env=env, stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 180
-        while not ready.exists():
-            assert process.poll() is None, process.stdout.read().decode()[-3000:]  # type: ignore[union-attr]
-            assert time.monotonic() < deadline, "local endpoint never became ready"
-            time.sleep(0.2)
-        info = json.loads(ready.read_text())
+        info = wait_for_ready_file(ready, timeout=180, process=process)
         assert info["endpoint_name"] == "local-ep"
         assert info["s3_endpoint_url"] == s3_server.endpoint_url
         client = FHEModelClient(str(model.model_dir), key_dir=str(tmp_path / "keys"))
