@@ -33,6 +33,7 @@ from common import options
 from common.files import atomic_write_bytes
 from common.process import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, run_main
 from common.s3_location import S3LocationError, is_s3_location, parse_s3_prefix
+from common.sagemaker_layout import job_outputs
 from local_mode.training_job import LocalJobError, run_local_job
 from training.errors import TrainingError
 from training.models import resolve_hyperparameters
@@ -288,11 +289,9 @@ def launch_sagemaker(settings: LaunchSettings) -> LaunchResult:
     estimator.fit({"training": settings.train}, wait=settings.wait,
                   logs="All" if settings.logs else "None", job_name=settings.job_name)
     job_name = estimator.latest_training_job.name
-    output = parse_s3_prefix(settings.output_path)
-    model_data = estimator.model_data if settings.wait else output.join(
-        job_name, "output", "model.tar.gz")
-    return LaunchResult(job_name, str(model_data),
-                        str(output.join(job_name, "output", "output.tar.gz")))
+    model_data, output_data = job_outputs(settings.output_path, job_name)
+    return LaunchResult(job_name, str(estimator.model_data if settings.wait else model_data),
+                        str(output_data))
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:

@@ -33,6 +33,9 @@ from common.files import atomic_write_bytes
 MANIFEST_NAME = "manifest.json"
 SERVER_ZIP = "server.zip"
 CLIENT_ZIP = "client.zip"
+# The training job's output data (output.tar.gz): its metrics and the clear quantised model.
+METRICS_NAME = "metrics.json"
+REFERENCE_MODEL_NAME = "reference_model.json"
 FORMAT_VERSION = 1
 TASKS = ("classification", "regression")
 SCALER_MINMAX = "minmax"

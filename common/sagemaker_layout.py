@@ -17,12 +17,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from common.s3_location import S3Uri, parse_s3_prefix
+
 BASE_DIR = Path("/opt/ml")
 TRAINING_CHANNEL = "training"
 HOST = "algo-1"
 HYPERPARAMETERS_FILE = "hyperparameters.json"
 INPUT_DATA_CONFIG_FILE = "inputdataconfig.json"
 FAILURE_FILE = "failure"
+MODEL_TARBALL = "model.tar.gz"  # SM_MODEL_DIR, packed
+OUTPUT_TARBALL = "output.tar.gz"  # SM_OUTPUT_DATA_DIR, packed
 
 ENV_MODEL_DIR = "SM_MODEL_DIR"
 ENV_CHANNELS = "SM_CHANNELS"
@@ -35,6 +39,17 @@ ENV_HPS = "SM_HPS"
 ENV_CURRENT_HOST = "SM_CURRENT_HOST"
 ENV_HOSTS = "SM_HOSTS"
 ENV_NUM_CPUS = "SM_NUM_CPUS"
+
+
+def job_outputs(output_path: str, job_name: str) -> tuple[S3Uri, S3Uri]:
+    """Where a job's model.tar.gz and output.tar.gz land: ``<output_path>/<job>/output/``.
+
+    Raises:
+        S3LocationError: ``output_path`` is not an ``s3://bucket[/prefix]``.
+    """
+    folder = parse_s3_prefix(output_path, field="output_path")
+    return (folder.join(job_name, "output", MODEL_TARBALL),
+            folder.join(job_name, "output", OUTPUT_TARBALL))
 
 
 def channel_env(channel: str) -> str:

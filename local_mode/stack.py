@@ -26,9 +26,11 @@ from typing import Any
 import boto3
 import numpy as np
 
+from common.artifact import METRICS_NAME, REFERENCE_MODEL_NAME
 from common.files import read_members
 from common.s3_access import SSE
 from common.s3_location import parse_s3_uri
+from common.sagemaker_layout import OUTPUT_TARBALL
 from local_mode.processes import ProcessError, stop_process, tail, wait_for_ready_file
 from local_mode.s3_server import LocalS3Server, local_session
 
@@ -36,8 +38,6 @@ logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BUCKET = "fhe-demo"
-REFERENCE_MODEL = "reference_model.json"
-METRICS = "metrics.json"
 READY_TIMEOUT = 300.0
 TRAIN_TIMEOUT = 1800.0
 STOP_TIMEOUT = 60.0
@@ -114,12 +114,12 @@ def reference_model(output_data: str, *, s3: Any) -> tuple[Any, dict[str, Any]]:
     uri = parse_s3_uri(output_data, field="output_data")
     body = s3.get_object(Bucket=uri.bucket, Key=uri.key)["Body"].read()
     with tempfile.TemporaryDirectory() as tmp:
-        archive = Path(tmp) / "output.tar.gz"
+        archive = Path(tmp) / OUTPUT_TARBALL
         archive.write_bytes(body)
         members = read_members(
-            archive, {REFERENCE_MODEL: 256 << 20, METRICS: 1 << 20}, source=output_data
+            archive, {REFERENCE_MODEL_NAME: 256 << 20, METRICS_NAME: 1 << 20}, source=output_data
         )
-    return loads(members[REFERENCE_MODEL].decode()), json.loads(members[METRICS])
+    return loads(members[REFERENCE_MODEL_NAME].decode()), json.loads(members[METRICS_NAME])
 
 
 def training_csv(

@@ -34,16 +34,17 @@ from common.s3_location import is_s3_location, parse_s3_prefix, parse_s3_uri
 from common.sagemaker_layout import (
     HYPERPARAMETERS_FILE,
     INPUT_DATA_CONFIG_FILE,
+    MODEL_TARBALL,
+    OUTPUT_TARBALL,
     TRAINING_CHANNEL,
     JobLayout,
+    job_outputs,
 )
 
 logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TRAINING_SCRIPT = REPO_ROOT / "training" / "training_script.py"
-MODEL_TARBALL = "model.tar.gz"
-OUTPUT_TARBALL = "output.tar.gz"
 
 
 class LocalJobError(RuntimeError):
@@ -188,11 +189,11 @@ def run_local_job(
     staged = stage_channel(train, layout.channel_dir, s3)
     logger.info("staged %d file(s) from %s into %s", staged, train, layout.channel_dir)
     run_training_script(layout, hyperparameters, environ=environ)
-    output = parse_s3_prefix(output_path, field="--output-path")
+    model_data, output_data = job_outputs(output_path, job_name)
     model_tar = pack_folder(layout.model_dir, layout.output_dir / MODEL_TARBALL)
     output_tar = pack_folder(layout.output_data_dir, layout.output_dir / OUTPUT_TARBALL)
     return LocalJobResult(
         job_name=job_name,
-        model_data=upload(s3, model_tar, str(output.join(job_name, "output", MODEL_TARBALL))),
-        output_data=upload(s3, output_tar, str(output.join(job_name, "output", OUTPUT_TARBALL))),
+        model_data=upload(s3, model_tar, str(model_data)),
+        output_data=upload(s3, output_tar, str(output_data)),
     )

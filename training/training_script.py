@@ -47,6 +47,8 @@ if __package__ in (None, ""):
 from common.artifact import (
     CLIENT_ZIP,
     MANIFEST_NAME,
+    METRICS_NAME,
+    REFERENCE_MODEL_NAME,
     SERVER_ZIP,
     InputScaler,
     Manifest,
@@ -79,8 +81,6 @@ logger = logging.getLogger("training")
 
 ENV_CHANNEL_TRAINING = channel_env(TRAINING_CHANNEL)
 ENV_FAILURE_FILE = "FHE_TRAINING_FAILURE_FILE"
-METRICS_NAME = "metrics.json"
-REFERENCE_MODEL_NAME = "reference_model.json"
 ARTIFACT_FILES = (SERVER_ZIP, CLIENT_ZIP, MANIFEST_NAME)
 # SageMaker keeps the first 1024 characters of the failure file as FailureReason.
 FAILURE_MAX_CHARS = 1024

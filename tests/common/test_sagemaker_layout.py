@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from common.sagemaker_layout import JobLayout, TrainingEnvironment
+from common.sagemaker_layout import JobLayout, TrainingEnvironment, job_outputs
 from inference.settings import Settings
 from training.training_script import TrainingSettings, failure_file_path
 
@@ -44,3 +44,10 @@ def test_outside_sagemaker_nothing_is_required() -> None:
     job = TrainingEnvironment.from_env({"SM_MODEL_DIR": "  ", "SM_CHANNELS": "[]"})
     assert job == TrainingEnvironment()
     assert failure_file_path(TrainingSettings.from_env({})) == Path("/opt/ml/output/failure")
+
+
+def test_job_outputs_land_where_sagemaker_puts_them() -> None:
+    for output_path in ("s3://bkt/models", "s3://bkt/models/"):
+        assert tuple(map(str, job_outputs(output_path, "job-1"))) == (
+            "s3://bkt/models/job-1/output/model.tar.gz",
+            "s3://bkt/models/job-1/output/output.tar.gz")
