@@ -25,6 +25,10 @@ class ModelCase:
         batch_rows: Rows of the throughput (P3) batch.
         batch_reps: Repetitions of that batch; 0 skips P3 for this model.
         key_sets: Key sets cached by the server when its RSS is read (1 = only the main one).
+        peer_reps: Single queries against each of the peers' servers (P7); 0 skips P7.
+        peer_sources: Which peers' key handling to measure (:data:`bench.peer.KEY_SOURCES`).
+        tune_reps: Interleaved FHE runs of the default and the tuned circuit (P8); 0 skips P8.
+        tune_hyperparameters: Added to ``hyperparameters`` for the tuned training.
     """
 
     name: str
@@ -36,6 +40,10 @@ class ModelCase:
     batch_rows: int = 32
     batch_reps: int = 1
     key_sets: int = 3
+    peer_reps: int = 3
+    peer_sources: tuple[str, ...] = ("disk", "ram")
+    tune_reps: int = 5
+    tune_hyperparameters: Mapping[str, str] = field(default_factory=lambda: {"tune": "true"})
 
 
 # Decision tree: depth 4, 6 bits (the spec's measured case). NN: the reference configuration
@@ -54,8 +62,9 @@ CASES: dict[str, ModelCase] = {case.name: case for case in (
 
 
 def quick(case: ModelCase) -> ModelCase:
-    """The ``--quick`` variant: one repetition, a 4-row batch once, one key set."""
-    return replace(case, reps=1, limit_reps=1, batch_rows=4, batch_reps=1, key_sets=1)
+    """The ``--quick`` variant: one repetition of everything, a 4-row batch once, one key set."""
+    return replace(case, reps=1, limit_reps=1, batch_rows=4, batch_reps=1, key_sets=1,
+                   peer_reps=min(case.peer_reps, 1), tune_reps=min(case.tune_reps, 1))
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ logger = logging.getLogger("inference.serve")
 
 NGINX_EXTRA_TIMEOUT = 10  # nginx waits this much longer than gunicorn, so gunicorn times out first
 GRACEFUL_SECONDS = 30
+WSGI_APP = "inference.wsgi:build_app()"
 
 
 class _NginxTemplate(Template):
@@ -49,8 +50,8 @@ def render_nginx_conf(settings: Settings, *, runtime_dir: Path, socket_path: Pat
     )
 
 
-def gunicorn_command(settings: Settings, *, bind: str) -> list[str]:
-    """The gunicorn command line for ``settings``, binding ``bind``."""
+def gunicorn_command(settings: Settings, *, bind: str, app: str = WSGI_APP) -> list[str]:
+    """The gunicorn command line for ``settings``, binding ``bind``, serving ``app``."""
     return [
         sys.executable, "-m", "gunicorn",
         "--bind", bind,
@@ -63,7 +64,7 @@ def gunicorn_command(settings: Settings, *, bind: str) -> list[str]:
         "--no-control-socket",
         "--error-logfile", "-",
         "--config", "python:inference.gunicorn_conf",
-        "inference.wsgi:build_app()",
+        app,
     ]
 
 
