@@ -183,7 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from inference.atomic import atomic_write_bytes
     from inference.local.runtime import LocalAsyncRuntime
     from inference.local.s3_server import free_port, stop_process
-    from inference.serve import gunicorn_command
+    from inference.serve import gunicorn_command, worker_env
 
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -197,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             **os.environ, ENV_MODEL_DIR: str(args.model_dir), ENV_PORT: str(port),
             ENV_HOST: "127.0.0.1", ENV_KEY_CACHE_DIR: work,
             ENV_ALLOWED_PREFIXES: args.allowed_s3_prefix, ENV_S3_ENDPOINT: args.s3_endpoint_url})
-        env = {**os.environ, **settings.to_env(), ENV_KEY_SOURCE: args.key_source}
+        env = {**worker_env(settings), ENV_KEY_SOURCE: args.key_source}
         server = subprocess.Popen(gunicorn_command(settings, bind=f"127.0.0.1:{port}",
                                                    app=WSGI_APP), env=env)
         runtime = None

@@ -146,8 +146,8 @@ def tune(resolved: ResolvedHyperparameters, x_train: np.ndarray, y_train: np.nda
     candidates = [Candidate(config, configured=i == 0) for i, config in enumerate(configs)]
     folds = _folds(resolved, y_train, int(settings["tune_folds"]))
     for candidate in candidates:
-        _score_on_folds(candidate, _with(resolved, candidate.config), x_train, y_train, folds,
-                        score)
+        _score_on_folds(candidate, with_config(resolved, candidate.config), x_train, y_train,
+                        folds, score)
     scored = [c for c in candidates if c.score is not None]
     if not scored:
         raise DataError("no candidate configuration could be fitted: "
@@ -159,8 +159,8 @@ def tune(resolved: ResolvedHyperparameters, x_train: np.ndarray, y_train: np.nda
         candidate.within_budget = candidate.score is not None and candidate.score >= floor
         if not candidate.within_budget:
             continue
-        fitted = _fit_and_cost(candidate, _with(resolved, candidate.config), x_train, y_train,
-                               fit=fit, measured=settings["tune_rank"] == RANK_MEASURED)
+        fitted = _fit_and_cost(candidate, with_config(resolved, candidate.config), x_train,
+                               y_train, fit=fit, measured=settings["tune_rank"] == RANK_MEASURED)
         if fitted is not None and (kept is None or _key(candidate) < _key(kept[0])):
             kept = (candidate, *fitted)
     if kept is None:
@@ -176,10 +176,12 @@ def tune(resolved: ResolvedHyperparameters, x_train: np.ndarray, y_train: np.nda
         "seconds": round(time.perf_counter() - started, 3),
     }
     logger.info("tuning kept %s: %s", chosen.config, record["reason"])
-    return TuningResult(_with(resolved, chosen.config), model, float_model, record)
+    return TuningResult(with_config(resolved, chosen.config), model, float_model, record)
 
 
-def _with(resolved: ResolvedHyperparameters, config: Mapping[str, Any]) -> ResolvedHyperparameters:
+def with_config(resolved: ResolvedHyperparameters,
+                config: Mapping[str, Any]) -> ResolvedHyperparameters:
+    """``resolved`` with the knob values of ``config``."""
     return replace(resolved, model={**resolved.model, **config})
 
 
