@@ -249,13 +249,32 @@ class BenchStack:
             BenchError: the endpoint exited or was not ready in time.
         """
         name = f"bench-{case.name}"
+        with self._endpoint(name, ["-m", "deploy_endpoint", "--local",
+                                   "--model-data", model.model_data]) as endpoint:
+            yield endpoint
+
+    @contextmanager
+    def peer_endpoint(self, case: ModelCase, model: TrainedModel,
+                      key_source: str) -> Iterator[Endpoint]:
+        """Run the peers' serving approach (:mod:`bench.peer`) for ``model`` behind the runtime.
+
+        Raises:
+            BenchError: the endpoint exited or was not ready in time.
+        """
+        name = f"bench-{case.name}-peer-{key_source}"
+        with self._endpoint(name, ["-m", "bench.peer", "--model-dir", str(model.model_dir),
+                                   "--key-source", key_source]) as endpoint:
+            yield endpoint
+
+    @contextmanager
+    def _endpoint(self, name: str, command: list[str]) -> Iterator[Endpoint]:
         ready_file = self.work_dir / f"{name}-ready.json"
         ready_file.unlink(missing_ok=True)
         log = self.logs / f"{name}.log"
-        command = [sys.executable, "-m", "deploy_endpoint", "--local",
-                   "--model-data", model.model_data, "--endpoint-name", name,
-                   "--output-path", f"s3://{BUCKET}/async-out/{case.name}",
-                   "--failure-path", f"s3://{BUCKET}/async-fail/{case.name}",
+        case_name = name.removeprefix("bench-")
+        command = [sys.executable, *command, "--endpoint-name", name,
+                   "--output-path", f"s3://{BUCKET}/async-out/{case_name}",
+                   "--failure-path", f"s3://{BUCKET}/async-fail/{case_name}",
                    "--allowed-s3-prefix", CLIENT_PREFIX,
                    "--s3-endpoint-url", self.s3_server.endpoint_url,
                    "--ready-file", str(ready_file)]
@@ -266,7 +285,7 @@ class BenchStack:
             deadline = time.monotonic() + READY_TIMEOUT
             while not ready_file.is_file():
                 if process.poll() is not None:
-                    raise BenchError(f"deploy_endpoint.py exited with {process.returncode};"
+                    raise BenchError(f"{command[2]} exited with {process.returncode};"
                                      f" see {log}:\n{_tail(log)}")
                 if time.monotonic() > deadline:
                     raise BenchError(f"endpoint {name} not ready after {READY_TIMEOUT:.0f} s;"
