@@ -10,6 +10,8 @@ Flags::
     --batch-reps [MODEL=]N      repetitions of the 32-query batch (0 skips P3)
     --key-sets [MODEL=]N        key sets cached by the server when its RSS is read
     --unnamed-queries [MODEL=]N requests of a client naming its keys by URI only (0 skips)
+    --peer-reps [MODEL=]N       queries against each of the peers' servers (P7; 0 skips)
+    --tune-reps [MODEL=]N       interleaved FHE runs, default vs tuned circuit (P8; 0 skips)
     --batch-size N              EncryptedPredictor batch_size (default: the client's)
     --out-dir DIR               results folder (default bench/results)
     --work-dir DIR --keep       where logs, models and keys go; kept with --keep
@@ -108,7 +110,9 @@ class BenchSettings:
         for field_name, items in (("reps", args.reps), ("limit_reps", args.limit_reps),
                                   ("batch_reps", args.batch_reps),
                                   ("key_sets", args.key_sets),
-                                  ("unnamed_queries", args.unnamed_queries)):
+                                  ("unnamed_queries", args.unnamed_queries),
+                                  ("peer_reps", args.peer_reps),
+                                  ("tune_reps", args.tune_reps)):
             overrides = _overrides(items, f"--{field_name.replace('_', '-')}", names)
             cases = [replace(c, **{field_name: overrides[c.name]}) if c.name in overrides else c
                      for c in cases]
@@ -135,6 +139,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-reps", action="append", default=[], metavar="[MODEL=]N")
     parser.add_argument("--key-sets", action="append", default=[], metavar="[MODEL=]N")
     parser.add_argument("--unnamed-queries", action="append", default=[], metavar="[MODEL=]N")
+    parser.add_argument("--peer-reps", action="append", default=[], metavar="[MODEL=]N")
+    parser.add_argument("--tune-reps", action="append", default=[], metavar="[MODEL=]N")
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--out-dir", type=Path, default=None)
     parser.add_argument("--work-dir", type=Path, default=None)
@@ -187,7 +193,10 @@ def run(settings: BenchSettings, work_dir: Path) -> dict[str, Any]:
         "settings": {c.name: {"reps": c.reps, "limit_reps": c.limit_reps,
                               "batch_rows": c.batch_rows,
                               "batch_reps": c.batch_reps, "key_sets": c.key_sets,
-                              "unnamed_queries": c.unnamed_queries}
+                              "unnamed_queries": c.unnamed_queries,
+                              "peer_reps": c.peer_reps, "peer_sources": list(c.peer_sources),
+                              "tune_reps": c.tune_reps,
+                              "tune_hyperparameters": dict(c.tune_hyperparameters)}
                      for c in settings.cases},
         "models": models,
         "targets": [t.as_dict() for t in evaluate_targets(models)],
@@ -201,13 +210,19 @@ def summary_lines(doc: Mapping[str, Any]) -> list[str]:
         lines.append(f"{name:7s} limit {1000 * result['limit']['total']['median']:9.1f} ms   async"
                      f" {1000 * result['single']['total']['median']:9.1f} ms   P1"
                      f" {result['targets']['p1_latency_ratio']:.3f}   overhead"
-                     f" {result['targets']['p2_overhead_ms']:.1f} ms")
+                     f" {result['targets']['p2_overhead_ms']:.1f} ms   P7"
+                     f" {_fmt(result['targets'].get('p7_peer_ratio'))}   P8"
+                     f" {_fmt(result['targets'].get('p8_tuned_speedup'))}")
     for target in doc["targets"]:
         status = {True: "met", False: "MISSED", None: "reported"}[target["met"]]
         value = "-" if target["value"] is None else f"{target['value']:.4g}"
         lines.append(f"{target['goal']} {target['model']:7s} {target['description']}: {value}"
                      f" ({target['limit']}) {status}")
     return lines
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

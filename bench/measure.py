@@ -7,7 +7,7 @@ import json
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -152,15 +152,21 @@ class ModelBench:
         self.limit_checks: list[dict[str, Any]] = []
 
     # -- correctness -------------------------------------------------------------------------
-    def clear_outputs(self, x_raw: np.ndarray) -> np.ndarray:
-        """The clear quantised model's probabilities for raw rows (the reference)."""
-        model = self._trained()
+    def clear_outputs(self, x_raw: np.ndarray, model: TrainedModel | None = None) -> np.ndarray:
+        """The clear quantised model's probabilities for raw rows (the reference).
+
+        Args:
+            x_raw: Raw rows.
+            model: The model whose reference to use (default: the case's own model).
+        """
+        model = model or self._trained()
         return np.asarray(model.reference.predict_proba(model.manifest.scaler.transform(x_raw),
                                                         fhe="disable"))
 
-    def verify(self, fhe_outputs: Any, x_raw: np.ndarray, *, what: str) -> dict[str, Any]:
+    def verify(self, fhe_outputs: Any, x_raw: np.ndarray, *, what: str,
+               model: TrainedModel | None = None) -> dict[str, Any]:
         """Fail loudly (:class:`bench.check.OutputMismatchError`) unless FHE equals clear."""
-        return check_agreement(fhe_outputs, self.clear_outputs(x_raw),
+        return check_agreement(fhe_outputs, self.clear_outputs(x_raw, model),
                                what=f"{self.case.name} {what}").as_dict()
 
     def _trained(self) -> TrainedModel:
@@ -193,9 +199,85 @@ class ModelBench:
             logger.info("[%s] deploying; limit and async path side by side", self.case.name)
             with self.stack.endpoint(self.case, self.model) as endpoint:
                 result.update(self.measure_pipeline(endpoint, probe))
+            result["peer"] = self.measure_peers()
+            if self.case.tune_reps:
+                result["tuned"] = self.measure_tuned(probe)
             result["sizes"] = dict(probe.setup["sizes"])
         result["targets"] = derived(result)
         return result
+
+    # -- P7: the peers' serving approach ------------------------------------------------------
+    def measure_peers(self) -> dict[str, Any]:
+        """The single queries again, against :mod:`bench.peer` (keys deserialised per request).
+
+        The same client, key set, S3 and async runtime as the measured path; the first query
+        of each server (it fetches the keys, as the peers' key upload does) is checked, not
+        timed.
+        """
+        out: dict[str, Any] = {}
+        x = self.split.x_held
+        for source in self.case.peer_sources if self.case.peer_reps else ():
+            logger.info("[%s] the peers' approach (keys from %s, deserialised per request)",
+                        self.case.name, source)
+            checks = []
+            with (self.stack.peer_endpoint(self.case, self._trained(), source) as endpoint,
+                  self.predictor(endpoint, self.key_root / "main") as predictor):
+                first = self._query(predictor, endpoint, x[:1], what=f"peer {source} query 0")
+                checks.append(first[3])
+                single = Samples()
+                for rep in range(self.case.peer_reps):
+                    seconds, timings, server, check = self._query(
+                        predictor, endpoint, x[2 + rep: 3 + rep],
+                        what=f"peer {source} query {rep}")
+                    checks.append(check)
+                    _add_single(single, seconds, timings, server[0])
+            out[source] = {"first_query_seconds": first[0], "single": single.summary(),
+                           "correctness": _merge_checks(checks)}
+        return out
+
+    # -- P8: the tuned circuit -----------------------------------------------------------------
+    def measure_tuned(self, probe: LimitProbe) -> dict[str, Any]:
+        """Train with ``tune=true``; time its FHE run against the default's, interleaved.
+
+        Both circuits run in this process on the same rows, one after the other, each checked
+        against its own clear quantised model.
+        """
+        case = replace(self.case, name=f"{self.case.name}-tuned",
+                       hyperparameters={**self.case.hyperparameters,
+                                        **self.case.tune_hyperparameters})
+        logger.info("[%s] training with %s", self.case.name, dict(case.tune_hyperparameters))
+        tuned = self.stack.train(case, self.split)
+        default_runs, tuned_runs = Samples(), Samples()
+        checks: dict[str, list[dict[str, Any]]] = {"default": [], "tuned": []}
+        x = self.split.x_held
+        with LimitProbe(tuned, self.key_root / "tuned") as tuned_probe:
+            for rep in range(self.case.tune_reps + 1):  # the first round warms the keys up
+                row = x[rep: rep + 1]
+                for name, which, model, samples in (
+                        ("default", probe, self.model, default_runs),
+                        ("tuned", tuned_probe, tuned, tuned_runs)):
+                    output = which.sample(row[0], samples if rep else None)
+                    checks[name].append(self.verify(output, row, model=model,
+                                                    what=f"{name} circuit, P8 run {rep}"))
+            setup = tuned_probe.setup
+        tuning = tuned.metrics.get("tuning") or {}
+        return {
+            "hyperparameters": dict(case.hyperparameters),
+            "training_seconds": tuned.train_seconds,
+            "chosen": tuning.get("chosen"), "configured": tuning.get("configured"),
+            "reason": tuning.get("reason"), "tune_seconds": tuning.get("seconds"),
+            "candidates": [{k: c.get(k) for k in ("config", "score", "within_budget",
+                                                  "complexity", "pbs_count", "chosen")}
+                           for c in tuning.get("candidates", [])],
+            "metric": tuned.metrics.get("metric"),
+            "accuracy_default": self._trained().metrics.get("clear_quantised"),
+            "accuracy_tuned": tuned.metrics.get("clear_quantised"),
+            "run_default": default_runs.summary().get("run"),
+            "run_tuned": tuned_runs.summary().get("run"),
+            "keygen_seconds": setup["keygen_seconds"],
+            "evaluation_keys_bytes": setup["sizes"]["evaluation_keys_bytes"],
+            "correctness": {name: _merge_checks(c) for name, c in checks.items()},
+        }
 
     def measure_limit(self, probe: LimitProbe, rows: np.ndarray, samples: Samples | None) -> None:
         """Run ``rows`` through the in-process limit; check them; add their timings (if given)."""
@@ -246,7 +328,7 @@ class ModelBench:
             # ... and the second (served from the cache).
             second = self._query(predictor, endpoint, x[1:2], what="async query 2 (cached keys)")
             checks += [first[3], second[3]]
-            single = Samples()
+            single, ratios = Samples(), Samples()
             for rep in range(max(self.case.reps, self.case.limit_reps)):
                 row = x[2 + rep: 3 + rep]
                 if rep < self.case.limit_reps:
@@ -256,6 +338,8 @@ class ModelBench:
                         predictor, endpoint, row, what=f"async single query {rep}")
                     checks.append(check)
                     _add_single(single, seconds, timings, server[0])
+                    if rep < self.case.limit_reps:
+                        ratios.add("p1", seconds / limit.values["total"][-1])
             batch = Samples()
             for rep in range(self.case.batch_reps):
                 rows = x[: self.case.batch_rows]
@@ -279,6 +363,7 @@ class ModelBench:
             "client_batch_size": batch_size,
             "limit": limit.summary(),
             "single": single.summary(),
+            "p1_per_rep": ratios.summary().get("p1"),
             "batch": {"rows": self.case.batch_rows, **batch.summary()} if batch.values else None,
             "key_cache": {
                 "first_query": {"server_key_seconds": first[2][0].keys,
@@ -403,8 +488,21 @@ def derived(result: dict[str, Any]) -> dict[str, Any]:
     single = result["single"]["total"]["median"]
     out: dict[str, Any] = {
         "p1_latency_ratio": single / limit,
+        "p1_latency_ratio_per_rep": result.get("p1_per_rep"),
         "p2_overhead_ms": 1000 * (single - limit),
     }
+    peers = {source: peer["single"]["total"]["median"] / single
+             for source, peer in (result.get("peer") or {}).items() if peer["single"]}
+    if peers:
+        out["p7_peer_ratio"] = min(peers.values())  # the faster of the peers' two approaches
+        out["p7_peer_ratio_by_source"] = peers
+    tuned = result.get("tuned")
+    if tuned:
+        out["p8_tuned_speedup"] = tuned["run_default"]["median"] / tuned["run_tuned"]["median"]
+        out["p8_accuracy_default"] = tuned["accuracy_default"]
+        out["p8_accuracy_tuned"] = tuned["accuracy_tuned"]
+        out["p8_accuracy_loss_points"] = 100 * (tuned["accuracy_default"]
+                                                - tuned["accuracy_tuned"])
     batch = result.get("batch")
     if batch:
         raw_qps = 1.0 / limit  # sequential in-process encrypt + run + decrypt, one at a time

@@ -234,6 +234,19 @@ class BenchStack:
             yield endpoint
 
     @contextmanager
+    def peer_endpoint(self, case: ModelCase, model: TrainedModel,
+                      key_source: str) -> Iterator[Endpoint]:
+        """Run the peers' serving approach (:mod:`bench.peer`) for ``model`` behind the runtime.
+
+        Raises:
+            BenchError: the endpoint exited or was not ready in time.
+        """
+        name = f"bench-{case.name}-peer-{key_source}"
+        with self._endpoint(name, ["-m", "bench.peer", "--model-dir", str(model.model_dir),
+                                   "--key-source", key_source]) as endpoint:
+            yield endpoint
+
+    @contextmanager
     def _endpoint(self, name: str, command: list[str]) -> Iterator[Endpoint]:
         case_name = name.removeprefix("bench-")
         log = self.logs / f"{name}.log"

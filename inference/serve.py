@@ -30,6 +30,13 @@ logger = logging.getLogger("inference.serve")
 
 NGINX_EXTRA_TIMEOUT = 10  # nginx waits this much longer than gunicorn, so gunicorn times out first
 GRACEFUL_SECONDS = 30
+WSGI_APP = "inference.wsgi:build_app()"
+# The FHE runtime's OpenMP threads (concrete-python's bundled libomp) spin-wait KMP_BLOCKTIME ms
+# after each parallel region before they sleep: 200 ms by default, so every FHE run left a core
+# busy for 200 ms while the response was written, the result uploaded and the next request
+# fetched (and, with the client or S3 on the same cores, while they worked). 0 makes them sleep
+# at once; an explicit setting in the environment wins.
+WORKER_ENV_DEFAULTS = {"KMP_BLOCKTIME": "0"}
 
 
 class _NginxTemplate(Template):
@@ -49,8 +56,8 @@ def render_nginx_conf(settings: Settings, *, runtime_dir: Path, socket_path: Pat
     )
 
 
-def gunicorn_command(settings: Settings, *, bind: str) -> list[str]:
-    """The gunicorn command line for ``settings``, binding ``bind``."""
+def gunicorn_command(settings: Settings, *, bind: str, app: str = WSGI_APP) -> list[str]:
+    """The gunicorn command line for ``settings``, binding ``bind``, serving ``app``."""
     return [
         sys.executable, "-m", "gunicorn",
         "--bind", bind,
@@ -63,8 +70,16 @@ def gunicorn_command(settings: Settings, *, bind: str) -> list[str]:
         "--no-control-socket",
         "--error-logfile", "-",
         "--config", "python:inference.gunicorn_conf",
-        "inference.wsgi:build_app()",
+        app,
     ]
+
+
+def worker_env(settings: Settings, environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The gunicorn workers' environment: ``environ``, ``settings``, then the runtime defaults."""
+    env = {**(os.environ if environ is None else environ), **settings.to_env()}
+    for name, value in WORKER_ENV_DEFAULTS.items():
+        env.setdefault(name, value)
+    return env
 
 
 class Supervisor:
@@ -131,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     nginx = None if args.no_nginx else shutil.which("nginx")
-    env = {**os.environ, **settings.to_env()}
+    env = worker_env(settings)
     with tempfile.TemporaryDirectory(prefix="fhe-serve-") as runtime:
         runtime_dir = Path(runtime)
         # nginx workers (another user when serve runs as root) must reach the socket inside.

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from training.errors import HyperparameterError
@@ -34,7 +34,7 @@ class Param:
 
     Attributes:
         name: Hyperparameter name as given to the job (``--name value``).
-        kind: ``int``, ``float`` or ``str``.
+        kind: ``bool``, ``int``, ``float`` or ``str``.
         default: Value used when the job does not set it.
         low: Smallest allowed value (numbers), inclusive.
         high: Largest allowed value (numbers), inclusive.
@@ -55,10 +55,12 @@ class Param:
     def parse(self, raw: Any) -> Any:
         """Convert a raw (usually string) value; raises ValueError with the allowed range."""
         value = _unquote(raw)
-        if self.kind is int:
+        if self.kind is bool:
+            parsed: Any = _parse_bool(value, raw)
+        elif self.kind is int:
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError(f"must be an integer, got {raw!r}")
-            parsed: Any = int(value) if not isinstance(value, str) else int(value.strip())
+            parsed = int(value) if not isinstance(value, str) else int(value.strip())
         elif self.kind is float:
             parsed = float(value)
             if parsed != parsed or parsed in (float("inf"), float("-inf")):
@@ -87,6 +89,8 @@ class ModelSpec:
             quantises all inputs of a linear model with one shared range, so features of
             different magnitudes need scaling), ``none`` for the sample's network, whose rows
             come normalised by the data preparation (as MNIST's do).
+        tune_grid: With ``tune=true``: the values tried for each compile-time knob (the
+            configured value is always tried too).
     """
 
     class_name: str
@@ -94,6 +98,19 @@ class ModelSpec:
     params: tuple[Param, ...]
     seeded: bool = True
     default_scaler: str = SCALER_MINMAX
+    tune_grid: tuple[tuple[str, tuple[int, ...]], ...] = ()
+
+
+_BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+
+
+def _parse_bool(value: Any, raw: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    try:
+        return _BOOLEANS[str(value).strip().lower()]
+    except KeyError:
+        raise ValueError(f"must be true or false, got {raw!r}") from None
 
 
 def _unquote(raw: Any) -> Any:
@@ -134,27 +151,36 @@ _NN_PARAMS = (
     Param("batch_size", int, 128, 1, 65536, target="batch_size", doc="mini-batch size"),
 )
 
+# The compile-time knobs ``tune=true`` searches: quantisation bits of linear and tree models;
+# weight and activation bits of the neural network (each value is one retraining).
+_BITS_GRID = (("n_bits", (2, 3, 4, 5, 6, 7, 8)),)
+_NN_GRID = (("n_w_bits", (2, 3, 4)), ("n_a_bits", (2, 3, 4)))
+
 MODELS: dict[str, ModelSpec] = {spec.class_name: spec for spec in (
     ModelSpec("LogisticRegression", CLASSIFICATION, (
         _n_bits(8), _C, Param("max_iter", int, 100, 1, 100000, target="max_iter",
-                              doc="solver iterations"))),
-    ModelSpec("LinearSVC", CLASSIFICATION, (_n_bits(8), _C), seeded=True),
-    ModelSpec("DecisionTreeClassifier", CLASSIFICATION, (_n_bits(6), _MAX_DEPTH)),
-    ModelSpec("RandomForestClassifier", CLASSIFICATION, (_n_bits(6), _MAX_DEPTH, _N_ESTIMATORS)),
+                              doc="solver iterations")), tune_grid=_BITS_GRID),
+    ModelSpec("LinearSVC", CLASSIFICATION, (_n_bits(8), _C), seeded=True, tune_grid=_BITS_GRID),
+    ModelSpec("DecisionTreeClassifier", CLASSIFICATION, (_n_bits(6), _MAX_DEPTH),
+              tune_grid=_BITS_GRID),
+    ModelSpec("RandomForestClassifier", CLASSIFICATION, (_n_bits(6), _MAX_DEPTH, _N_ESTIMATORS),
+              tune_grid=_BITS_GRID),
     ModelSpec("XGBClassifier", CLASSIFICATION, (
         _n_bits(6), Param("max_depth", int, 3, 1, 10, target="max_depth", doc="tree depth"),
-        _N_ESTIMATORS)),
+        _N_ESTIMATORS), tune_grid=_BITS_GRID),
     ModelSpec("NeuralNetClassifier", CLASSIFICATION, _NN_PARAMS, seeded=False,
-              default_scaler=SCALER_NONE),
-    ModelSpec("LinearRegression", REGRESSION, (_n_bits(8),), seeded=False),
+              default_scaler=SCALER_NONE, tune_grid=_NN_GRID),
+    ModelSpec("LinearRegression", REGRESSION, (_n_bits(8),), seeded=False, tune_grid=_BITS_GRID),
     ModelSpec("Ridge", REGRESSION, (
         _n_bits(8), Param("alpha", float, 1.0, 0.0, 1e9, target="alpha",
-                          doc="L2 regularisation")), seeded=False),
-    ModelSpec("DecisionTreeRegressor", REGRESSION, (_n_bits(6), _MAX_DEPTH)),
-    ModelSpec("RandomForestRegressor", REGRESSION, (_n_bits(6), _MAX_DEPTH, _N_ESTIMATORS)),
+                          doc="L2 regularisation")), seeded=False, tune_grid=_BITS_GRID),
+    ModelSpec("DecisionTreeRegressor", REGRESSION, (_n_bits(6), _MAX_DEPTH),
+              tune_grid=_BITS_GRID),
+    ModelSpec("RandomForestRegressor", REGRESSION, (_n_bits(6), _MAX_DEPTH, _N_ESTIMATORS),
+              tune_grid=_BITS_GRID),
     ModelSpec("XGBRegressor", REGRESSION, (
         _n_bits(6), Param("max_depth", int, 3, 1, 10, target="max_depth", doc="tree depth"),
-        _N_ESTIMATORS)),
+        _N_ESTIMATORS), tune_grid=_BITS_GRID),
 )}
 
 # Job-level hyperparameters, valid with every model.
@@ -169,6 +195,23 @@ JOB_PARAMS: tuple[Param, ...] = (
           " default none for NeuralNetClassifier, minmax for the others"),
 )
 
+# The circuit search (``tune=true``, training/tuning.py), valid with every model. Recorded only
+# when tuning is on.
+TUNE = "tune"
+RANK_COMPLEXITY = "complexity"
+RANK_MEASURED = "measured"
+TUNE_PARAMS: tuple[Param, ...] = (
+    Param(TUNE, bool, False, doc="search the compile-time knobs for the fastest circuit"
+          " within tune_budget"),
+    Param("tune_budget", float, 1.0, 0.0, 100.0,
+          doc="accuracy points (r2 x 100 for regressors) the tuned model may give up against"
+          " the most accurate candidate"),
+    Param("tune_folds", int, 3, 2, 10,
+          doc="cross-validation folds of the training rows that score each candidate"),
+    Param("tune_rank", str, RANK_COMPLEXITY, choices=(RANK_COMPLEXITY, RANK_MEASURED),
+          doc="speed ranking: concrete's circuit complexity, or a timed FHE run"),
+)
+
 
 @dataclass(frozen=True)
 class ResolvedHyperparameters:
@@ -178,15 +221,17 @@ class ResolvedHyperparameters:
         spec: The chosen model.
         job: Job-level values (model, label_column, test_size, random_state).
         model: The chosen model's values by hyperparameter name, defaults filled in.
+        tuning: The circuit search's settings when ``tune=true``, else empty.
     """
 
     spec: ModelSpec
     job: dict[str, Any]
     model: dict[str, Any]
+    tuning: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         """All values, as recorded in the manifest and metrics."""
-        return {**self.job, **self.model}
+        return {**self.job, **self.model, **self.tuning}
 
 
 def resolve_hyperparameters(raw: Mapping[str, Any]) -> ResolvedHyperparameters:
@@ -208,7 +253,12 @@ def resolve_hyperparameters(raw: Mapping[str, Any]) -> ResolvedHyperparameters:
     job["model"] = spec.class_name
     job["scaler"] = job.get("scaler") or spec.default_scaler
     values = _parse_group(spec.params, raw, problems)
-    known = {p.name for p in JOB_PARAMS} | {p.name for p in spec.params}
+    tuning = _parse_group(TUNE_PARAMS, raw, problems)
+    if not tuning.get(TUNE, False):
+        problems += [f"'{name}' only applies with tune=true" for name in
+                     sorted(set(raw) & {p.name for p in TUNE_PARAMS[1:]})]
+        tuning = {}
+    known = {p.name for p in (*JOB_PARAMS, *TUNE_PARAMS, *spec.params)}
     for name in sorted(set(raw) - known):
         problems.append(
             f"'{name}' is not a hyperparameter of {spec.class_name} "
@@ -216,7 +266,7 @@ def resolve_hyperparameters(raw: Mapping[str, Any]) -> ResolvedHyperparameters:
         )
     if problems:
         raise HyperparameterError("bad hyperparameters: " + "; ".join(problems))
-    return ResolvedHyperparameters(spec, job, values)
+    return ResolvedHyperparameters(spec, job, values, tuning)
 
 
 def _case_insensitive(name: str) -> ModelSpec | None:

@@ -76,6 +76,7 @@ from training.models import (
     build_model,
     resolve_hyperparameters,
 )
+from training.tuning import tune
 
 logger = logging.getLogger("training")
 
@@ -370,11 +371,18 @@ def do_training(
     scaler = fit_scaler(resolved.job["scaler"], x_train)
     x_train, x_test = _scale(scaler, x_train, x_test,
                              float32=resolved.spec.class_name.startswith("NeuralNet"))
-    model = build_model(resolved)
-    with timer.step("fit"):
-        model, float_model = _fit(model, x_train, y_train)
-    with timer.step("compile"):
-        model.compile(x_train)
+    tuning: dict[str, Any] | None = None
+    if resolved.tuning:
+        with timer.step("tune"):
+            tuned = tune(resolved, x_train, y_train, score=_score(task), fit=_fit)
+        resolved, model, float_model, tuning = (tuned.resolved, tuned.model, tuned.float_model,
+                                                tuned.record)
+    else:
+        model = build_model(resolved)
+        with timer.step("fit"):
+            model, float_model = _fit(model, x_train, y_train)
+        with timer.step("compile"):
+            model.compile(x_train)
     with timer.step("evaluate"):
         metrics = _evaluate(model, float_model, x_test, y_test, task)
     with timer.step("save"):
@@ -387,6 +395,8 @@ def do_training(
         n_features=scaler.n_features, classes=classes, hyperparameters=resolved.as_dict(),
         fingerprints=manifest.fingerprints, timings=timer.timings,
     )
+    if tuning is not None:
+        metrics["tuning"] = tuning
     write_outputs(paths.output_data_dir, metrics=metrics, reference_model=model.dumps())
     logger.info("metrics: %s", json.dumps({k: metrics[k] for k in ("metric", "float_sklearn",
                                                                      "clear_quantised")}))

@@ -57,7 +57,37 @@ def test_quick_run_writes_every_field(quick_run: dict[str, Any]) -> None:
     assert result["sizes"]["ciphertext_bytes"] > 0 and result["sizes"]["result_bytes"] > 0
     assert [p["key_sets"] for p in result["server_rss"]] == [0, 1]
     assert all(p["rss_bytes"] > 0 for p in result["server_rss"])
-    assert {t["goal"] for t in doc["targets"]} == {"P2", "P3", "P4", "P6"}
+    assert {t["goal"] for t in doc["targets"]} == {"P2", "P3", "P4", "P6", "P7", "P8"}
+    assert set(result["targets"]) >= {"p7_peer_ratio", "p7_peer_ratio_by_source",
+                                      "p8_tuned_speedup", "p8_accuracy_default",
+                                      "p8_accuracy_tuned", "p8_accuracy_loss_points"}
+    assert set(result["targets"]["p1_latency_ratio_per_rep"]) == SUMMARY_KEYS
+
+
+def test_quick_run_measures_the_peers_approach(quick_run: dict[str, Any]) -> None:
+    result = quick_run["doc"]["models"]["logreg"]
+    assert set(result["peer"]) == {"disk", "ram"}
+    for peer in result["peer"].values():
+        assert peer["single"]["total"]["n"] == 1 and peer["first_query_seconds"] > 0
+        assert peer["single"]["server_fhe"]["n"] == 1
+        assert peer["correctness"]["rows"] == 2 and peer["correctness"]["max_abs_gap"] <= PROBA_ATOL
+    ratios = result["targets"]["p7_peer_ratio_by_source"]
+    assert ratios == {k: v["single"]["total"]["median"] / result["single"]["total"]["median"]
+                      for k, v in result["peer"].items()}
+    assert result["targets"]["p7_peer_ratio"] == min(ratios.values())
+
+
+def test_quick_run_measures_the_tuned_circuit(quick_run: dict[str, Any]) -> None:
+    result = quick_run["doc"]["models"]["logreg"]
+    tuned = result["tuned"]
+    assert tuned["hyperparameters"] == {"model": "LogisticRegression", "tune": "true"}
+    assert tuned["configured"] == {"n_bits": 8}
+    assert next(c for c in tuned["candidates"] if c["chosen"])["config"] == tuned["chosen"]
+    assert tuned["run_default"]["n"] == tuned["run_tuned"]["n"] == 1
+    assert result["targets"]["p8_tuned_speedup"] == (tuned["run_default"]["median"]
+                                                    / tuned["run_tuned"]["median"])
+    assert tuned["correctness"]["default"]["rows"] == tuned["correctness"]["tuned"]["rows"] == 2
+    assert 0.5 < tuned["accuracy_tuned"] <= 1 and 0.5 < tuned["accuracy_default"] <= 1
 
 
 def test_quick_run_keys_move_once(quick_run: dict[str, Any]) -> None:
@@ -108,6 +138,7 @@ def test_quick_run_writes_chart_and_readme(quick_run: dict[str, Any]) -> None:
     size = quick_run["doc"]["models"]["logreg"]["key_cache"]["evaluation_keys_bytes"]
     assert ("| **P4** hash-less client (keys by URI only): server key bytes, 1st / each later"
             f" request | {size} B / 0 B (3 q.) |") in section
+    assert "**P7**" in section and "**P8**" in section
 
 
 def test_render_readme_only_regenerates_from_latest(quick_run: dict[str, Any],

@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from common.contract import build_request, parse_error_body, unpack_batch
-from inference.serve import render_nginx_conf
+from inference.serve import WORKER_ENV_DEFAULTS, render_nginx_conf, worker_env
 from inference.settings import Settings
 from local_mode.processes import free_port
 from local_mode.s3_server import LocalS3Server
@@ -96,6 +96,21 @@ def test_two_key_sets_concurrently(running_serve: RunningServe,
 
 def _key_cache(serve: RunningServe) -> dict[str, int]:
     return json.loads(requests.get(f"{serve.url}/metrics", timeout=5).content)["key_cache"]
+
+
+def test_workers_run_fhe_with_the_runtime_thread_defaults(running_serve: RunningServe) -> None:
+    pid = json.loads(requests.get(f"{running_serve.url}/metrics", timeout=5).content)["pid"]
+    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    for name, value in WORKER_ENV_DEFAULTS.items():
+        assert f"{name}={value}".encode() in environ
+
+
+def test_worker_env_keeps_an_explicit_runtime_setting() -> None:
+    settings = Settings(port=8123)
+    env = worker_env(settings, {"KMP_BLOCKTIME": "50", "SAGEMAKER_BIND_TO_PORT": "1"})
+    assert env["KMP_BLOCKTIME"] == "50"  # the operator's choice wins
+    assert env["SAGEMAKER_BIND_TO_PORT"] == "8123"  # the settings win over the environ
+    assert worker_env(settings, {})["KMP_BLOCKTIME"] == WORKER_ENV_DEFAULTS["KMP_BLOCKTIME"]
 
 
 def test_nginx_waits_longer_than_gunicorn(tmp_path: Path) -> None:
