@@ -14,7 +14,7 @@ from bench.peer import KEY_SOURCE_DISK, KEY_SOURCES, create_peer_app
 from common.contract import CONTENT_TYPE_JSON, parse_s3_uri, sha256_hex
 from local_mode.s3_server import LOCAL_REGION, LocalS3Server
 from tests.fixtures.models import FixtureModel
-from tests.inference.conftest import ALLOWED_PREFIX, Uploader, make_keyed_client, server_settings
+from tests.fixtures.serving import ALLOWED_PREFIX, Uploader, make_keyed_client, server_settings
 
 
 @pytest.fixture
