@@ -360,10 +360,46 @@ def do_training(
     paths = JobPaths(model_dir, Path(train), output)
     resolved = resolve_hyperparameters(hyperparameters or {})
     prepare_model_dir(paths.model_dir)
-    task = resolved.spec.task
     timer = _Timer()
+    data = _prepare(paths.train_dir, resolved, timer)
+    fitted = _fit_or_tune(resolved, data, timer)
+    task, resolved = resolved.spec.task, fitted.resolved
+    with timer.step("evaluate"):
+        metrics = _evaluate(fitted.model, fitted.float_model, data.x_test, data.y_test, task)
+    with timer.step("save"):
+        manifest = save_artifact(
+            paths.model_dir, fitted.model, scaler=data.scaler, task=task, classes=data.classes,
+            feature_names=data.feature_names, hyperparameters=resolved.as_dict(),
+        )
+    metrics.update(
+        model=resolved.spec.class_name, task=task, n_train=len(data.y_train),
+        n_test=len(data.y_test), n_features=data.scaler.n_features, classes=data.classes,
+        hyperparameters=resolved.as_dict(), fingerprints=manifest.fingerprints,
+        timings=timer.timings, **({} if fitted.tuning is None else {"tuning": fitted.tuning}),
+    )
+    write_outputs(paths.output_data_dir, metrics=metrics, reference_model=fitted.model.dumps())
+    logger.info("metrics: %s", json.dumps({k: metrics[k] for k in ("metric", "float_sklearn",
+                                                                     "clear_quantised")}))
+    return TrainingResult(manifest, metrics, paths)
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """The channel's rows: labels encoded, split, scaled as the client will scale them."""
+
+    x_train: np.ndarray
+    x_test: np.ndarray
+    y_train: np.ndarray
+    y_test: np.ndarray
+    scaler: InputScaler
+    classes: list[Any]
+    feature_names: Sequence[str]
+
+
+def _prepare(train_dir: Path, resolved: ResolvedHyperparameters, timer: _Timer) -> _Prepared:
+    task = resolved.spec.task
     with timer.step("load"):
-        dataset = load_dataset(paths.train_dir, label_column=resolved.job["label_column"])
+        dataset = load_dataset(train_dir, label_column=resolved.job["label_column"])
     logger.info("loaded %d rows x %d features from %s", *dataset.features.shape,
                 ", ".join(dataset.source))
     target, classes = encode_labels(dataset.labels, task)
@@ -371,36 +407,32 @@ def do_training(
     scaler = fit_scaler(resolved.job["scaler"], x_train)
     x_train, x_test = _scale(scaler, x_train, x_test,
                              float32=resolved.spec.class_name.startswith("NeuralNet"))
+    return _Prepared(x_train, x_test, y_train, y_test, scaler, classes, dataset.feature_names)
+
+
+@dataclass(frozen=True)
+class _Fitted:
+    """A compiled model, its float twin, the hyperparameters it was built with (tuned ones
+    with ``tune=true``) and the tuning record (None without tuning)."""
+
+    resolved: ResolvedHyperparameters
+    model: Any
+    float_model: Any
     tuning: dict[str, Any] | None = None
+
+
+def _fit_or_tune(resolved: ResolvedHyperparameters, data: _Prepared, timer: _Timer) -> _Fitted:
     if resolved.tuning:
         with timer.step("tune"):
-            tuned = tune(resolved, x_train, y_train, score=_score(task), fit=_fit)
-        resolved, model, float_model, tuning = (tuned.resolved, tuned.model, tuned.float_model,
-                                                tuned.record)
-    else:
-        model = build_model(resolved)
-        with timer.step("fit"):
-            model, float_model = _fit(model, x_train, y_train)
-        with timer.step("compile"):
-            model.compile(x_train)
-    with timer.step("evaluate"):
-        metrics = _evaluate(model, float_model, x_test, y_test, task)
-    with timer.step("save"):
-        manifest = save_artifact(
-            paths.model_dir, model, scaler=scaler, task=task, classes=classes,
-            feature_names=dataset.feature_names, hyperparameters=resolved.as_dict(),
-        )
-    metrics.update(
-        model=resolved.spec.class_name, task=task, n_train=len(y_train), n_test=len(y_test),
-        n_features=scaler.n_features, classes=classes, hyperparameters=resolved.as_dict(),
-        fingerprints=manifest.fingerprints, timings=timer.timings,
-    )
-    if tuning is not None:
-        metrics["tuning"] = tuning
-    write_outputs(paths.output_data_dir, metrics=metrics, reference_model=model.dumps())
-    logger.info("metrics: %s", json.dumps({k: metrics[k] for k in ("metric", "float_sklearn",
-                                                                     "clear_quantised")}))
-    return TrainingResult(manifest, metrics, paths)
+            tuned = tune(resolved, data.x_train, data.y_train,
+                         score=_score(resolved.spec.task), fit=_fit)
+        return _Fitted(tuned.resolved, tuned.model, tuned.float_model, tuned.record)
+    model = build_model(resolved)
+    with timer.step("fit"):
+        model, float_model = _fit(model, data.x_train, data.y_train)
+    with timer.step("compile"):
+        model.compile(data.x_train)
+    return _Fitted(resolved, model, float_model)
 
 
 def _fit(model: Any, x_train: np.ndarray, y_train: np.ndarray) -> tuple[Any, Any]:
