@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -210,63 +210,21 @@ def _row(title: str, cells: Sequence[str]) -> str:
 def render_readme_section(doc: Mapping[str, Any], *, chart_path: str = "bench/results/latency.png",
                           json_path: str = "bench/results/latest.json") -> str:
     """The README text between the bench markers, generated from a results document."""
-    models = doc["models"]
-    names = list(models)
+    results = [doc["models"][name] for name in doc["models"]]
+    table = [_row("", [r["label"] for r in results]), _row("---", ["---"] * len(results))]
+    table += [_row(title, [cell(r) for r in results]) for title, cell in _TABLE_ROWS]
+    targets = "; ".join(
+        f"{t['goal']} {t['model']} {_fmt_value(t['value'])} {t['limit']}"
+        f" {'✅' if t['met'] else '❌' if t['met'] is False else ''}".rstrip()
+        for t in doc["targets"])
+    return "\n".join([README_BEGIN, *_intro(doc, json_path), *table, "",
+                      f"![latency by stage]({chart_path})", "", f"Targets: {targets}.", "",
+                      _RUN_IT, README_END])
+
+
+def _intro(doc: Mapping[str, Any], json_path: str) -> list[str]:
     m = doc["machine"]
-
-    def cells(fn: Any) -> list[str]:
-        return [fn(models[n]) for n in names]
-
-    def ratio(key: str, fmt: str = "{:.2f}") -> Any:
-        return lambda r: "-" if r["targets"].get(key) is None else fmt.format(r["targets"][key])
-
-    def rss(r: Mapping[str, Any]) -> str:
-        return " → ".join(f"{_size(p['rss_bytes'])} ({p['key_sets']})" for p in r["server_rss"])
-
-    def p4(r: Mapping[str, Any]) -> str:
-        t = r["targets"]
-        return (f"{_size(t['p4_key_bytes_first_query'])} / {_size(t['p4_key_bytes_all_queries'])}"
-                f" ({t['p4_queries']} q.)")
-
-    def p4_unnamed(r: Mapping[str, Any]) -> str:
-        t = r["targets"]
-        if "p4_unnamed_queries" not in t:
-            return "not measured"
-        later = t["p4_unnamed_key_bytes_per_later_query"]
-        return (f"{_size(t['p4_unnamed_key_bytes_first_query'])} /"
-                f" {'-' if later is None else _size(later)} ({t['p4_unnamed_queries']} q.)")
-
-    def p3(r: Mapping[str, Any]) -> str:
-        b = r.get("batch")
-        if not b:
-            return "not run"
-        return (f"{r['targets']['p3_throughput_ratio']:.2f} ({b['throughput_qps']['median']:.2f}"
-                f" vs {r['targets']['p3_raw_sequential_qps']:.2f} q/s, {b['rows']} rows)")
-
-    def p7(r: Mapping[str, Any]) -> str:
-        peers = {k: v for k, v in (r.get("peer") or {}).items() if v["single"]}
-        if not peers:
-            return "not run"
-        times = ", ".join(f"{PEER_LABELS.get(k, k)} {_ms(v['single']['total'])}"
-                          for k, v in peers.items())
-        return f"{r['targets']['p7_peer_ratio']:.2f} ({times} ms)"
-
-    def p8(r: Mapping[str, Any]) -> str:
-        tuned = r.get("tuned")
-        if not tuned:
-            return "not run"
-        t = r["targets"]
-        return (f"{t['p8_tuned_speedup']:.2f} ({_ms(tuned['run_default'])} →"
-                f" {_ms(tuned['run_tuned'])} ms; {_config(tuned['configured'])} →"
-                f" {_config(tuned['chosen'])}; accuracy {100 * t['p8_accuracy_default']:.1f} →"
-                f" {100 * t['p8_accuracy_tuned']:.1f} %)")
-
-    def p6(r: Mapping[str, Any]) -> str:
-        c = r["cold_start"]
-        return f"{c['seconds']:.1f} s vs {c['compile_seconds']:.2f} s"
-
-    lines = [
-        README_BEGIN,
+    return [
         "## Benchmark (`make bench`)",
         "",
         f"Latest run: **{doc['date'][:16].replace('T', ' ')} UTC** on `{m['host_kind']}`:"
@@ -276,62 +234,117 @@ def render_readme_section(doc: Mapping[str, Any], *, chart_path: str = "bench/re
         f" [`{json_path}`]({json_path}) by `python -m bench --render-readme`; times in ms as"
         " median (min-max) over the repetitions shown.",
         "",
-        "*Limit* = in-process `FHEModelServer.run` with deserialised keys + client encrypt and"
-        " decrypt. *Async* = one `EncryptedPredictor.predict_proba` call through the local"
-        " async path (client → S3 → runtime → `serve` → S3 → client), warm key cache."
-        " *Peers' approach* (P7) = the same query through the same client, S3 and runtime to"
-        " a server that hands the serialized evaluation keys to `FHEModelServer.run` on every"
-        " request, as the AWS sample's predictor (keys read from a disk copy) and Zama's"
-        " deployment server (keys kept as bytes in RAM) do (`bench/peer.py`); its first query"
-        " is not timed. *Tuned* (P8) = the same case trained again with `tune=true`"
-        " (`training/tuning.py`); both circuits run in-process on the same rows, interleaved.",
+        _DEFINITIONS,
         "",
-        _row("", [models[n]["label"] for n in names]),
-        _row("---", ["---"] * len(names)),
-        _row("repetitions (single / batch)", cells(_reps)),
-        _row("limit, one query (ms)", cells(lambda r: _ms(r["limit"]["total"]))),
-        _row("&nbsp;&nbsp;of which `FHEModelServer.run`", cells(lambda r: _ms(r["limit"]["run"]))),
-        _row("async end to end, one query (ms)", cells(lambda r: _ms(r["single"]["total"]))),
-        _row("**P1** async / limit (NN target ≤ 1.10)", cells(ratio("p1_latency_ratio"))),
-        _row("**P2** overhead above limit, ms (LR target ≤ 50)",
-             cells(ratio("p2_overhead_ms", "{:.0f}"))),
-        _row("**P3** batch throughput / raw sequential (≥ 0.90)", cells(p3)),
-        _row("**P4** key bytes moved, first query / all queries", cells(p4)),
-        _row("**P4** hash-less client (keys by URI only): server key bytes, 1st / each later"
-             " request", cells(p4_unnamed)),
-        _row("**P5** server key load, 2nd / 1st query (≤ 5 %)", cells(
-            lambda r: "-" if r["targets"]["p5_key_load_ratio"] is None else
-            f"{100 * r['targets']['p5_key_load_ratio']:.1f} %"
-            f" ({1000 * r['key_cache']['second_query']['server_key_seconds']:.1f} vs"
-            f" {1000 * r['key_cache']['first_query']['server_key_seconds']:.0f} ms)")),
-        _row("**P6** cold start (serve → healthy /ping) vs compile", cells(p6)),
-        _row("**P7** peers' approach / ours, one query end to end (tree, NN ≥ 2)", cells(p7)),
-        _row("**P8** FHE run, default / `tune=true` circuit (tree ≥ 2 at ≤ 1 point)",
-             cells(p8)),
-        _row("keygen (s)", cells(lambda r: f"{r['keygen_seconds']:.2f}")),
-        _row("evaluation keys", cells(lambda r: _size(r["sizes"]["evaluation_keys_bytes"]))),
-        _row("ciphertext / result", cells(
-            lambda r: f"{_size(r['sizes']['ciphertext_bytes'])} /"
-                      f" {_size(r['sizes']['result_bytes'])}")),
-        _row("server RSS (cached key sets)", cells(rss)),
-        _row("FHE = clear quantised (rows checked)", cells(
-            lambda r: f"yes ({sum(c['rows'] for c in r['correctness'].values())})")),
-        "",
-        f"![latency by stage]({chart_path})",
-        "",
-        "Targets: " + "; ".join(
-            f"{t['goal']} {t['model']} {_fmt_value(t['value'])} {t['limit']}"
-            f" {'✅' if t['met'] else '❌' if t['met'] is False else ''}".rstrip()
-            for t in doc["targets"]) + ".",
-        "",
-        "Run it: `make bench` (about 3 minutes on 2 cores for logreg, tree and nn, and about 15"
-        " more for mnist, the sample's 784-input network; `BENCH_ARGS=--models logreg` for a"
-        " subset, `--quick` for a smoke run that leaves the committed results alone,"
-        " `--help` for the rest). It fails (exit 1) if any FHE output differs from the clear"
-        " quantised model.",
-        README_END,
     ]
-    return "\n".join(lines)
+
+
+_DEFINITIONS = (
+    "*Limit* = in-process `FHEModelServer.run` with deserialised keys + client encrypt and"
+    " decrypt. *Async* = one `EncryptedPredictor.predict_proba` call through the local"
+    " async path (client → S3 → runtime → `serve` → S3 → client), warm key cache."
+    " *Peers' approach* (P7) = the same query through the same client, S3 and runtime to"
+    " a server that hands the serialized evaluation keys to `FHEModelServer.run` on every"
+    " request, as the AWS sample's predictor (keys read from a disk copy) and Zama's"
+    " deployment server (keys kept as bytes in RAM) do (`bench/peer.py`); its first query"
+    " is not timed. *Tuned* (P8) = the same case trained again with `tune=true`"
+    " (`training/tuning.py`); both circuits run in-process on the same rows, interleaved.")
+_RUN_IT = (
+    "Run it: `make bench` (about 3 minutes on 2 cores for logreg, tree and nn, and about 15"
+    " more for mnist, the sample's 784-input network; `BENCH_ARGS=--models logreg` for a"
+    " subset, `--quick` for a smoke run that leaves the committed results alone,"
+    " `--help` for the rest). It fails (exit 1) if any FHE output differs from the clear"
+    " quantised model.")
+
+
+def _ratio(key: str, fmt: str = "{:.2f}") -> Callable[[Mapping[str, Any]], str]:
+    return lambda r: "-" if r["targets"].get(key) is None else fmt.format(r["targets"][key])
+
+
+def _cell_rss(r: Mapping[str, Any]) -> str:
+    return " → ".join(f"{_size(p['rss_bytes'])} ({p['key_sets']})" for p in r["server_rss"])
+
+
+def _cell_p3(r: Mapping[str, Any]) -> str:
+    b = r.get("batch")
+    if not b:
+        return "not run"
+    return (f"{r['targets']['p3_throughput_ratio']:.2f} ({b['throughput_qps']['median']:.2f}"
+            f" vs {r['targets']['p3_raw_sequential_qps']:.2f} q/s, {b['rows']} rows)")
+
+
+def _cell_p4(r: Mapping[str, Any]) -> str:
+    t = r["targets"]
+    return (f"{_size(t['p4_key_bytes_first_query'])} / {_size(t['p4_key_bytes_all_queries'])}"
+            f" ({t['p4_queries']} q.)")
+
+
+def _cell_p4_unnamed(r: Mapping[str, Any]) -> str:
+    t = r["targets"]
+    if "p4_unnamed_queries" not in t:
+        return "not measured"
+    later = t["p4_unnamed_key_bytes_per_later_query"]
+    return (f"{_size(t['p4_unnamed_key_bytes_first_query'])} /"
+            f" {'-' if later is None else _size(later)} ({t['p4_unnamed_queries']} q.)")
+
+
+def _cell_p5(r: Mapping[str, Any]) -> str:
+    if r["targets"]["p5_key_load_ratio"] is None:
+        return "-"
+    return (f"{100 * r['targets']['p5_key_load_ratio']:.1f} %"
+            f" ({1000 * r['key_cache']['second_query']['server_key_seconds']:.1f} vs"
+            f" {1000 * r['key_cache']['first_query']['server_key_seconds']:.0f} ms)")
+
+
+def _cell_p6(r: Mapping[str, Any]) -> str:
+    c = r["cold_start"]
+    return f"{c['seconds']:.1f} s vs {c['compile_seconds']:.2f} s"
+
+
+def _cell_p7(r: Mapping[str, Any]) -> str:
+    peers = {k: v for k, v in (r.get("peer") or {}).items() if v["single"]}
+    if not peers:
+        return "not run"
+    times = ", ".join(f"{PEER_LABELS.get(k, k)} {_ms(v['single']['total'])}"
+                      for k, v in peers.items())
+    return f"{r['targets']['p7_peer_ratio']:.2f} ({times} ms)"
+
+
+def _cell_p8(r: Mapping[str, Any]) -> str:
+    tuned = r.get("tuned")
+    if not tuned:
+        return "not run"
+    t = r["targets"]
+    return (f"{t['p8_tuned_speedup']:.2f} ({_ms(tuned['run_default'])} →"
+            f" {_ms(tuned['run_tuned'])} ms; {_config(tuned['configured'])} →"
+            f" {_config(tuned['chosen'])}; accuracy {100 * t['p8_accuracy_default']:.1f} →"
+            f" {100 * t['p8_accuracy_tuned']:.1f} %)")
+
+
+_TABLE_ROWS: tuple[tuple[str, Callable[[Mapping[str, Any]], str]], ...] = (
+    ("repetitions (single / batch)", lambda r: _reps(r)),
+    ("limit, one query (ms)", lambda r: _ms(r["limit"]["total"])),
+    ("&nbsp;&nbsp;of which `FHEModelServer.run`", lambda r: _ms(r["limit"]["run"])),
+    ("async end to end, one query (ms)", lambda r: _ms(r["single"]["total"])),
+    ("**P1** async / limit (NN target ≤ 1.10)", _ratio("p1_latency_ratio")),
+    ("**P2** overhead above limit, ms (LR target ≤ 50)", _ratio("p2_overhead_ms", "{:.0f}")),
+    ("**P3** batch throughput / raw sequential (≥ 0.90)", _cell_p3),
+    ("**P4** key bytes moved, first query / all queries", _cell_p4),
+    ("**P4** hash-less client (keys by URI only): server key bytes, 1st / each later request",
+     _cell_p4_unnamed),
+    ("**P5** server key load, 2nd / 1st query (≤ 5 %)", _cell_p5),
+    ("**P6** cold start (serve → healthy /ping) vs compile", _cell_p6),
+    ("**P7** peers' approach / ours, one query end to end (tree, NN ≥ 2)", _cell_p7),
+    ("**P8** FHE run, default / `tune=true` circuit (tree ≥ 2 at ≤ 1 point)", _cell_p8),
+    ("keygen (s)", lambda r: f"{r['keygen_seconds']:.2f}"),
+    ("evaluation keys", lambda r: _size(r["sizes"]["evaluation_keys_bytes"])),
+    ("ciphertext / result", lambda r: f"{_size(r['sizes']['ciphertext_bytes'])} /"
+                                      f" {_size(r['sizes']['result_bytes'])}"),
+    ("server RSS (cached key sets)", _cell_rss),
+    ("FHE = clear quantised (rows checked)",
+     lambda r: f"yes ({sum(c['rows'] for c in r['correctness'].values())})"),
+)
+"""The benchmark table: one row per measurement, one cell per model."""
 
 
 PEER_LABELS = {"disk": "AWS sample (disk)", "ram": "Zama server (RAM)"}
