@@ -313,75 +313,32 @@ class ModelBench:
         in-process limit run of the same row, so both see the same load on the machine.
         """
         x = self.split.x_held
-        limit = Samples()
         self.measure_limit(probe, x[:1], None)  # warm-up: checked, not timed
         pid = int(endpoint.metrics()["pid"])
         rss = [{"key_sets": 0, "rss_bytes": rss_bytes(pid), "key_cache_memory_bytes": 0}]
         checks: list[dict[str, Any]] = []
         with self.predictor(endpoint, self.key_root / "main") as predictor:
             predictor.ensure_keys()
-            before = endpoint.metrics()
-            # P5 + P4: the first query of a fresh key set (upload, download, deserialise) ...
-            first = self._query(predictor, endpoint, x[:1], what="async query 1 (cold keys)")
-            after_first = endpoint.metrics()
-            uploads_first = predictor.timings.evaluation_key_uploads
-            # ... and the second (served from the cache).
-            second = self._query(predictor, endpoint, x[1:2], what="async query 2 (cached keys)")
-            checks += [first[3], second[3]]
-            single, ratios = Samples(), Samples()
-            for rep in range(max(self.case.reps, self.case.limit_reps)):
-                row = x[2 + rep: 3 + rep]
-                if rep < self.case.limit_reps:
-                    self.measure_limit(probe, row, limit)
-                if rep < self.case.reps:
-                    seconds, timings, server, check = self._query(
-                        predictor, endpoint, row, what=f"async single query {rep}")
-                    checks.append(check)
-                    _add_single(single, seconds, timings, server[0])
-                    if rep < self.case.limit_reps:
-                        ratios.add("p1", seconds / limit.values["total"][-1])
-            batch = Samples()
-            for rep in range(self.case.batch_reps):
-                rows = x[: self.case.batch_rows]
-                seconds, timings, server, check = self._query(predictor, endpoint, rows,
-                                                              what=f"async batch {rep}")
-                checks.append(check)
-                batch.add("seconds", seconds)
-                batch.add("throughput_qps", len(rows) / seconds)
-                batch.add("server_fhe", sum(r.fhe for r in server))
-            after_all = endpoint.metrics()
-            queries_total = predictor.timings.rows
+            keys = self._first_two_queries(predictor, endpoint, x, checks)
+            limit, single, ratios = self._single_queries(predictor, endpoint, probe, x, checks)
+            batch = self._batches(predictor, endpoint, x, checks)
+            keys.after_all = endpoint.metrics()
+            keys.queries_total = predictor.timings.rows
+            keys.key_uploads = predictor.timings.evaluation_key_uploads
             batch_size = predictor.batch_size
-            key_uploads = predictor.timings.evaluation_key_uploads
         objects = self.stack.object_stats(self.s3_prefix.removeprefix(f"s3://{BUCKET}/"))
         rss.append({"key_sets": 1, "rss_bytes": rss_bytes(pid),
-                    "key_cache_memory_bytes": after_all["key_cache"]["memory_bytes"]})
+                    "key_cache_memory_bytes": keys.after_all["key_cache"]["memory_bytes"]})
         rss += self._extra_key_sets(endpoint, pid, checks)
         unnamed = self.measure_unnamed_keys(endpoint, probe)
-        key_bytes = self._key_bytes()
         return {
             "client_batch_size": batch_size,
             "limit": limit.summary(),
             "single": single.summary(),
             "p1_per_rep": ratios.summary().get("p1"),
             "batch": {"rows": self.case.batch_rows, **batch.summary()} if batch.values else None,
-            "key_cache": {
-                "first_query": {"server_key_seconds": first[2][0].keys,
-                                "server_fhe_seconds": first[2][0].fhe,
-                                "client_uploads": uploads_first,
-                                "server_downloads": _delta(before, after_first, "downloads"),
-                                "server_deserializations": _delta(before, after_first,
-                                                                  "deserializations")},
-                "second_query": {"server_key_seconds": second[2][0].keys,
-                                 "server_fhe_seconds": second[2][0].fhe},
-                "all_queries": {"queries": queries_total, "client_uploads": key_uploads,
-                                "server_downloads": _delta(before, after_all, "downloads"),
-                                "server_deserializations": _delta(before, after_all,
-                                                                  "deserializations"),
-                                "memory_hits": _delta(before, after_all, "memory_hits")},
-                "evaluation_keys_bytes": key_bytes,
-                "unnamed_keys": unnamed["key_cache"],
-            },
+            "key_cache": {**keys.report(), "evaluation_keys_bytes": self._key_bytes(),
+                          "unnamed_keys": unnamed["key_cache"]},
             "s3_objects": objects,
             "server_rss": rss,
             "correctness": {"limit": _merge_checks(self.limit_checks),
@@ -389,6 +346,50 @@ class ModelBench:
                             **({"unnamed_keys": _merge_checks(unnamed["checks"])}
                                if unnamed["checks"] else {})},
         }
+
+    def _first_two_queries(self, predictor: EncryptedPredictor, endpoint: Endpoint,
+                           x: np.ndarray, checks: list[dict[str, Any]]) -> _KeyCacheRun:
+        """P5 + P4: the first query of a fresh key set (upload, download, deserialise), then
+        the second (served from the cache)."""
+        before = endpoint.metrics()
+        first = self._query(predictor, endpoint, x[:1], what="async query 1 (cold keys)")
+        after_first = endpoint.metrics()
+        uploads_first = predictor.timings.evaluation_key_uploads
+        second = self._query(predictor, endpoint, x[1:2], what="async query 2 (cached keys)")
+        checks += [first[3], second[3]]
+        return _KeyCacheRun(first[2][0], second[2][0], before, after_first, uploads_first)
+
+    def _single_queries(self, predictor: EncryptedPredictor, endpoint: Endpoint,
+                        probe: LimitProbe, x: np.ndarray, checks: list[dict[str, Any]]
+                        ) -> tuple[Samples, Samples, Samples]:
+        """The limit, one-row async queries and their ratio (P1), repetitions interleaved."""
+        limit, single, ratios = Samples(), Samples(), Samples()
+        for rep in range(max(self.case.reps, self.case.limit_reps)):
+            row = x[2 + rep: 3 + rep]
+            if rep < self.case.limit_reps:
+                self.measure_limit(probe, row, limit)
+            if rep < self.case.reps:
+                seconds, timings, server, check = self._query(
+                    predictor, endpoint, row, what=f"async single query {rep}")
+                checks.append(check)
+                _add_single(single, seconds, timings, server[0])
+                if rep < self.case.limit_reps:
+                    ratios.add("p1", seconds / limit.values["total"][-1])
+        return limit, single, ratios
+
+    def _batches(self, predictor: EncryptedPredictor, endpoint: Endpoint, x: np.ndarray,
+                 checks: list[dict[str, Any]]) -> Samples:
+        """P3: batch requests of ``case.batch_rows`` rows."""
+        batch = Samples()
+        for rep in range(self.case.batch_reps):
+            rows = x[: self.case.batch_rows]
+            seconds, _timings, server, check = self._query(predictor, endpoint, rows,
+                                                           what=f"async batch {rep}")
+            checks.append(check)
+            batch.add("seconds", seconds)
+            batch.add("throughput_qps", len(rows) / seconds)
+            batch.add("server_fhe", sum(r.fhe for r in server))
+        return batch
 
     def measure_unnamed_keys(self, endpoint: Endpoint, probe: LimitProbe) -> dict[str, Any]:
         """P4 for clients that send no key hash: key bytes the server moves per request.
@@ -461,6 +462,39 @@ def _server_requests(endpoint: Endpoint, *, expected: int) -> list[ServerRequest
             f" {endpoint.log.path}, found {len(found)}: the server's log format changed; update"
             " bench/stack.py SERVER_LINE")
     return found
+
+
+@dataclass
+class _KeyCacheRun:
+    """What the key cache did for the pipeline's queries (server metrics around them)."""
+
+    first: ServerRequest
+    second: ServerRequest
+    before: dict[str, Any]
+    after_first: dict[str, Any]
+    uploads_first: int
+    after_all: dict[str, Any] = field(default_factory=dict)
+    queries_total: int = 0
+    key_uploads: int = 0
+
+    def report(self) -> dict[str, Any]:
+        """The ``key_cache`` section of a model's results (first, second and all queries)."""
+        delta = _delta
+        return {
+            "first_query": {"server_key_seconds": self.first.keys,
+                            "server_fhe_seconds": self.first.fhe,
+                            "client_uploads": self.uploads_first,
+                            "server_downloads": delta(self.before, self.after_first, "downloads"),
+                            "server_deserializations": delta(self.before, self.after_first,
+                                                             "deserializations")},
+            "second_query": {"server_key_seconds": self.second.keys,
+                             "server_fhe_seconds": self.second.fhe},
+            "all_queries": {"queries": self.queries_total, "client_uploads": self.key_uploads,
+                            "server_downloads": delta(self.before, self.after_all, "downloads"),
+                            "server_deserializations": delta(self.before, self.after_all,
+                                                             "deserializations"),
+                            "memory_hits": delta(self.before, self.after_all, "memory_hits")},
+        }
 
 
 def _add_single(samples: Samples, seconds: float, timings: Any, server: ServerRequest) -> None:
