@@ -156,8 +156,8 @@ def test_bench_fails_loudly_when_fhe_and_clear_disagree(
         capsys: pytest.CaptureFixture[str]) -> None:
     real = ModelBench.clear_outputs
 
-    def swapped_classes(self: ModelBench, x_raw: np.ndarray) -> np.ndarray:
-        return real(self, x_raw)[:, ::-1]
+    def swapped_classes(self: ModelBench, x_raw: np.ndarray, model: Any = None) -> np.ndarray:
+        return real(self, x_raw, model)[:, ::-1]
 
     monkeypatch.setattr(ModelBench, "clear_outputs", swapped_classes)
     code = cli.main(["--quick", "--models", "logreg", "--work-dir", str(tmp_path / "work"),
