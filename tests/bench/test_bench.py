@@ -17,7 +17,6 @@ from bench import cli
 from bench.check import PROBA_ATOL, OutputMismatchError, check_agreement
 from bench.measure import ModelBench
 from bench.report import README_BEGIN, README_END, ReportError, update_readme
-from bench.stack import TrainedModel
 
 SUMMARY_KEYS = {"median", "min", "max", "n"}
 README_TEXT = f"# title\n\nbefore\n\n{README_BEGIN}\nold table\n{README_END}\n\nafter\n"
@@ -157,8 +156,7 @@ def test_bench_fails_loudly_when_fhe_and_clear_disagree(
         capsys: pytest.CaptureFixture[str]) -> None:
     real = ModelBench.clear_outputs
 
-    def swapped_classes(self: ModelBench, x_raw: np.ndarray,
-                        model: TrainedModel | None = None) -> np.ndarray:
+    def swapped_classes(self: ModelBench, x_raw: np.ndarray, model: Any = None) -> np.ndarray:
         return real(self, x_raw, model)[:, ::-1]
 
     monkeypatch.setattr(ModelBench, "clear_outputs", swapped_classes)
