@@ -1,4 +1,4 @@
-"""Client settings read from the environment, in one place (used by the CLI and the demo)."""
+"""Client settings read from the environment, in one place (the CLI's defaults)."""
 
 from __future__ import annotations
 
