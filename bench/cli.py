@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shutil
 import sys
 import tempfile
@@ -49,6 +50,7 @@ from bench.report import (
     write_results,
 )
 from bench.stack import BenchError, BenchStack
+from inference.serve import WORKER_ENV_DEFAULTS
 
 logger = logging.getLogger("bench")
 
@@ -211,6 +213,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``make bench``; see the module docstring."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     settings = BenchSettings.from_args(argv)
+    # The in-process runs (limit, P8) use the FHE runtime settings of the server's workers.
+    for name, value in WORKER_ENV_DEFAULTS.items():
+        os.environ.setdefault(name, value)
     try:
         if settings.render_only:
             doc = load_results(settings.results_dir / LATEST)

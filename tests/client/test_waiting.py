@@ -37,9 +37,9 @@ def test_with_an_estimate_polls_are_sparse_then_dense_around_it() -> None:
     backoff = Backoff()
     expected = 2.0
     assert backoff.delay(0.0, expected) == 0.05  # quick failures still surface within 50 ms
-    assert backoff.delay(1.0, expected) == 0.25  # sparse: a quarter of the time waited
-    assert backoff.delay(1.6, expected) == pytest.approx(0.1)  # never past 85 % of expected
-    assert backoff.delay(1.8, expected) == pytest.approx(0.04)  # dense: 2 % of expected
+    assert backoff.delay(0.4, expected) == 0.4  # sparse: as long as the time waited (doubling)
+    assert backoff.delay(1.6, expected) == pytest.approx(0.3)  # never past 95 % of expected
+    assert backoff.delay(1.95, expected) == pytest.approx(0.04)  # dense: 2 % of expected
     assert backoff.delay(3.0, expected) == pytest.approx(0.15)  # overdue: proportional again
 
 
@@ -80,7 +80,7 @@ def test_result_is_picked_up_at_most_five_percent_late(s3_client, bucket, ready_
 def test_an_expected_result_costs_few_polls_and_is_found_promptly(
     s3_client, bucket, ready_at
 ) -> None:
-    """Estimate right: ~25 polls plus one per ``cap`` second, picked up within 2 % (or 5 ms).
+    """Estimate right: ~12 polls plus one per ``cap`` second, picked up within 2 % (or 5 ms).
 
     Proportional polling alone would take ~20 + ln(T / 0.1 s) / 0.05 polls (~140 for 40 s).
     """
@@ -104,7 +104,7 @@ def test_an_expected_result_costs_few_polls_and_is_found_promptly(
         clock=clock,
         sleep=sleep,
     )
-    assert found.body == b"result" and found.polls <= 25 + ready_at / Backoff().cap
+    assert found.body == b"result" and found.polls <= 12 + ready_at / Backoff().cap
     assert clock.now - ready_at <= max(0.005, 0.02 * ready_at) + 1e-9
 
 
