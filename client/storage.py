@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -240,6 +240,33 @@ class Backoff:
             if waited < self.late * expected:
                 return min(self.cap, max(self.initial, self.near * expected))
         return min(self.cap, max(self.initial, self.ratio * waited))
+
+
+class ServiceTimes:
+    """How long recent requests took, by their size (rows): what :class:`Backoff` expects.
+
+    Args:
+        keep: Recent times kept per size.
+    """
+
+    def __init__(self, *, keep: int = 5) -> None:
+        self._keep = keep
+        self._seconds: dict[int, deque[float]] = {}
+
+    def record(self, n_rows: int, seconds: float) -> None:
+        """Remember that a request of ``n_rows`` rows took ``seconds`` (sent to result found)."""
+        self._seconds.setdefault(n_rows, deque(maxlen=self._keep)).append(seconds)
+
+    def expected(self, n_rows: int) -> float | None:
+        """Seconds a request of ``n_rows`` rows should take, once two of that size were timed.
+
+        The fastest recent one counts: a cold first request (fresh keys, the endpoint's first
+        run) or a late pick-up cannot push the estimate up. A batch is not predicted from single
+        rows: its rows share the per-request overhead, so scaling a single row's time
+        overestimates it, and the result would be picked up late.
+        """
+        recent = self._seconds.get(n_rows, ())
+        return min(recent) if len(recent) >= 2 else None
 
 
 @dataclass(frozen=True)

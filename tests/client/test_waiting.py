@@ -8,7 +8,7 @@ import time
 import pytest
 
 from client.errors import InferenceFailedError, InferenceTimeoutError
-from client.storage import Backoff, S3Storage, wait_for_result
+from client.storage import Backoff, S3Storage, ServiceTimes, wait_for_result
 from inference.contract import S3Uri, error_body
 
 
@@ -41,6 +41,21 @@ def test_with_an_estimate_polls_are_sparse_then_dense_around_it() -> None:
     assert backoff.delay(1.6, expected) == pytest.approx(0.3)  # never past 95 % of expected
     assert backoff.delay(1.95, expected) == pytest.approx(0.04)  # dense: 2 % of expected
     assert backoff.delay(3.0, expected) == pytest.approx(0.15)  # overdue: proportional again
+
+
+def test_service_times_predict_a_size_only_from_requests_of_that_size() -> None:
+    times = ServiceTimes(keep=3)
+    times.record(1, 0.05)
+    assert times.expected(1) is None  # one sample may be a cold first request
+    times.record(1, 0.04)
+    assert times.expected(1) == 0.04  # the fastest recent one
+    assert times.expected(32) is None  # 32 x a single row's time would overestimate a batch
+    times.record(32, 0.4)
+    times.record(32, 0.3)
+    assert (times.expected(32), times.expected(1)) == (0.3, 0.04)
+    for seconds in (0.09, 0.08, 0.07):
+        times.record(1, seconds)
+    assert times.expected(1) == 0.07  # only the last ``keep`` count
 
 
 @pytest.mark.parametrize("kwargs", [{"initial": 0}, {"initial": 2, "cap": 1},
