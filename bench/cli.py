@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shutil
 import sys
 import tempfile
@@ -61,6 +62,7 @@ from bench.report import (
 from bench.stack import BenchError, BenchStack
 from common.files import atomic_write_bytes
 from common.process import EXIT_BAD_INPUT, EXIT_FAILED
+from inference.serve import WORKER_ENV_DEFAULTS
 
 logger = logging.getLogger("bench")
 
@@ -235,6 +237,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(exc.code, file=sys.stderr)
         return EXIT_BAD_INPUT
+    # The in-process runs (limit, P8) use the FHE runtime settings of the server's workers.
+    for name, value in WORKER_ENV_DEFAULTS.items():
+        os.environ.setdefault(name, value)
     try:
         if settings.render_only:
             doc = load_results(settings.results_dir / LATEST)

@@ -37,6 +37,10 @@ from local_mode.s3_server import local_session
 logger = logging.getLogger(__name__)
 
 LIMIT_STAGES = ("encrypt", "run", "decrypt")
+# Pause between the interleaved measurements of P1, so that none overlaps the tail of the one
+# before: the client's background DeleteObjects, or an FHE runtime thread still spinning after
+# its run (concrete's OpenMP threads spin KMP_BLOCKTIME ms, 200 by default).
+SETTLE_SECONDS = 0.25
 SERVER_STAGES = ("keys", "fetch", "fhe")
 
 
@@ -368,6 +372,7 @@ class ModelBench:
             row = x[2 + rep: 3 + rep]
             if rep < self.case.limit_reps:
                 self.measure_limit(probe, row, limit)
+                time.sleep(SETTLE_SECONDS)
             if rep < self.case.reps:
                 seconds, timings, server, check = self._query(
                     predictor, endpoint, row, what=f"async single query {rep}")
@@ -375,6 +380,7 @@ class ModelBench:
                 _add_single(single, seconds, timings, server[0])
                 if rep < self.case.limit_reps:
                     ratios.add("p1", seconds / limit.values["total"][-1])
+                time.sleep(SETTLE_SECONDS)
         return limit, single, ratios
 
     def _batches(self, predictor: EncryptedPredictor, endpoint: Endpoint, x: np.ndarray,

@@ -17,7 +17,6 @@ import logging
 import os
 import time
 import uuid
-from collections import deque
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
@@ -47,7 +46,7 @@ from client.model import (
     load_fhe_client,
     training_job_model_data,
 )
-from client.storage import Backoff, S3Storage, translate, wait_for_result
+from client.storage import Backoff, S3Storage, ServiceTimes, translate, wait_for_result
 from common.contract import (
     CONTENT_TYPE_BATCH,
     CONTENT_TYPE_JSON,
@@ -263,8 +262,8 @@ class EncryptedPredictor:
         self._uploaded_keys: S3Uri | None = None
         # S3 calls that need not wait for each other: the two uploads of a request, cleanup.
         self._io = ThreadPoolExecutor(max_workers=4, thread_name_prefix="fhe-client-s3")
-        # Recent endpoint service times (seconds per row), to poll when results are due.
-        self._service_per_row: deque[float] = deque(maxlen=5)
+        # Recent endpoint service times, to poll when results are due.
+        self._service_times = ServiceTimes()
         self._s3, self._runtime = _aws_clients(
             session or boto3.session.Session(region_name=region_name), region_name=region_name,
             s3_endpoint_url=s3_endpoint_url, runtime_endpoint_url=runtime_endpoint_url)
@@ -519,14 +518,9 @@ class EncryptedPredictor:
             raise translate(exc, action=f"invoking endpoint {self.endpoint_name}") from exc
 
     def _expected_at(self, request: _Pending, started: float) -> float | None:
-        """When the result of ``request`` should be ready, once two requests were timed.
-
-        The fastest recent time per row is used: a cold first request (fresh keys, the
-        endpoint's first run) or a late pick-up cannot push the estimate up.
-        """
-        if len(self._service_per_row) < 2:
-            return None
-        return started + min(self._service_per_row) * request.n_rows
+        """When the result of ``request`` should be ready, if requests of its size were timed."""
+        expected = self._service_times.expected(request.n_rows)
+        return None if expected is None else started + expected
 
     def _collect(self, request: _Pending, *, started: float) -> np.ndarray:
         """Wait for one request's result (``started``: when the endpoint could start it)."""
@@ -539,7 +533,7 @@ class EncryptedPredictor:
             backoff=self.backoff,
             expected_at=self._expected_at(request, started),
         )
-        self._service_per_row.append((result.found_at - started) / request.n_rows)
+        self._service_times.record(request.n_rows, result.found_at - started)
         self.timings.wait += time.perf_counter() - start - result.download_seconds
         self.timings.download += result.download_seconds
         body = result.body

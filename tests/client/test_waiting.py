@@ -8,7 +8,7 @@ import time
 import pytest
 
 from client.errors import InferenceFailedError, InferenceTimeoutError
-from client.storage import Backoff, S3Storage, wait_for_result
+from client.storage import Backoff, S3Storage, ServiceTimes, wait_for_result
 from common.contract import S3Uri, error_body
 
 
@@ -37,10 +37,25 @@ def test_with_an_estimate_polls_are_sparse_then_dense_around_it() -> None:
     backoff = Backoff()
     expected = 2.0
     assert backoff.delay(0.0, expected) == 0.05  # quick failures still surface within 50 ms
-    assert backoff.delay(1.0, expected) == 0.25  # sparse: a quarter of the time waited
-    assert backoff.delay(1.6, expected) == pytest.approx(0.1)  # never past 85 % of expected
-    assert backoff.delay(1.8, expected) == pytest.approx(0.04)  # dense: 2 % of expected
+    assert backoff.delay(0.4, expected) == 0.4  # sparse: as long as the time waited (doubling)
+    assert backoff.delay(1.6, expected) == pytest.approx(0.3)  # never past 95 % of expected
+    assert backoff.delay(1.95, expected) == pytest.approx(0.04)  # dense: 2 % of expected
     assert backoff.delay(3.0, expected) == pytest.approx(0.15)  # overdue: proportional again
+
+
+def test_service_times_predict_a_size_only_from_requests_of_that_size() -> None:
+    times = ServiceTimes(keep=3)
+    times.record(1, 0.05)
+    assert times.expected(1) is None  # one sample may be a cold first request
+    times.record(1, 0.04)
+    assert times.expected(1) == 0.04  # the fastest recent one
+    assert times.expected(32) is None  # 32 x a single row's time would overestimate a batch
+    times.record(32, 0.4)
+    times.record(32, 0.3)
+    assert (times.expected(32), times.expected(1)) == (0.3, 0.04)
+    for seconds in (0.09, 0.08, 0.07):
+        times.record(1, seconds)
+    assert times.expected(1) == 0.07  # only the last ``keep`` count
 
 
 @pytest.mark.parametrize("kwargs", [{"initial": 0}, {"initial": 2, "cap": 1},
@@ -80,7 +95,7 @@ def test_result_is_picked_up_at_most_five_percent_late(s3_client, bucket, ready_
 def test_an_expected_result_costs_few_polls_and_is_found_promptly(
     s3_client, bucket, ready_at
 ) -> None:
-    """Estimate right: ~25 polls plus one per ``cap`` second, picked up within 2 % (or 5 ms).
+    """Estimate right: ~12 polls plus one per ``cap`` second, picked up within 2 % (or 5 ms).
 
     Proportional polling alone would take ~20 + ln(T / 0.1 s) / 0.05 polls (~140 for 40 s).
     """
@@ -104,7 +119,7 @@ def test_an_expected_result_costs_few_polls_and_is_found_promptly(
         clock=clock,
         sleep=sleep,
     )
-    assert found.body == b"result" and found.polls <= 25 + ready_at / Backoff().cap
+    assert found.body == b"result" and found.polls <= 12 + ready_at / Backoff().cap
     assert clock.now - ready_at <= max(0.005, 0.02 * ready_at) + 1e-9
 
 
