@@ -2,7 +2,8 @@
 
 Flags::
 
-    --models logreg,tree,nn     models to measure (default: all three, side by side)
+    --models logreg,tree,nn     models to measure, side by side (default: those three; ``mnist``,
+                                the sample's 784-input network, adds ~15 minutes; ``all``)
     --quick                     1 repetition, 4-row batch, 1 key set; results go to the work dir
                                 (the committed results and README stay untouched)
     --reps [MODEL=]N            async single-query repetitions (repeatable; MODEL= for one model)
@@ -43,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import machine
-from bench.cases import CASES, ModelCase, quick
+from bench.cases import CASES, DEFAULT_MODELS, ModelCase, quick
 from bench.check import OutputMismatchError
 from bench.images import DockerError
 from bench.report import (
@@ -104,10 +105,12 @@ class BenchSettings:
         """Parse the command line (see the module docstring)."""
         args = _parser().parse_args(argv)
         names = [n.strip() for n in args.models.split(",") if n.strip()]
+        if names == ["all"]:
+            names = list(CASES)
         unknown = [n for n in names if n not in CASES]
         if unknown or not names:
             raise SystemExit(f"bench: --models: unknown {', '.join(unknown) or '(empty)'}; choose"
-                             f" from {', '.join(CASES)}")
+                             f" from {', '.join(CASES)} (or all)")
         cases = [quick(CASES[n]) if args.quick else CASES[n] for n in names]
         for field_name, items in (("reps", args.reps), ("limit_reps", args.limit_reps),
                                   ("batch_reps", args.batch_reps),
@@ -134,7 +137,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench",
                                      description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default=",".join(CASES))
+    parser.add_argument("--models", default=",".join(DEFAULT_MODELS))
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--reps", action="append", default=[], metavar="[MODEL=]N")
     parser.add_argument("--limit-reps", action="append", default=[], metavar="[MODEL=]N")

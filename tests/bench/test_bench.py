@@ -184,6 +184,13 @@ def test_check_agreement_fails_on_any_difference(fhe: list[list[float]], message
         check_agreement(np.array(fhe), np.array([[0.9, 0.1], [0.2, 0.8]]), what="m")
 
 
+def test_default_models_leave_the_long_mnist_case_to_an_explicit_request() -> None:
+    assert [c.name for c in cli.BenchSettings.from_args([]).cases] == ["logreg", "tree", "nn"]
+    assert [c.name for c in cli.BenchSettings.from_args(["--models", "all"]).cases] == [
+        "mnist", "logreg", "tree", "nn"]
+    assert [c.name for c in cli.BenchSettings.from_args(["--models", "mnist"]).cases] == ["mnist"]
+
+
 def test_settings_overrides_per_model() -> None:
     settings = cli.BenchSettings.from_args(["--models", "logreg,tree", "--reps", "tree=2",
                                             "--batch-reps", "0", "--no-readme"])
@@ -193,7 +200,7 @@ def test_settings_overrides_per_model() -> None:
 
 
 @pytest.mark.parametrize(("argv", "message"), [
-    (["--models", "svm"], "--models: unknown svm; choose from mnist, logreg, tree, nn"),
+    (["--models", "svm"], "--models: unknown svm; choose from mnist, logreg, tree, nn \\(or all\\)"),
     (["--models", "tree", "--reps", "nn=2"], "--reps 'nn=2': N must be >= 0 and MODEL one of tree"),
     (["--reps", "many"], r"--reps 'many': expected \[MODEL=\]N"),
 ])
