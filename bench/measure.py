@@ -536,6 +536,11 @@ def derived(result: dict[str, Any]) -> dict[str, Any]:
     if peers:
         out["p7_peer_ratio"] = min(peers.values())  # the faster of the peers' two approaches
         out["p7_peer_ratio_by_source"] = peers
+        # The ceiling of P7 for this circuit: the ratio if our path cost nothing above the
+        # in-process limit (encrypt + warm run + decrypt). The peers pay the keys'
+        # deserialisation and a fresh key object's first run on every request; when that costs
+        # less than the warm run itself, no server of the same circuit reaches 2.
+        out["p7_peer_ratio_at_limit"] = min(peer * single / limit for peer in peers.values())
     tuned = result.get("tuned")
     if tuned:
         out["p8_tuned_speedup"] = tuned["run_default"]["median"] / tuned["run_tuned"]["median"]

@@ -20,6 +20,10 @@ prefixes). Their values come from the same configuration the scripts read: one J
       "client": {"s3_prefix": "s3://b/clients/alice"}
     }
 
+``training_job`` / ``latest_training_job`` in ``deploy_endpoint`` or ``client`` (the model found
+by training job instead of ``model_data``) grant the lookup of those jobs and the read of their
+``<start_training.output_path>/<job>/output/model.tar.gz``; without them nothing of it is granted.
+
 Each script section can also be read straight from that script's own config file
 (``--start-training-config``, ``--deploy-endpoint-config``, ``--client-config``). S3 URIs are
 split into bucket and prefix by :mod:`common.s3_location` (the grammar and segment-bounded
@@ -193,10 +197,58 @@ def _endpoint(c: _Config) -> str:
     return name
 
 
+_JOB_NAME_RE = re.compile(r"[A-Za-z0-9](-*[A-Za-z0-9]){0,62}", re.ASCII)
+_LOOKUP_SECTIONS = ("deploy_endpoint", "client")
+
+
+def _job_names(c: _Config, key: str) -> list[str]:
+    """Training job names configured under ``key`` in the deploy_endpoint and client sections."""
+    names: list[str] = []
+    problems: list[str] = []
+    for section in _LOOKUP_SECTIONS:
+        value = c.optional(section, key)
+        if not value:
+            continue
+        if not _JOB_NAME_RE.fullmatch(str(value)):
+            problems.append(f"{section}.{key} must be a SageMaker training job name (letters,"
+                            f" digits and dashes, at most 63), got {value!r}")
+            continue
+        names.append(str(value))
+    if problems:
+        raise _Missing(*problems)
+    return list(dict.fromkeys(names))
+
+
+def _lookup_jobs(c: _Config) -> list[str]:
+    """Training job names (``*`` patterns) the scripts may look a model up by, case kept.
+
+    ``training_job`` names one job; ``latest_training_job`` a base name, whose jobs are the base
+    itself or ``<base>-…`` (common.training_jobs). None configured = no lookup grant at all.
+    """
+    exact = _job_names(c, "training_job")
+    bases = _job_names(c, "latest_training_job")
+    return list(dict.fromkeys([*exact, *(p for b in bases for p in (b, f"{b}-*"))]))
+
+
+def _job_model_objects(c: _Config) -> list[str]:
+    """``bucket/prefix/<job>/output/model.tar.gz`` of the looked-up jobs (SageMaker's layout)."""
+    jobs = _lookup_jobs(c)
+    if not jobs:
+        return []
+    uri = c.get("start_training", "output_path",
+                hint="where the training jobs named by training_job / latest_training_job wrote"
+                     " model.tar.gz")
+    prefixes = [loc.path for loc in _locations(uri, field="start_training.output_path")]
+    return [f"{prefix}{job}/output/model.tar.gz" for prefix in prefixes for job in jobs]
+
+
 def _model_data(c: _Config) -> list[str]:
-    uris = [c.get("deploy_endpoint", "model_data", hint="s3://…/model.tar.gz to deploy")]
-    if c.optional("client", "model_data"):
-        uris.append(c.optional("client", "model_data"))
+    """The configured model.tar.gz objects; optional when the model is found by training job."""
+    uris = [uri for uri in (c.optional("deploy_endpoint", "model_data"),
+                            c.optional("client", "model_data")) if uri]
+    if not uris and not _lookup_jobs(c):
+        raise _Missing("missing deploy_endpoint.model_data (s3://…/model.tar.gz to deploy), or"
+                       " deploy_endpoint.training_job / latest_training_job to find it")
     objects = [loc.path for loc in _locations(uris, field="model_data", exact=True)]
     return list(dict.fromkeys(objects))
 
@@ -306,6 +358,11 @@ _RESOLVERS: dict[str, _Resolver] = {
     "EndpointName": _endpoint,
     "EndpointNameLower": lambda c: _endpoint(c).lower(),
     "ModelDataObjects": _model_data,
+    "TrainingJobModelObjects": _job_model_objects,
+    # SageMaker lower-cases resource names in its ARNs; ListTrainingJobs has no resource-level
+    # permission, so it is granted on "*" and only when a base name is looked up.
+    "LookupTrainingJobsLower": lambda c: [job.lower() for job in _lookup_jobs(c)],
+    "ListTrainingJobsResource": lambda c: ["*"] if _job_names(c, "latest_training_job") else [],
     "OutputObjects": _prefix_objects(
         "deploy_endpoint", "output_path", "s3:// URI for async inference results"
     ),
@@ -418,6 +475,7 @@ def _buckets(config: Mapping[str, Any], values: Mapping[str, str | list[str]]) -
         "ModelObjects",
         "CodeObjects",
         "ModelDataObjects",
+        "TrainingJobModelObjects",
         "OutputObjects",
         "FailureObjects",
         "ClientObjects",

@@ -75,6 +75,9 @@ def test_quick_run_measures_the_peers_approach(quick_run: dict[str, Any]) -> Non
     assert ratios == {k: v["single"]["total"]["median"] / result["single"]["total"]["median"]
                       for k, v in result["peer"].items()}
     assert result["targets"]["p7_peer_ratio"] == min(ratios.values())
+    assert result["targets"]["p7_peer_ratio_at_limit"] == pytest.approx(min(
+        v["single"]["total"]["median"] for v in result["peer"].values()
+    ) / result["limit"]["total"]["median"])
 
 
 def test_quick_run_measures_the_tuned_circuit(quick_run: dict[str, Any]) -> None:
@@ -200,7 +203,8 @@ def test_settings_overrides_per_model() -> None:
 
 
 @pytest.mark.parametrize(("argv", "message"), [
-    (["--models", "svm"], "--models: unknown svm; choose from mnist, logreg, tree, nn \\(or all\\)"),
+    (["--models", "svm"],
+     "--models: unknown svm; choose from mnist, logreg, tree, nn \\(or all\\)"),
     (["--models", "tree", "--reps", "nn=2"], "--reps 'nn=2': N must be >= 0 and MODEL one of tree"),
     (["--reps", "many"], r"--reps 'many': expected \[MODEL=\]N"),
 ])

@@ -367,6 +367,7 @@ _MAPPERS: dict[tuple[str, str], _Map] = {
     ("sagemaker", "CreateTrainingJob"): _TRAINING("CreateTrainingJob"),
     ("sagemaker", "DescribeTrainingJob"): _TRAINING_READ("DescribeTrainingJob"),
     ("sagemaker", "StopTrainingJob"): _TRAINING_READ("StopTrainingJob"),
+    ("sagemaker", "ListTrainingJobs"): _star("sagemaker:ListTrainingJobs"),
     ("sagemaker", "CreateModel"): _MODEL("CreateModel"),
     ("sagemaker", "DescribeModel"): _MODEL_READ("DescribeModel"),
     ("sagemaker", "DeleteModel"): _MODEL_READ("DeleteModel"),

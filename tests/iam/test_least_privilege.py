@@ -139,6 +139,58 @@ def test_deploy_endpoint_calls_are_allowed_by_the_endpoint_creator_policy(aws: A
     assert all(evaluate(policy, r) is Decision.IMPLICIT_DENY for r in out_of_scope)
 
 
+@pytest.mark.parametrize("flag", ["--latest-training-job", "--training-job"])
+def test_deploying_a_training_jobs_model_is_allowed_once_configured(aws: Any, flag: str) -> None:
+    """``--latest-training-job`` / ``--training-job``: the lookup and the model read are granted
+    by the policies rendered with that option in the config, and only for those jobs."""
+    import deploy_endpoint
+
+    sagemaker = boto3.client("sagemaker", region_name=REGION)
+    job = f"{ST['base_job_name']}-2026-01-02-03-04-05-678"
+    for name in (job, "other-2026-01-02-03-04-05-678"):
+        sagemaker.create_training_job(
+            TrainingJobName=name, RoleArn=ST["role"],
+            AlgorithmSpecification={"TrainingImage": ST["image_uri"], "TrainingInputMode": "File"},
+            OutputDataConfig={"S3OutputPath": ST["output_path"]},
+            ResourceConfig={"InstanceType": "ml.c5.2xlarge", "InstanceCount": 1,
+                            "VolumeSizeInGB": 10},
+            StoppingCondition={"MaxRuntimeInSeconds": 3600})
+    value = ST["base_job_name"] if flag == "--latest-training-job" else job
+    config = {**CONFIG, "deploy_endpoint": {
+        **{k: v for k, v in DP.items() if k != "model_data"}, flag[2:].replace("-", "_"): value}}
+    argv = [flag, value, "--endpoint-name", DP["endpoint_name"], "--output-path",
+            DP["output_path"], "--failure-path", DP["failure_path"], "--role", DP["role"],
+            "--image-uri", DP["image_uri"], "--region", REGION, "--instance-type", "ml.c5.4xlarge",
+            *(a for p in DP["allowed_s3_prefix"] for a in ("--allowed-s3-prefix", p))]
+    with record_calls() as calls:
+        assert deploy_endpoint.main(argv) == 0
+    requests = required_requests(calls, account=ACCOUNT)
+    creator = [render(config, roles=["endpoint-creator"])["endpoint-creator-policy.json"]]
+    refused = [r for r in requests if evaluate(creator, r) is not Decision.ALLOW]
+    assert not refused, refused
+    lookups = {r.action for r in requests if "TrainingJob" in r.action}
+    assert lookups == ({"sagemaker:DescribeTrainingJob", "sagemaker:ListTrainingJobs"}
+                       if flag == "--latest-training-job" else {"sagemaker:DescribeTrainingJob"})
+    # the old example policy (a fixed model_data) refuses the lookup: the gap this closes
+    assert any(evaluate(_policy("endpoint-creator"), r) is not Decision.ALLOW for r in requests)
+    describe = next(r for r in requests if r.action == "sagemaker:DescribeTrainingJob")
+    assert evaluate(creator, _moved(describe, resource=describe.resource.replace(
+        job.lower(), "other-2026-01-02-03-04-05-678"))) is Decision.IMPLICIT_DENY
+
+    # the endpoint's role may read the model the job wrote, and no other job's
+    model_url = sagemaker.describe_model(ModelName=next(
+        c.params["ModelName"] for c in calls if c.operation == "CreateModel")
+    )["PrimaryContainer"]["ModelDataUrl"]
+    assert model_url == f"{ST['output_path']}/{job}/output/model.tar.gz"
+    role = [render(config, roles=["endpoint-execution-role"])[
+        "endpoint-execution-role-policy.json"]]
+    read = Request("s3:GetObject", f"arn:aws:s3:::{model_url.removeprefix('s3://')}",
+                   {"aws:securetransport": True})
+    assert evaluate(role, read) is Decision.ALLOW
+    assert evaluate(role, _moved(read, resource=read.resource.replace(
+        job, "other-2026-01-02-03-04-05-678"))) is Decision.IMPLICIT_DENY
+
+
 def _deploy_config(tmp_path: Path) -> Path:
     """The IAM config's deploy_endpoint section, written as deploy_endpoint.py's own --config."""
     path = tmp_path / "deploy.json"

@@ -161,3 +161,73 @@ def test_the_endpoint_role_and_the_server_allow_list_share_one_boundary(
         assert not iam and not server, key
     elif subfolder in ("keys", "queries", "requests"):
         assert iam and server, key
+
+
+def _lookup_config(**deploy: str) -> dict:
+    """The example config deploying the model of a training job instead of a fixed model_data."""
+    section = {k: v for k, v in CONFIG["deploy_endpoint"].items() if k != "model_data"}
+    return {**CONFIG, "deploy_endpoint": {**section, **deploy}}
+
+
+def _statement(config: dict, role: str, sid: str) -> dict | None:
+    doc = render(config, roles=[role])[f"{role}-policy.json"]
+    return next((s for s in doc["Statement"] if s["Sid"] == sid), None)
+
+
+def test_training_job_lookup_is_granted_only_when_configured() -> None:
+    for role in ("endpoint-creator", "inference-client"):
+        assert _statement(CONFIG, role, "FindTheModelOfTheNamedTrainingJobs") is None
+        assert _statement(CONFIG, role, "ListTrainingJobsHasNoResourceLevelPermission") is None
+    read = _statement(CONFIG, "endpoint-execution-role", "ReadModelArtefact")
+    model_key = parse_s3_uri(CONFIG["deploy_endpoint"]["model_data"]).key
+    assert read["Resource"] == [f"arn:aws:s3:::acme-fhe/{model_key}"]
+
+
+def test_latest_training_job_grants_its_jobs_and_their_model_archives_only() -> None:
+    config = _lookup_config(latest_training_job="MNIST")
+    arn = "arn:aws:sagemaker:us-east-1:123456789012:training-job"
+    for role in ("endpoint-creator", "inference-client"):
+        describe = _statement(config, role, "FindTheModelOfTheNamedTrainingJobs")
+        assert describe["Resource"] == [f"{arn}/mnist", f"{arn}/mnist-*"]  # ARNs: lower case
+        listing = _statement(config, role, "ListTrainingJobsHasNoResourceLevelPermission")
+        assert listing["Action"] == "sagemaker:ListTrainingJobs" and listing["Resource"] == "*"
+    read = _statement(config, "endpoint-execution-role", "ReadModelArtefact")
+    assert read["Resource"] == [  # S3 keys keep the job name's case
+        "arn:aws:s3:::acme-fhe/models/MNIST/output/model.tar.gz",
+        "arn:aws:s3:::acme-fhe/models/MNIST-*/output/model.tar.gz"]
+    policy = [render(config, roles=["endpoint-creator"])["endpoint-creator-policy.json"]]
+    ctx = {"aws:securetransport": True}
+    assert [evaluate(policy, Request("sagemaker:DescribeTrainingJob", f"{arn}/{job}", ctx))
+            for job in ("mnist-2026-01-01-00-00-00-000", "mnist", "mnistx", "other-1")] == [
+        Decision.ALLOW, Decision.ALLOW, Decision.IMPLICIT_DENY, Decision.IMPLICIT_DENY]
+
+
+def test_a_named_training_job_needs_no_listing() -> None:
+    config = _lookup_config(training_job="fhe-train-7")
+    describe = _statement(config, "endpoint-creator", "FindTheModelOfTheNamedTrainingJobs")
+    assert describe["Resource"] == [
+        "arn:aws:sagemaker:us-east-1:123456789012:training-job/fhe-train-7"]
+    assert _statement(config, "endpoint-creator",
+                      "ListTrainingJobsHasNoResourceLevelPermission") is None
+    assert _statement(config, "inference-client", "DownloadClientArtefact")["Resource"] == [
+        "arn:aws:s3:::acme-fhe/models/fhe-train-7/output/model.tar.gz"]
+
+
+def test_a_training_job_lookup_without_its_output_path_or_a_bad_name_is_named() -> None:
+    config = _lookup_config(latest_training_job="bad_name!")
+    config["client"] = {**config["client"], "training_job": "-x"}
+    config["start_training"] = {k: v for k, v in config["start_training"].items()
+                                if k != "output_path"}
+    with pytest.raises(RenderError) as info:
+        render(config)
+    message = str(info.value)
+    assert "deploy_endpoint.latest_training_job must be a SageMaker training job name" in message
+    assert "client.training_job must be a SageMaker training job name" in message
+    with pytest.raises(RenderError, match=r"missing start_training\.output_path \(where the"
+                                          r" training jobs named by training_job"):
+        render({**_lookup_config(training_job="j-1"), "start_training": {
+            k: v for k, v in CONFIG["start_training"].items() if k != "output_path"}},
+            roles=["endpoint-execution-role"])
+    with pytest.raises(RenderError, match=r"missing deploy_endpoint\.model_data .* or"
+                                          r" deploy_endpoint\.training_job / latest_training_job"):
+        render(_lookup_config(), roles=["endpoint-execution-role"])
