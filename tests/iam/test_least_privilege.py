@@ -385,3 +385,41 @@ def test_server_calls_are_allowed_by_the_endpoint_execution_role(
     assert [evaluate(policy, r) for r in out_of_scope] == [
         Decision.IMPLICIT_DENY, Decision.IMPLICIT_DENY, Decision.IMPLICIT_DENY,
         Decision.EXPLICIT_DENY]
+
+
+def test_a_client_finding_its_model_by_training_job_is_allowed_once_configured(
+    aws: Any, fixture_models: dict[str, Any], tmp_path: Path
+) -> None:
+    """``EncryptedPredictor.from_training_job(base_job_name=…)``: ListTrainingJobs,
+    DescribeTrainingJob and the model's download are granted by the client policy rendered with
+    ``client.latest_training_job``, and the downloaded model is the job's."""
+    from client.predictor import EncryptedPredictor
+
+    sagemaker = boto3.client("sagemaker", region_name=REGION)
+    job = f"{ST['base_job_name']}-2026-01-02-03-04-05-678"
+    sagemaker.create_training_job(
+        TrainingJobName=job, RoleArn=ST["role"],
+        AlgorithmSpecification={"TrainingImage": ST["image_uri"], "TrainingInputMode": "File"},
+        OutputDataConfig={"S3OutputPath": ST["output_path"]},
+        ResourceConfig={"InstanceType": "ml.c5.2xlarge", "InstanceCount": 1, "VolumeSizeInGB": 10},
+        StoppingCondition={"MaxRuntimeInSeconds": 3600})
+    linear = fixture_models["linear"]
+    model_key = parse_s3_prefix(ST["output_path"]).join(f"{job}/output/model.tar.gz").key
+    aws.put_object(Bucket=BUCKET, Key=model_key, Body=_model_tar(linear.model_dir))
+    with record_calls() as calls, EncryptedPredictor.from_training_job(
+            CL["endpoint_name"], CL["s3_prefix"], base_job_name=ST["base_job_name"],
+            region_name=REGION, key_dir=tmp_path / "keys", cache_dir=tmp_path / "cache",
+            progress=False) as predictor:
+        assert predictor.model.manifest.client_fingerprint == linear.manifest.client_fingerprint
+    config = {**CONFIG, "client": {**CL, "latest_training_job": ST["base_job_name"]}}
+    policy = [render(config, roles=["inference-client"])["inference-client-policy.json"]]
+    requests = required_requests(calls, account=ACCOUNT)
+    assert {"sagemaker:ListTrainingJobs", "sagemaker:DescribeTrainingJob",
+            "s3:GetObject"} <= {r.action for r in requests}
+    refused = [r for r in requests if evaluate(policy, r) is not Decision.ALLOW]
+    assert not refused, refused
+    assert any(evaluate(_policy("inference-client"), r) is not Decision.ALLOW for r in requests)
+    read = next(r for r in requests if r.action == "s3:GetObject")
+    assert read.resource == f"arn:aws:s3:::{BUCKET}/{model_key}"
+    assert evaluate(policy, _moved(read, resource=read.resource.replace(
+        job, "other-2026-01-02-03-04-05-678"))) is Decision.IMPLICIT_DENY
