@@ -139,6 +139,17 @@ def test_deploy_endpoint_calls_are_allowed_by_the_endpoint_creator_policy(aws: A
     assert all(evaluate(policy, r) is Decision.IMPLICIT_DENY for r in out_of_scope)
 
 
+def _example_training_job(name: str = f"{ST['base_job_name']}-2026-01-02-03-04-05-678") -> str:
+    """A completed job (moto's default) of the example config, writing under its output_path."""
+    boto3.client("sagemaker", region_name=REGION).create_training_job(
+        TrainingJobName=name, RoleArn=ST["role"],
+        AlgorithmSpecification={"TrainingImage": ST["image_uri"], "TrainingInputMode": "File"},
+        OutputDataConfig={"S3OutputPath": ST["output_path"]},
+        ResourceConfig={"InstanceType": "ml.c5.2xlarge", "InstanceCount": 1, "VolumeSizeInGB": 10},
+        StoppingCondition={"MaxRuntimeInSeconds": 3600})
+    return name
+
+
 @pytest.mark.parametrize("flag", ["--latest-training-job", "--training-job"])
 def test_deploying_a_training_jobs_model_is_allowed_once_configured(aws: Any, flag: str) -> None:
     """``--latest-training-job`` / ``--training-job``: the lookup and the model read are granted
@@ -146,15 +157,8 @@ def test_deploying_a_training_jobs_model_is_allowed_once_configured(aws: Any, fl
     import deploy_endpoint
 
     sagemaker = boto3.client("sagemaker", region_name=REGION)
-    job = f"{ST['base_job_name']}-2026-01-02-03-04-05-678"
-    for name in (job, "other-2026-01-02-03-04-05-678"):
-        sagemaker.create_training_job(
-            TrainingJobName=name, RoleArn=ST["role"],
-            AlgorithmSpecification={"TrainingImage": ST["image_uri"], "TrainingInputMode": "File"},
-            OutputDataConfig={"S3OutputPath": ST["output_path"]},
-            ResourceConfig={"InstanceType": "ml.c5.2xlarge", "InstanceCount": 1,
-                            "VolumeSizeInGB": 10},
-            StoppingCondition={"MaxRuntimeInSeconds": 3600})
+    job = _example_training_job()
+    _example_training_job("other-2026-01-02-03-04-05-678")
     value = ST["base_job_name"] if flag == "--latest-training-job" else job
     config = {**CONFIG, "deploy_endpoint": {
         **{k: v for k, v in DP.items() if k != "model_data"}, flag[2:].replace("-", "_"): value}}
@@ -395,14 +399,7 @@ def test_a_client_finding_its_model_by_training_job_is_allowed_once_configured(
     ``client.latest_training_job``, and the downloaded model is the job's."""
     from client.predictor import EncryptedPredictor
 
-    sagemaker = boto3.client("sagemaker", region_name=REGION)
-    job = f"{ST['base_job_name']}-2026-01-02-03-04-05-678"
-    sagemaker.create_training_job(
-        TrainingJobName=job, RoleArn=ST["role"],
-        AlgorithmSpecification={"TrainingImage": ST["image_uri"], "TrainingInputMode": "File"},
-        OutputDataConfig={"S3OutputPath": ST["output_path"]},
-        ResourceConfig={"InstanceType": "ml.c5.2xlarge", "InstanceCount": 1, "VolumeSizeInGB": 10},
-        StoppingCondition={"MaxRuntimeInSeconds": 3600})
+    job = _example_training_job()
     linear = fixture_models["linear"]
     model_key = parse_s3_prefix(ST["output_path"]).join(f"{job}/output/model.tar.gz").key
     aws.put_object(Bucket=BUCKET, Key=model_key, Body=_model_tar(linear.model_dir))
