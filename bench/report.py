@@ -258,8 +258,9 @@ _DEFINITIONS = (
     " is not timed. *Tuned* (P8) = the same case trained again with `tune=true`"
     " (`training/tuning.py`); both circuits run in-process on the same rows, interleaved.")
 _RUN_IT = (
-    "Run it: `make bench` (logreg, tree and nn; `BENCH_ARGS=--models mnist` measures the"
-    " sample's 784-input network, about 15 minutes more, and `--models all` all four;"
+    "Run it: `make bench` (logreg, tree and nn, about 7 minutes on 2 cores; `BENCH_ARGS="
+    "--models mnist` measures the sample's 784-input network, about 15 minutes more, and"
+    " `--models all` all four;"
     " `BENCH_ARGS=--models logreg` for a subset, `--quick` for a smoke run that leaves the"
     " committed results alone, `--help` for the rest). It fails (exit 1) if any FHE output"
     " differs from the clear quantised model (or a step fails; exit 2 for a bad option).")
