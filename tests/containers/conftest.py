@@ -30,7 +30,10 @@ from local_mode.stack import training_csv
 from tests.fixtures.models import breast_cancer_split
 
 ENV_CI = "CI"
-IMAGE_TAGS = {"inference": "concrete-inference:test", "training": "concrete-training:test"}
+# Checkouts that share one Docker daemon (worktrees testing at once) give each its own tags.
+ENV_IMAGE_TAG = "KIT_TEST_IMAGE_TAG"
+_TAG = os.environ.get(ENV_IMAGE_TAG, "").strip() or "test"
+IMAGE_TAGS = {"inference": f"concrete-inference:{_TAG}", "training": f"concrete-training:{_TAG}"}
 GOOD_JOB = {"model": "LogisticRegression", "n_bits": 8, "C": 1.0}
 MEASURED: dict[str, float | str] = {}
 # Seconds per test: enough for the cold builds (base image, then an image) in its setup.
