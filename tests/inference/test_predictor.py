@@ -694,3 +694,35 @@ def test_a_model_dir_without_manifest_is_served_like_the_samples(
                   ).status_code == 200
     assert_error(invoke(client, uploader.request(fhe, rows, model_fingerprint="0" * 64)), 422,
                  "ModelMismatch", "does not match the deployed model")
+
+
+# -- another tenant's keys: what the two-field request cannot tell, and the hash can -----------
+
+
+def test_another_tenants_valid_keys_decrypt_wrong_in_the_two_field_form_and_are_refused_by_hash(
+        make_client: AppFactory, keyed: dict[str, KeyedClient], uploader: Uploader,
+        tmp_path: Path) -> None:
+    """Two tenants of one endpoint (one model, one allow-list). A request in the AWS sample's
+    two-field form that names Bob's valid evaluation keys with Alice's ciphertext is served
+    (nothing in it can show the mismatch) and decrypts, for Alice, to wrong values. The kit's
+    form names the keys' sha256 as well: the same mix-up is refused before any FHE run."""
+    alice = keyed["tree"]  # a circuit with bootstraps, which use the evaluation keys
+    bob = make_keyed_client(alice.model, tmp_path / "bob-keys")
+    bob_keys = uploader.put("clients/bob/keys/bob.ekl", bob.keys)
+    rows = alice.model.scaled_test[:6]
+    client = make_client("tree")
+    wrong = 0
+    for row in rows:
+        response = invoke(client, _unnamed(alice, uploader, row, bob_keys))
+        assert response.status_code == 200, response.data[:300]  # undetectable by the server
+        wrong += not np.allclose(alice.decrypt(response.data), alice.expected(row))
+    assert wrong > len(rows) // 2, f"only {wrong} of {len(rows)} rows came out wrong"
+
+    query = uploader.put("clients/alice/queries/q.bin", alice.encrypt(rows[0]))
+    body = build_request(evaluation_keys_uri=bob_keys, encrypted_query_uri=query,
+                         evaluation_keys_sha256=alice.keys_sha)
+    fresh = make_client("tree")  # no keys cached yet: the URI is read and its hash checked
+    assert_error(invoke(fresh, body), 422, "ChecksumMismatch",
+                 f"evaluation keys {bob_keys} has sha256 {bob.keys_sha}, the request says"
+                 f" {alice.keys_sha}")
+    assert metrics(fresh)["key_cache"]["deserializations"] == 0  # Bob's keys were never used
