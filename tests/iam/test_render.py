@@ -232,3 +232,13 @@ def test_a_training_job_lookup_without_its_output_path_or_a_bad_name_is_named() 
     with pytest.raises(RenderError, match=r"missing deploy_endpoint\.model_data .* or"
                                           r" deploy_endpoint\.training_job / latest_training_job"):
         render(_lookup_config(), roles=["endpoint-execution-role"])
+
+
+def test_cli_renders_the_bucket_owner_policy_only_when_asked(tmp_path: Path) -> None:
+    assert main(["--config", str(EXAMPLE_CONFIG), "--out", str(tmp_path / "plain")]) == 0
+    assert not (tmp_path / "plain" / "bucket-owner-lifecycle-policy.json").exists()
+    assert main(["--config", str(EXAMPLE_CONFIG), "--bucket-owner-lifecycle-policy",
+                 "--out", str(tmp_path / "owner")]) == 0
+    doc = json.loads((tmp_path / "owner" / "bucket-owner-lifecycle-policy.json").read_text())
+    write = next(s for s in doc["Statement"] if "s3:PutLifecycleConfiguration" in s["Action"])
+    assert write["Resource"] == "arn:aws:s3:::acme-fhe"
