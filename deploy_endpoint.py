@@ -603,7 +603,7 @@ def run(settings: DeploySettings) -> int:
         return run_until_stopped(local_config(settings), on_ready=_print_ready,
                                  ready_file=ready_file)
     if settings.dry_run:
-        print(json.dumps(plan(settings, boto_session), indent=2))
+        print(s3_lifecycle.to_json(plan(settings, boto_session), indent=2))
     elif settings.delete:
         for item in delete(settings, boto_session):
             print(f"deleted {item}")

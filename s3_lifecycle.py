@@ -32,6 +32,7 @@ them into the bucket's configuration, for whoever owns the bucket.
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 import shlex
@@ -396,12 +397,22 @@ def owner_command(change: BucketChange) -> str:
             return f"{_CLI} delete-bucket-lifecycle --bucket {bucket}"
         extra = "".join(f" {_EXTRA_FLAGS[k]} {shlex.quote(str(v))}"
                         for k, v in change.extra.items() if k in _EXTRA_FLAGS)
-        document = json.dumps({"Rules": change.rules}, separators=(",", ":"))
+        document = to_json({"Rules": change.rules}, separators=(",", ":"))
         return (f"{_CLI} put-bucket-lifecycle-configuration --bucket {bucket}"
                 f" --lifecycle-configuration {shlex.quote(document)}{extra}")
     return (f"{_CLI} put-bucket-lifecycle-configuration --bucket {bucket}"
             f' --lifecycle-configuration "$({_CLI} get-bucket-lifecycle-configuration'
             f' --bucket {bucket} --output json --query {shlex.quote(merge_query(change))})"')
+
+
+def to_json(value: Any, **options: Any) -> str:
+    """JSON as the AWS CLI reads it: dates (a rule's ``Expiration.Date``) in ISO 8601."""
+    def _default(item: Any) -> str:
+        if isinstance(item, datetime.date):
+            return item.isoformat()
+        raise TypeError(f"{type(item).__name__} is not JSON")
+
+    return json.dumps(value, default=_default, **options)
 
 
 def merge_query(change: BucketChange) -> str:

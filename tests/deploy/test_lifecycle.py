@@ -284,6 +284,10 @@ def test_a_deployer_without_the_write_prints_the_owners_merging_command(
     from tests.fixtures.aws_cli import run_s3api
     from tests.iam.recorder import enforce_policies
 
+    dated = {"ID": "expire-tmp-on-a-date", "Filter": {"Prefix": "tmp/"}, "Status": "Enabled",
+             "Expiration": {"Date": "2030-01-01T00:00:00Z"}}  # boto3 reads the date as datetime
+    aws.put_bucket_lifecycle_configuration(Bucket=BUCKET,
+                                           LifecycleConfiguration={"Rules": [FOREIGN, dated]})
     assert deploy_endpoint.main(_named("e", client_prefix=CLIENT)) == 0
     before = _rules(aws)
     e2 = _named("e-2", client_prefix=f"s3://{BUCKET}/clients/bob",
@@ -326,3 +330,22 @@ def test_a_refused_lifecycle_write_for_another_reason_is_an_error(aws: Any) -> N
     aws.delete_bucket(Bucket=BUCKET)  # gone between the plan and the write
     with pytest.raises(ClientError, match="NoSuchBucket"):
         s3_lifecycle.execute(aws, [change])
+
+
+def test_dry_run_shows_the_owners_command_also_for_rules_with_a_date(
+        aws: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    """A foreign rule expiring on a date (a datetime in boto3) is shown and kept as ISO 8601."""
+    from tests.fixtures.aws_cli import run_s3api
+
+    dated = {"ID": "expire-tmp-on-a-date", "Filter": {"Prefix": "tmp/"}, "Status": "Enabled",
+             "Expiration": {"Date": "2030-01-01T00:00:00Z"}}
+    aws.put_bucket_lifecycle_configuration(Bucket=BUCKET,
+                                           LifecycleConfiguration={"Rules": [dated]})
+    before = _rules(aws)
+    assert deploy_endpoint.main([*deploy_argv(client_prefix=CLIENT), "--dry-run"]) == 0
+    [change] = json.loads(capsys.readouterr().out)["lifecycle"]
+    assert _rules(aws) == before
+    run_s3api(aws, change["owner_command"])
+    after = _rules(aws)
+    assert after["expire-tmp-on-a-date"] == before["expire-tmp-on-a-date"]
+    assert len(_expiry(after)) == 5
