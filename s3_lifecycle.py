@@ -37,7 +37,7 @@ import hashlib
 import json
 import shlex
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from common.s3_access import S3Failure, classify
@@ -445,15 +445,22 @@ def owner_instructions(changes: Sequence[BucketChange]) -> str:
         if change.owned:
             ours = [r for r in change.rules if str(r.get("ID", "")) in change.owned]
             lines.append("Rules:\n" + json.dumps(ours, indent=2))
-        if not change.readable:
-            lines.append("The configuration could not be read; this command merges with the"
-                         " bucket's rules when it runs (if the bucket has no lifecycle"
-                         " configuration yet, it writes nothing: then put the rules above as"
-                         " {\"Rules\": [...]}):")
-        else:
+        if change.readable:
             lines.append("The bucket's whole configuration afterwards (its other rules as read"
                          " now; re-run with --dry-run if they change before this runs):")
+            lines.append(owner_command(change))
+            continue
+        lines.append("The configuration could not be read; this command merges with the"
+                     " bucket's rules when it runs:")
         lines.append(owner_command(change))
+        if change.rules:
+            alone = replace(change, readable=True)
+            lines.append("If the bucket has no lifecycle configuration yet (the command above"
+                         f" then fails and writes nothing), run instead:\n  {owner_command(alone)}")
+        else:
+            lines.append("If no other rule remains (S3 then refuses the empty configuration and"
+                         f" nothing is written), run instead:\n  {_CLI} delete-bucket-lifecycle"
+                         f" --bucket {shlex.quote(change.bucket)}")
     return "\n".join(lines)
 
 

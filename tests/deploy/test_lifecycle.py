@@ -349,3 +349,26 @@ def test_dry_run_shows_the_owners_command_also_for_rules_with_a_date(
     after = _rules(aws)
     assert after["expire-tmp-on-a-date"] == before["expire-tmp-on-a-date"]
     assert len(_expiry(after)) == 5
+
+
+def test_an_unreadable_bucket_without_configuration_gets_the_plain_command(aws: Any) -> None:
+    """The merging command needs a configuration to read; the printed alternative is the rules
+    alone, and running it leaves exactly this endpoint's rules."""
+    from tests.fixtures.aws_cli import run_s3api
+    from tests.iam.recorder import enforce_policies
+
+    aws.delete_bucket_lifecycle(Bucket=BUCKET)
+    rules = planned_rules(client_prefixes=[CLIENT], output_path=f"s3://{BUCKET}/o",
+                          failure_path=f"s3://{BUCKET}/f", ages=Ages())
+    denied = _everything_but("s3:GetLifecycleConfiguration")
+    with enforce_policies(denied, account="123456789012"):
+        changes = s3_lifecycle.plan_apply(aws, NAME, rules)
+        pending = s3_lifecycle.execute(aws, changes)
+    assert pending == changes and _rules(aws) == {}
+    text = s3_lifecycle.owner_instructions(pending)
+    [merging] = _printed_commands(text)
+    with pytest.raises(aws.exceptions.ClientError, match="NoSuchLifecycleConfiguration"):
+        run_s3api(aws, merging)  # the CLI fails the same way: nothing is written
+    [alternative] = [line.strip() for line in text.splitlines() if line.startswith("  aws ")]
+    run_s3api(aws, alternative)
+    assert set(_rules(aws)) == {r.rule_id(NAME) for r in rules}
