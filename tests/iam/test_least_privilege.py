@@ -471,37 +471,3 @@ def test_a_client_finding_its_model_by_training_job_is_allowed_once_configured(
     assert read.resource == f"arn:aws:s3:::{BUCKET}/{model_key}"
     assert evaluate(policy, _moved(read, resource=read.resource.replace(
         job, "other-2026-01-02-03-04-05-678"))) is Decision.IMPLICIT_DENY
-
-
-def _for_everyone(bucket_policy: dict[str, Any]) -> dict[str, Any]:
-    """A bucket policy whose statements all name ``Principal: "*"``, as an identity policy."""
-    assert all(s["Principal"] == "*" for s in bucket_policy["Statement"])
-    return {**bucket_policy, "Statement": [
-        {k: v for k, v in s.items() if k != "Principal"} for s in bucket_policy["Statement"]]}
-
-
-def test_the_bucket_policy_lets_sagemaker_write_async_results_with_the_buckets_encryption() -> None:
-    """SageMaker writes async results as the endpoint role, with an SSE header only when
-    deploy_endpoint.py gets --kms-key. Without it the object takes the bucket's default
-    encryption (SSE-S3 on every bucket), so the bucket policy must not demand the header: it
-    refuses plain HTTP and an explicitly requested other encryption. The kit's own principals
-    (trainer, client) still always send the header, and their policies demand it."""
-    rendered = render(CONFIG)
-    bucket = _for_everyone(rendered[f"bucket-policy-{BUCKET}.json"])
-    role = [rendered["endpoint-execution-role-policy.json"], bucket]
-
-    def put(arn: str, sse: str | None, *, tls: bool = True) -> Request:
-        context: dict[str, str | bool] = {"aws:securetransport": tls}
-        if sse is not None:
-            context["s3:x-amz-server-side-encryption"] = sse
-        return Request("s3:PutObject", arn, context)
-
-    result = f"arn:aws:s3:::{BUCKET}/async-out/0b6a.out"
-    assert [evaluate(role, put(result, sse)) for sse in (None, "AES256", "aws:kms")] == [
-        Decision.ALLOW] * 3
-    assert evaluate(role, put(result, "aws:kms:dsse")) is Decision.EXPLICIT_DENY
-    assert evaluate(role, put(result, None, tls=False)) is Decision.EXPLICIT_DENY
-    client = [rendered["inference-client-policy.json"], bucket]
-    keys = f"arn:aws:s3:::{BUCKET}/clients/alice/keys/k.ekl"
-    assert evaluate(client, put(keys, "AES256")) is Decision.ALLOW
-    assert evaluate(client, put(keys, None)) is Decision.EXPLICIT_DENY
