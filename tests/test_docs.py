@@ -300,3 +300,33 @@ def test_docs_name_no_placeholder_text() -> None:
 def test_example_configs_are_json_objects() -> None:
     for path in sorted((REPO / "iam" / "examples").glob("*.json")):
         assert isinstance(json.loads(path.read_text()), dict), path
+
+
+def _table_names(page: str, header: str) -> set[str]:
+    """The backticked names in the first column of the markdown table under ``header``."""
+    text = (REPO / "docs" / page).read_text()
+    table = text[text.index(header):].split("\n\n")[0]
+    names: set[str] = set()
+    for row in table.splitlines()[2:]:
+        names.update(re.findall(r"`([^`]+)`", row.split("|")[1]))
+    return names
+
+
+def test_the_hyperparameter_table_lists_exactly_what_the_job_accepts() -> None:
+    from training.models import JOB_PARAMS, MODELS, TUNE_PARAMS
+
+    accepted = {p.name for p in (*JOB_PARAMS, *TUNE_PARAMS)}
+    accepted |= {p.name for spec in MODELS.values() for p in spec.params}
+    listed = _table_names("training.md", "| name | models | default | meaning |")
+    assert listed == accepted, (f"missing {sorted(accepted - listed)},"
+                                f" not accepted {sorted(listed - accepted)}")
+
+
+def test_the_start_training_table_lists_exactly_its_flags() -> None:
+    listed = {name.split()[0] for name in
+              _table_names("training.md", "| flag | env | meaning |") if name.startswith("-")}
+    printed = help_text("start_training.py")
+    in_usage = set(OPTION.findall(printed.split("\n\n")[0])) - {"-h"}
+    anywhere = set(OPTION.findall(printed))
+    assert in_usage <= listed, f"missing {sorted(in_usage - listed)}"
+    assert listed <= anywhere, f"not flags {sorted(listed - anywhere)}"
