@@ -330,3 +330,12 @@ def test_the_start_training_table_lists_exactly_its_flags() -> None:
     anywhere = set(OPTION.findall(printed))
     assert in_usage <= listed, f"missing {sorted(in_usage - listed)}"
     assert listed <= anywhere, f"not flags {sorted(listed - anywhere)}"
+
+
+def test_the_serving_settings_table_lists_exactly_the_servers_environment() -> None:
+    import inference.settings as settings
+
+    read = {value for name, value in vars(settings).items()
+            if name.startswith("ENV_") and isinstance(value, str)}
+    listed = _table_names("serving.md", "| Variable | Default | Meaning |")
+    assert listed == read, f"missing {sorted(read - listed)}, not read {sorted(listed - read)}"
