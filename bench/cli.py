@@ -60,13 +60,13 @@ class BenchSettings:
 
     Attributes:
         cases: The models to measure, with their repetition counts.
-        quick: A smoke run: results stay in the work dir, the README is not touched.
+        quick: A smoke run: results stay in the work dir, the docs page is not touched.
         batch_size: ``EncryptedPredictor`` batch_size override (None: the client's default).
         out_dir: Where results are written (None: ``bench/results``, or the work dir if quick).
         work_dir: Logs, models, keys (None: a temporary folder).
         keep: Keep ``work_dir``.
-        readme: README to update (None: leave it alone).
-        render_only: Only regenerate the README from ``out_dir/latest.json``.
+        readme: Page whose generated tables to update (None: leave it alone).
+        render_only: Only regenerate the tables from ``out_dir/latest.json``.
         images: Measure the container images instead of the encrypted path.
     """
 
