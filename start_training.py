@@ -165,7 +165,7 @@ def _parser() -> argparse.ArgumentParser:
     add("--code-location", help=f"s3://bucket/prefix for the uploaded code, default: --output-path "
         f"({ENV_CODE_LOCATION})")
     add("--hyperparameter", "-H", action="append", metavar="KEY=VALUE",
-        help="training hyperparameter, repeatable (see README)")
+        help="training hyperparameter, repeatable (see docs/training.md)")
     add("--job-name", help="training job name (default: generated)")
     add("--base-job-name", help=f"prefix of generated job names (default {DEFAULT_BASE_JOB_NAME})")
     add("--wait", action=argparse.BooleanOptionalAction, default=None,

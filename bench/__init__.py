@@ -4,7 +4,7 @@ One run brings up the local stack the way users do (embedded S3, ``start_trainin
 ``deploy_endpoint.py --local``, :class:`client.EncryptedPredictor`) for three models side by
 side, measures the in-process *limit* (``FHEModelServer.run`` + client encrypt/decrypt) and the
 end-to-end async path, checks every FHE output against the clear quantised model, and writes
-``bench/results/*.json``, ``bench/results/latency.png`` and the README table.
+``bench/results/*.json``, ``bench/results/latency.png`` and the tables of docs/benchmark.md.
 See :mod:`bench.cli` for the flags.
 """
 

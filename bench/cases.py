@@ -24,7 +24,7 @@ class ModelCase:
 
     Attributes:
         name: Short id used in the JSON and on the command line.
-        label: Human name (chart, README).
+        label: Human name (chart, docs tables).
         dataset: scikit-learn loader name (``load_breast_cancer``, ``load_digits``), or
             ``mnist_stand_in`` (MNIST-shaped rows from ``prepare_data.py``).
         hyperparameters: Training hyperparameters (``--hyperparameter KEY=VALUE``).

@@ -1,31 +1,10 @@
-"""``python -m bench`` / ``make bench``: measure, write the results, update the README.
+"""``python -m bench`` / ``make bench``: measure, write the results, update docs/benchmark.md.
 
-Flags::
-
-    --models logreg,tree,nn     models to measure, side by side (default: those three; ``mnist``,
-                                the sample's 784-input network, adds ~15 minutes; ``all``)
-    --quick                     1 repetition, 4-row batch, 1 key set; results go to the work dir
-                                (the committed results and README stay untouched)
-    --reps [MODEL=]N            async single-query repetitions (repeatable; MODEL= for one model)
-    --limit-reps [MODEL=]N      in-process limit repetitions
-    --batch-reps [MODEL=]N      repetitions of the 32-query batch (0 skips P3)
-    --key-sets [MODEL=]N        key sets cached by the server when its RSS is read
-    --unnamed-queries [MODEL=]N requests of a client naming its keys by URI only (0 skips)
-    --peer-reps [MODEL=]N       queries against each of the peers' servers (P7; 0 skips)
-    --tune-reps [MODEL=]N       interleaved FHE runs, default vs tuned circuit (P8; 0 skips)
-    --batch-size N              EncryptedPredictor batch_size (default: the client's)
-    --out-dir DIR               results folder (default bench/results)
-    --work-dir DIR --keep       where logs, models and keys go; kept with --keep
-    --no-readme                 do not rewrite the README section
-    --readme PATH               README to update (default: the repository's)
-    --render-readme             only regenerate the README section from <out-dir>/latest.json
-    --images                    instead: build both container images (no layer cache, then from
-                                cache), run a training job in one and time the other to a healthy
-                                /ping; writes `images` into <out-dir>/latest.json and the README's
-                                images section (needs Docker; about 15 minutes on 2 cores)
+Every flag is described by ``python -m bench --help`` (the parser below is the one source).
+``--images`` measures the two container images instead (needs Docker, about 15 minutes).
 
 Exit status: 0 done (missed targets are reported, not fatal), 1 FHE disagreed with the clear
-quantised model, 2 the stack or the results could not be produced.
+quantised model or the stack or the results could not be produced, 2 a bad option.
 """
 
 from __future__ import annotations
@@ -69,7 +48,8 @@ logger = logging.getLogger("bench")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT_DIR = REPO_ROOT / "bench" / "results"
-DEFAULT_README = REPO_ROOT / "README.md"
+DEFAULT_README = REPO_ROOT / "docs" / "benchmark.md"
+"""The page holding the generated tables (between the bench and images markers)."""
 EXIT_MISMATCH = EXIT_FAILED  # FHE output differs from the clear model's
 EXIT_ERROR = EXIT_FAILED     # the stack or the report failed
 
@@ -80,13 +60,13 @@ class BenchSettings:
 
     Attributes:
         cases: The models to measure, with their repetition counts.
-        quick: A smoke run: results stay in the work dir, the README is not touched.
+        quick: A smoke run: results stay in the work dir, the docs page is not touched.
         batch_size: ``EncryptedPredictor`` batch_size override (None: the client's default).
         out_dir: Where results are written (None: ``bench/results``, or the work dir if quick).
         work_dir: Logs, models, keys (None: a temporary folder).
         keep: Keep ``work_dir``.
-        readme: README to update (None: leave it alone).
-        render_only: Only regenerate the README from ``out_dir/latest.json``.
+        readme: Page whose generated tables to update (None: leave it alone).
+        render_only: Only regenerate the tables from ``out_dir/latest.json``.
         images: Measure the container images instead of the encrypted path.
     """
 
@@ -136,24 +116,41 @@ class BenchSettings:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench",
                                      description=__doc__.splitlines()[0],
+                                     epilog=__doc__.split("\n\n")[-1].strip(),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default=",".join(DEFAULT_MODELS))
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--reps", action="append", default=[], metavar="[MODEL=]N")
-    parser.add_argument("--limit-reps", action="append", default=[], metavar="[MODEL=]N")
-    parser.add_argument("--batch-reps", action="append", default=[], metavar="[MODEL=]N")
-    parser.add_argument("--key-sets", action="append", default=[], metavar="[MODEL=]N")
-    parser.add_argument("--unnamed-queries", action="append", default=[], metavar="[MODEL=]N")
-    parser.add_argument("--peer-reps", action="append", default=[], metavar="[MODEL=]N")
-    parser.add_argument("--tune-reps", action="append", default=[], metavar="[MODEL=]N")
-    parser.add_argument("--batch-size", type=int, default=None)
-    parser.add_argument("--out-dir", type=Path, default=None)
-    parser.add_argument("--work-dir", type=Path, default=None)
-    parser.add_argument("--keep", action="store_true")
-    parser.add_argument("--no-readme", action="store_true")
-    parser.add_argument("--readme", type=Path, default=None)
-    parser.add_argument("--render-readme", action="store_true")
-    parser.add_argument("--images", action="store_true")
+    add = parser.add_argument
+    add("--models", default=",".join(DEFAULT_MODELS), metavar="NAME[,NAME...]",
+        help=f"models to measure side by side, of {', '.join(CASES)} or all (default:"
+        f" {','.join(DEFAULT_MODELS)}; mnist, the sample's 784-input network, adds ~15 minutes)")
+    add("--quick", action="store_true",
+        help="smoke run: 1 repetition, 4-row batch, 1 key set; results go to the work dir and"
+        " the committed results and docs stay untouched")
+    for flag, what in (
+            ("--reps", "async single-query repetitions"),
+            ("--limit-reps", "in-process limit repetitions"),
+            ("--batch-reps", "repetitions of the 32-query batch (0 skips P3)"),
+            ("--key-sets", "key sets cached by the server when its RSS is read"),
+            ("--unnamed-queries", "requests of a client naming its keys by URI only (0 skips)"),
+            ("--peer-reps", "queries against each of the peers' servers (P7; 0 skips)"),
+            ("--tune-reps", "interleaved FHE runs, default vs tune=true circuit (P8; 0 skips)")):
+        add(flag, action="append", default=[], metavar="[MODEL=]N",
+            help=f"{what}; repeatable, MODEL= for one model")
+    add("--batch-size", type=int, default=None, metavar="N",
+        help="EncryptedPredictor batch_size (default: the client's)")
+    add("--out-dir", type=Path, default=None, metavar="DIR",
+        help="results folder (default: bench/results)")
+    add("--work-dir", type=Path, default=None, metavar="DIR",
+        help="logs, models and keys (default: a temporary folder, removed unless --keep)")
+    add("--keep", action="store_true", help="keep the work dir")
+    add("--no-readme", action="store_true", help="do not rewrite the generated docs tables")
+    add("--readme", type=Path, default=None, metavar="PATH",
+        help="page whose generated tables to rewrite (default: docs/benchmark.md)")
+    add("--render-readme", action="store_true",
+        help="only regenerate the tables from <out-dir>/latest.json (no measurement)")
+    add("--images", action="store_true",
+        help="instead: build both images (no layer cache, then cached), run a training job in"
+        " one and time the other to a healthy /ping; writes `images` into latest.json and the"
+        " images table (needs Docker; about 15 minutes on 2 cores)")
     return parser
 
 

@@ -1,4 +1,4 @@
-"""Results: the JSON files, the stacked latency chart and the README table."""
+"""Results: the JSON files, the stacked latency chart and the tables of docs/benchmark.md."""
 
 from __future__ import annotations
 
@@ -215,9 +215,13 @@ def _case_order(models: Mapping[str, Any]) -> list[str]:
     return sorted(models, key=lambda name: order.index(name) if name in order else len(order))
 
 
-def render_readme_section(doc: Mapping[str, Any], *, chart_path: str = "bench/results/latency.png",
-                          json_path: str = "bench/results/latest.json") -> str:
-    """The README text between the bench markers, generated from a results document."""
+def render_readme_section(doc: Mapping[str, Any], *,
+                          chart_path: str = "../bench/results/latency.png",
+                          json_path: str = "../bench/results/latest.json") -> str:
+    """The docs text between the bench markers, generated from a results document.
+
+    The default paths are relative to docs/benchmark.md, where the section lives.
+    """
     results = [doc["models"][name] for name in _case_order(doc["models"])]
     table = [_row("", [r["label"] for r in results]), _row("---", ["---"] * len(results))]
     table += [_row(title, [cell(r) for r in results]) for title, cell in _TABLE_ROWS]
@@ -377,8 +381,8 @@ def _fmt_value(value: float | None) -> str:
 
 
 def render_images_section(images: Mapping[str, Any],
-                          *, json_path: str = "bench/results/latest.json") -> str:
-    """The README text between the images markers, from the ``images`` entry of the results."""
+                          *, json_path: str = "../bench/results/latest.json") -> str:
+    """The docs text between the images markers, from the ``images`` entry of the results."""
     m = images["machine"]
 
     def gb(n_bytes: float) -> str:

@@ -160,7 +160,7 @@ class _ArgumentParser(argparse.ArgumentParser):
 def _parser() -> argparse.ArgumentParser:
     parser = _ArgumentParser(
         description="Train, compile and package a concrete-ml model. Any other --name value "
-        "pair is a hyperparameter (see README).",
+        "pair is a hyperparameter (see docs/training.md).",
         allow_abbrev=False,
     )
     parser.add_argument("--model-dir", type=Path,
@@ -350,7 +350,7 @@ def do_training(
         train: The training channel folder.
         output_data_dir: Receives metrics.json and reference_model.json
             (default ``<model_dir>/../output/data``).
-        hyperparameters: Raw hyperparameters (strings are parsed), see README.
+        hyperparameters: Raw hyperparameters (strings are parsed), see docs/training.md.
 
     Raises:
         TrainingError: bad data or hyperparameters; the message says the fix.

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from common.s3_location import parse_s3_uri
-from iam.render import RenderError, main, render, split_s3_uri
+from iam.render import ROLES, RenderError, main, render, split_s3_uri
 from inference.settings import parse_allowed_prefix
 from tests.iam.evaluator import Decision, Request, evaluate
 from tests.iam.test_templates import EXAMPLE_CONFIG
@@ -242,3 +242,36 @@ def test_cli_renders_the_bucket_owner_policy_only_when_asked(tmp_path: Path) -> 
     doc = json.loads((tmp_path / "owner" / "bucket-owner-lifecycle-policy.json").read_text())
     write = next(s for s in doc["Statement"] if "s3:PutLifecycleConfiguration" in s["Action"])
     assert write["Resource"] == "arn:aws:s3:::acme-fhe"
+
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "iam" / "examples"
+
+
+def test_the_aws_walkthrough_example_configs_render_and_drive_the_scripts(tmp_path: Path) -> None:
+    """docs' AWS path: the three example configs render every policy, and the same files are
+    valid ``--config`` files of start_training.py and deploy_endpoint.py (no model_data: the
+    newest job of the base name, whose lookup and model the policies then grant)."""
+    import deploy_endpoint
+    import start_training
+
+    out = tmp_path / "iam"
+    argv = ["--start-training-config", str(EXAMPLES / "train.json"),
+            "--deploy-endpoint-config", str(EXAMPLES / "deploy.json"),
+            "--client-config", str(EXAMPLES / "client.json"), "--account-id", "123456789012",
+            "--region", "eu-west-1", "--out", str(out)]
+    assert main(argv) == 0
+    assert {p.name for p in out.iterdir()} == {
+        *(f"{r}-{k}.json" for r in ROLES for k in ("policy", "trust")),
+        "bucket-policy-acme-fhe.json"}
+    client = json.loads((out / "inference-client-policy.json").read_text())
+    lookup = Request("sagemaker:DescribeTrainingJob",
+                     "arn:aws:sagemaker:eu-west-1:123456789012:training-job/fhe-train-2026-01-01",
+                     {})
+    assert evaluate([client], lookup) is Decision.ALLOW
+    launch = start_training.LaunchSettings.resolve(
+        ["--config", str(EXAMPLES / "train.json")], environ={})
+    assert launch.hyperparameters == {"model": "LogisticRegression"}
+    deploy = deploy_endpoint.parse_args(["--config", str(EXAMPLES / "deploy.json")], environ={})
+    assert deploy.latest_training_job == launch.base_job_name
+    assert deploy.allowed_s3_prefix == (json.loads((EXAMPLES / "client.json").read_text())
+                                        ["s3_prefix"],)

@@ -10,6 +10,7 @@ import pytest
 from parliament import analyze_policy_string
 
 from iam.render import ROLES, TEMPLATE_DIR, load_templates, placeholders, render
+from tests.iam.evaluator import Decision, Request, evaluate
 
 EXAMPLE_CONFIG = TEMPLATE_DIR / "config.example.json"
 
@@ -181,8 +182,7 @@ def test_parliament_would_flag_a_broad_policy() -> None:
 
 def test_identity_policies_deny_plain_http_and_unencrypted_uploads() -> None:
     rendered = _rendered()
-    for name in ("model-trainer-policy.json", "inference-client-policy.json",
-                 "bucket-policy-acme-fhe.json"):
+    for name in ("model-trainer-policy.json", "inference-client-policy.json"):
         sids = {s["Sid"] for s in rendered[name]["Statement"] if s["Effect"] == "Deny"}
         assert {"DenyPutObjectWithoutSSEHeader", "DenyPutObjectWithOtherEncryption"} <= sids, name
     for name in rendered:
@@ -190,6 +190,25 @@ def test_identity_policies_deny_plain_http_and_unencrypted_uploads() -> None:
             conditions = [s.get("Condition", {}) for s in rendered[name]["Statement"]
                           if s["Effect"] == "Deny"]
             assert {"Bool": {"aws:SecureTransport": "false"}} in conditions, name
+
+
+def test_bucket_policy_lets_sagemaker_write_async_results_without_an_sse_header() -> None:
+    """SageMaker writes async results as the endpoint role; without ``--kms-key`` nothing
+    documents an SSE header on those PUTs, so the bucket must not require one: the bucket's
+    default encryption (SSE-S3, on for every bucket) encrypts them. Plain HTTP stays denied."""
+    rendered = _rendered()
+    bucket = {**rendered["bucket-policy-acme-fhe.json"]}
+    bucket["Statement"] = [{k: v for k, v in s.items() if k != "Principal"}  # all are "*"
+                           for s in bucket["Statement"]]
+    assert all(s["Effect"] == "Deny" for s in bucket["Statement"])
+    policies = [rendered["endpoint-execution-role-policy.json"], bucket]
+    for key in ("async-out/abc.out", "async-fail/abc-error.out"):
+        write = Request("s3:PutObject", f"arn:aws:s3:::acme-fhe/{key}",
+                        {"aws:securetransport": True})
+        assert evaluate(policies, write) is Decision.ALLOW, key
+        assert evaluate(policies, Request(write.action, write.resource,
+                                          {"aws:securetransport": False})) \
+            is Decision.EXPLICIT_DENY, key
 
 
 def test_templates_only_use_known_placeholders(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""The server's errors, nginx's own refusals and the README all answer from the one error table."""
+"""The server's errors, nginx's own refusals and the docs all answer from the one error table."""
 
 from __future__ import annotations
 
@@ -46,8 +46,8 @@ def test_nginx_refusals_are_rows_of_the_table() -> None:
         assert error_code(body["code"], body["status"]) is not None, body
 
 
-def test_the_readme_lists_exactly_the_servers_errors() -> None:
-    readme = (REPO / "README.md").read_text()
+def test_the_serving_docs_list_exactly_the_servers_errors() -> None:
+    readme = (REPO / "docs" / "serving.md").read_text()
     listed = {(code, int(status)) for status, code in
               re.findall(r"^\| (\d{3}) \| `(\w+)` \|", readme, flags=re.MULTILINE)}
     served = {(cls.error.code, cls.error.status) for cls in SERVING_ERRORS}
