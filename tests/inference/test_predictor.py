@@ -611,6 +611,9 @@ def _post_chunked(port: int, body: bytes, *, pieces: int = 3) -> tuple[int, byte
             piece = body[start:start + step]
             sock.sendall(b"%x\r\n%s\r\n" % (len(piece), piece))
         sock.sendall(b"0\r\n\r\n")
+        # Done sending (Connection: close): a server that drains the unread rest of a refused
+        # body (werkzeug does, with a blocking read) then sees the end instead of waiting.
+        sock.shutdown(socket.SHUT_WR)
         reply = b""
         while data := sock.recv(65536):
             reply += data
