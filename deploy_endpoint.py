@@ -14,6 +14,10 @@ environment, which wins over the file.
 
 Unless ``--no-lifecycle``, S3 lifecycle rules (``s3_lifecycle.py``) expire what the kit leaves
 in S3: the clients' keys/, queries/ and requests/ and the async output and failure objects.
+Writing them is a bucket-wide power the rendered endpoint-creator policy does not hold: when
+S3 refuses (AccessDenied), nothing else changes and the script prints the exact rules and one
+ready-to-run ``aws s3api put-bucket-lifecycle-configuration`` command (merged with the bucket's
+other rules) for the bucket owner.
 """
 
 from __future__ import annotations
@@ -310,7 +314,8 @@ def deploy(settings: DeploySettings, boto_session: Any) -> dict[str, Any]:
 
     names = Names(settings.endpoint_name)
     lifecycle = lifecycle_changes(settings, boto_session)
-    s3_lifecycle.execute(boto_session.client("s3"), lifecycle)
+    pending = s3_lifecycle.execute(boto_session.client("s3"), lifecycle)
+    _report_pending(pending)
     session = sagemaker.Session(boto_session=boto_session)
     notification = {k: v for k, v in (("SuccessTopic", settings.success_topic),
                                       ("ErrorTopic", settings.error_topic)) if v}
@@ -337,7 +342,18 @@ def deploy(settings: DeploySettings, boto_session: Any) -> dict[str, Any]:
     return {"endpoint_name": names.endpoint, "model_name": names.model,
             "invocation_timeout_seconds": settings.timeout + TIMEOUT_MARGIN,
             "output_path": settings.output_path, "failure_path": settings.failure_path,
-            "lifecycle_rules": {c.bucket: c.owned for c in lifecycle}}
+            "lifecycle_rules": {c.bucket: c.owned for c in lifecycle if c not in pending},
+            "lifecycle_rules_for_the_bucket_owner": {c.bucket: s3_lifecycle.owner_command(c)
+                                                     for c in pending}}
+
+
+def _report_pending(pending: Sequence[s3_lifecycle.BucketChange]) -> None:
+    """Print (stdout) what the bucket owner must apply, when S3 refused us the lifecycle rules."""
+    if pending:
+        logger.warning("not allowed to write the S3 lifecycle rules of bucket(s) %s: the bucket"
+                       " owner must apply them (printed below)",
+                       ", ".join(c.bucket for c in pending))
+        print(s3_lifecycle.owner_instructions(pending), flush=True)
 
 
 def plan(settings: DeploySettings, boto_session: Any) -> dict[str, Any]:
@@ -490,9 +506,11 @@ def delete(settings: DeploySettings, boto_session: Any) -> list[str]:
     for prefix in settings.delete_prefix or []:
         removed.append(f"{delete_prefix(boto_session.client('s3'), prefix)} objects under {prefix}")
     s3 = boto_session.client("s3")
-    for change in removal_changes(s3, names.endpoint, buckets):
-        attempt(f"{len(change.removed)} lifecycle rule(s) of bucket {change.bucket}",
-                s3_lifecycle.execute, s3=s3, changes=[change])
+    changes = removal_changes(s3, names.endpoint, buckets)
+    pending = s3_lifecycle.execute(s3, changes)
+    removed += [f"{len(c.removed)} lifecycle rule(s) of bucket {c.bucket}"
+                for c in changes if c not in pending]
+    _report_pending(pending)
     return removed
 
 
@@ -500,7 +518,9 @@ def removal_changes(s3: Any, endpoint_name: str, buckets: list[str]
                     ) -> list[s3_lifecycle.BucketChange]:
     """Each bucket's configuration without this endpoint's rules (others' rules stay).
 
-    Buckets that do not exist, or whose configuration S3 refuses to show, are skipped.
+    Buckets that do not exist are skipped; S3 refusing the read for another reason than a
+    denial is logged and skipped. A configuration the credentials may not read becomes an
+    unreadable change (the bucket owner's command removes this endpoint's rules, if any).
     """
     from botocore.exceptions import ClientError
 
@@ -583,7 +603,7 @@ def run(settings: DeploySettings) -> int:
         return run_until_stopped(local_config(settings), on_ready=_print_ready,
                                  ready_file=ready_file)
     if settings.dry_run:
-        print(json.dumps(plan(settings, boto_session), indent=2))
+        print(s3_lifecycle.to_json(plan(settings, boto_session), indent=2))
     elif settings.delete:
         for item in delete(settings, boto_session):
             print(f"deleted {item}")

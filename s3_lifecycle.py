@@ -20,16 +20,27 @@ versions after a day (versioned buckets). A rule is ours when its ID starts with
 ``concrete-fhe-kit:<endpoint name>:``; rules of anything else (other tools, other endpoints)
 are kept as they are. Applying is idempotent (nothing is written when our rules are already
 there) and removing deletes only our rules.
+
+Who writes the rules: a lifecycle rule can expire *every* object of its bucket and IAM has no
+condition key that limits a rule's prefix, so ``s3:PutLifecycleConfiguration`` is a bucket-wide
+delete power. The endpoint creator's rendered policy only *reads* the configuration; the write
+is the bucket owner's (``iam/render.py``'s opt-in bucket-owner lifecycle policy). When S3 refuses
+the read or the write, :func:`execute` leaves the bucket alone and returns the change, and
+:func:`owner_instructions` gives the exact rules and one ready-to-run AWS CLI command that merges
+them into the bucket's configuration, for whoever owns the bucket.
 """
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
+import shlex
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from common.s3_access import S3Failure, classify
 from common.s3_location import S3LocationError, S3Prefix, parse_s3_prefix, parse_s3_uri
 
 RULE_ID_PREFIX = "concrete-fhe-kit"
@@ -206,6 +217,8 @@ class BucketChange:
         kept: IDs of the rules that are not ours, left untouched.
         owned: IDs of our rules in the configuration afterwards.
         extra: Top-level settings of the configuration that are kept as they were.
+        readable: False when S3 refused to show the configuration: ``rules`` then holds only
+            our rules, which must be merged into the bucket's own (never written as they are).
     """
 
     bucket: str
@@ -216,6 +229,8 @@ class BucketChange:
     kept: list[str] = field(default_factory=list)
     owned: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+    readable: bool = True
+    endpoint_name: str = ""
 
     @property
     def changed(self) -> bool:
@@ -223,10 +238,11 @@ class BucketChange:
         return bool(self.added or self.replaced or self.removed)
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON form (what ``--dry-run`` prints)."""
+        """JSON form (what ``--dry-run`` prints), with the bucket owner's command."""
         return {"bucket": self.bucket, "changed": self.changed, "added": self.added,
                 "replaced": self.replaced, "removed": self.removed, "kept": self.kept,
-                "owned": self.owned, "rules": self.rules}
+                "owned": self.owned, "rules": self.rules, "readable": self.readable,
+                "owner_command": owner_command(self) if self.changed else None}
 
 
 class MissingBucketError(LifecycleError):
@@ -264,11 +280,11 @@ def plan_apply(s3: Any, endpoint_name: str, rules: Iterable[ExpiryRule]) -> list
     by_bucket: dict[str, list[ExpiryRule]] = {}
     for rule in rules:
         by_bucket.setdefault(rule.bucket, []).append(rule)
-    current_rules: dict[str, tuple[list[dict[str, Any]], dict[str, Any]]] = {}
+    current_rules: dict[str, tuple[list[dict[str, Any]], dict[str, Any]] | None] = {}
     missing = []
     for bucket in by_bucket:
         try:
-            current_rules[bucket] = read_rules(s3, bucket)
+            current_rules[bucket] = _read_unless_denied(s3, bucket)
         except MissingBucketError:
             missing.append(bucket)
     if missing:
@@ -277,13 +293,20 @@ def plan_apply(s3: Any, endpoint_name: str, rules: Iterable[ExpiryRule]) -> list
                              " --client-prefix / --output-path / --failure-path")
     changes = []
     for bucket, wanted in by_bucket.items():
-        current, extra = current_rules[bucket]
-        mine, foreign = _split(current, endpoint_name)
+        current = current_rules[bucket]
+        if current is None:
+            desired = {r.rule_id(endpoint_name): r.to_s3(endpoint_name) for r in wanted}
+            changes.append(BucketChange(bucket, list(desired.values()), added=list(desired),
+                                        owned=list(desired), readable=False,
+                                        endpoint_name=endpoint_name))
+            continue
+        mine, foreign = _split(current[0], endpoint_name)
         legacy = any("Prefix" in r and "Filter" not in r for r in foreign)
         desired = {r.rule_id(endpoint_name): r.to_s3(endpoint_name, legacy_prefix=legacy)
                    for r in wanted}
         change = BucketChange(bucket, [*foreign, *desired.values()], kept=_ids(foreign),
-                              owned=list(desired), extra=extra)
+                              owned=list(desired), extra=current[1],
+                              endpoint_name=endpoint_name)
         for rule_id, rule in desired.items():
             if rule_id not in mine:
                 change.added.append(rule_id)
@@ -298,24 +321,147 @@ def plan_remove(s3: Any, endpoint_name: str, buckets: Iterable[str]) -> list[Buc
     """Read each bucket's configuration; return it without our rules (nothing is written)."""
     changes = []
     for bucket in dict.fromkeys(buckets):
-        current, extra = read_rules(s3, bucket)
-        mine, foreign = _split(current, endpoint_name)
+        current = _read_unless_denied(s3, bucket)
+        if current is None:
+            # Unknown which of our rules are there: the owner's command removes whatever is.
+            changes.append(BucketChange(bucket, [], removed=[owner_prefix(endpoint_name) + "*"],
+                                        readable=False, endpoint_name=endpoint_name))
+            continue
+        mine, foreign = _split(current[0], endpoint_name)
         changes.append(BucketChange(bucket, foreign, removed=list(mine), kept=_ids(foreign),
-                                    extra=extra))
+                                    extra=current[1], endpoint_name=endpoint_name))
     return changes
 
 
-def execute(s3: Any, changes: Iterable[BucketChange]) -> None:
-    """Write the configurations that changed (an empty one deletes the configuration)."""
+def _read_unless_denied(s3: Any, bucket: str
+                        ) -> tuple[list[dict[str, Any]], dict[str, Any]] | None:
+    """:func:`read_rules`, or None when the credentials may not read the configuration."""
+    from botocore.exceptions import ClientError
+
+    try:
+        return read_rules(s3, bucket)
+    except ClientError as exc:
+        if classify(exc) is not S3Failure.DENIED:
+            raise
+        return None
+
+
+def execute(s3: Any, changes: Iterable[BucketChange]) -> list[BucketChange]:
+    """Write the configurations that changed (an empty one deletes the configuration).
+
+    Returns:
+        The changes left for the bucket owner (:func:`owner_instructions`): those whose
+        configuration could not be read, and those S3 refused to write (AccessDenied).
+
+    Raises:
+        botocore.exceptions.ClientError: S3 refused for another reason.
+    """
+    from botocore.exceptions import ClientError
+
+    pending = []
     for change in changes:
         if not change.changed:
             continue
+        if not change.readable:
+            pending.append(change)
+            continue
+        try:
+            if change.rules:
+                s3.put_bucket_lifecycle_configuration(
+                    Bucket=change.bucket, LifecycleConfiguration={"Rules": change.rules},
+                    **change.extra)
+            else:
+                s3.delete_bucket_lifecycle(Bucket=change.bucket)
+        except ClientError as exc:
+            if classify(exc) is not S3Failure.DENIED:
+                raise
+            pending.append(change)
+    return pending
+
+
+_CLI = "aws s3api"
+_EXTRA_FLAGS = {"TransitionDefaultMinimumObjectSize": "--transition-default-minimum-object-size"}
+
+
+def owner_command(change: BucketChange) -> str:
+    """One ready-to-run AWS CLI command that makes the change, for the bucket's owner.
+
+    A readable configuration gives the whole merged configuration as read (the other rules
+    of the bucket kept as they were). An unreadable one gives a command that reads the
+    configuration when it runs and merges at that moment (a JMESPath ``--query``): the other
+    rules are kept, ours are added (or, for a removal, dropped).
+    """
+    bucket = shlex.quote(change.bucket)
+    if change.readable:
+        if not change.rules:
+            return f"{_CLI} delete-bucket-lifecycle --bucket {bucket}"
+        extra = "".join(f" {_EXTRA_FLAGS[k]} {shlex.quote(str(v))}"
+                        for k, v in change.extra.items() if k in _EXTRA_FLAGS)
+        document = to_json({"Rules": change.rules}, separators=(",", ":"))
+        return (f"{_CLI} put-bucket-lifecycle-configuration --bucket {bucket}"
+                f" --lifecycle-configuration {shlex.quote(document)}{extra}")
+    return (f"{_CLI} put-bucket-lifecycle-configuration --bucket {bucket}"
+            f' --lifecycle-configuration "$({_CLI} get-bucket-lifecycle-configuration'
+            f' --bucket {bucket} --output json --query {shlex.quote(merge_query(change))})"')
+
+
+def to_json(value: Any, **options: Any) -> str:
+    """JSON as the AWS CLI reads it: dates (a rule's ``Expiration.Date``) in ISO 8601."""
+    def _default(item: Any) -> str:
+        if isinstance(item, datetime.date):
+            return item.isoformat()
+        raise TypeError(f"{type(item).__name__} is not JSON")
+
+    return json.dumps(value, default=_default, **options)
+
+
+def merge_query(change: BucketChange) -> str:
+    """JMESPath over GetBucketLifecycleConfiguration's answer: its rules minus ours, plus ours.
+
+    Rules without an ID are kept (``to_string(null)`` is ``"null"``).
+    """
+    owner = json.dumps(owner_prefix(change.endpoint_name))
+    others = f"Rules[?!starts_with(to_string(ID), `{_literal(owner)}`)]"
+    if not change.rules:
+        return f"{{Rules: {others}}}"
+    ours = json.dumps(change.rules, separators=(",", ":"))
+    return f"{{Rules: [{others}, `{_literal(ours)}`][]}}"
+
+
+def _literal(text: str) -> str:
+    """A JSON text as a JMESPath literal (backticks inside it escaped)."""
+    return text.replace("`", "\\`")
+
+
+def owner_instructions(changes: Sequence[BucketChange]) -> str:
+    """What the bucket owner must run for the changes :func:`execute` could not make."""
+    lines = []
+    for change in changes:
+        verb = "add" if change.owned else "remove"
+        lines.append(f"S3 lifecycle rules of bucket {change.bucket}: the bucket owner must"
+                     f" {verb} the rules of endpoint {change.endpoint_name!r} (IDs"
+                     f" {owner_prefix(change.endpoint_name)}...), keeping the bucket's other"
+                     " rules.")
+        if change.owned:
+            ours = [r for r in change.rules if str(r.get("ID", "")) in change.owned]
+            lines.append("Rules:\n" + json.dumps(ours, indent=2))
+        if change.readable:
+            lines.append("The bucket's whole configuration afterwards (its other rules as read"
+                         " now; re-run with --dry-run if they change before this runs):")
+            lines.append(owner_command(change))
+            continue
+        lines.append("The configuration could not be read; this command merges with the"
+                     " bucket's rules when it runs:")
+        lines.append(owner_command(change))
         if change.rules:
-            s3.put_bucket_lifecycle_configuration(
-                Bucket=change.bucket, LifecycleConfiguration={"Rules": change.rules},
-                **change.extra)
+            alone = replace(change, readable=True)
+            lines.append("If the bucket has no lifecycle configuration yet (the command above"
+                         f" then fails and writes nothing), run instead:\n  {owner_command(alone)}")
         else:
-            s3.delete_bucket_lifecycle(Bucket=change.bucket)
+            lines.append("If no other rule remains (S3 then refuses the empty configuration and"
+                         f" nothing is written), run instead:\n  {_CLI} delete-bucket-lifecycle"
+                         f" --bucket {shlex.quote(change.bucket)}")
+    return "\n".join(lines)
 
 
 def _split(rules: Sequence[Mapping[str, Any]], endpoint_name: str

@@ -20,6 +20,15 @@ prefixes). Their values come from the same configuration the scripts read: one J
       "client": {"s3_prefix": "s3://b/clients/alice"}
     }
 
+The endpoint creator only *reads* the buckets' lifecycle configuration: a lifecycle rule can
+expire every object of its bucket (IAM cannot limit a rule's prefix), so writing one is the
+bucket owner's power. ``"bucket_owner_lifecycle_policy": true`` (or
+``--bucket-owner-lifecycle-policy``) also renders ``bucket-owner-lifecycle-policy.json``: the
+write, and the bucket-wide ``s3:DeleteObject`` it amounts to, on the deployment's buckets, for
+a principal that may delete every object in them (the bucket owner, or the endpoint creator
+when the buckets hold nothing but the kit's objects). Without it nothing grants the write and
+``deploy_endpoint.py`` prints the rules and the command for the owner.
+
 ``training_job`` / ``latest_training_job`` in ``deploy_endpoint`` or ``client`` (the model found
 by training job instead of ``model_data``) grant the lookup of those jobs and the read of their
 ``<start_training.output_path>/<job>/output/model.tar.gz``; without them nothing of it is granted.
@@ -52,6 +61,9 @@ logger = logging.getLogger(__name__)
 
 TEMPLATE_DIR = Path(__file__).resolve().parent
 BUCKET_POLICY = "bucket-policy.json"
+BUCKET_OWNER_LIFECYCLE_POLICY = "bucket-owner-lifecycle-policy.json"
+BUCKET_OWNER_LIFECYCLE_KEY = "bucket_owner_lifecycle_policy"
+"""The top-level configuration key (a JSON boolean) that opts in to that policy."""
 ROLES = (
     "model-trainer",
     "training-execution-role",
@@ -509,6 +521,8 @@ def render(
     if missing:
         raise RenderError(f"templates missing from {template_dir}: {missing}")
     selected = {name: templates[name] for name in sorted(wanted)}
+    if _wants_bucket_owner_policy(config):
+        selected[BUCKET_OWNER_LIFECYCLE_POLICY] = templates[BUCKET_OWNER_LIFECYCLE_POLICY]
     values = resolve(config, set().union(*(placeholders(t) for t in selected.values())))
     rendered = {name: drop_empty_grants(fill(t, values)) for name, t in selected.items()}
     for bucket in _buckets(config, values):
@@ -519,6 +533,14 @@ def render(
     if leftovers:
         raise RenderError(f"placeholders left after rendering: {leftovers}")
     return rendered
+
+
+def _wants_bucket_owner_policy(config: Mapping[str, Any]) -> bool:
+    """The opt-in; anything but a JSON boolean is an error (``"false"`` must not mean yes)."""
+    value = _normalise(config).get(BUCKET_OWNER_LIFECYCLE_KEY, False)
+    if not isinstance(value, bool):
+        raise RenderError(f"{BUCKET_OWNER_LIFECYCLE_KEY} must be true or false, got {value!r}")
+    return value
 
 
 def _read_json(path: Path, *, what: str) -> dict[str, Any]:
@@ -541,6 +563,8 @@ def build_config(args: argparse.Namespace) -> dict[str, Any]:
     for key in ("account_id", "region", "trusted_principal"):
         if getattr(args, key) is not None:
             config[key] = getattr(args, key)
+    if args.bucket_owner_lifecycle_policy:
+        config[BUCKET_OWNER_LIFECYCLE_KEY] = True
     return config
 
 
@@ -568,6 +592,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         choices=ROLES,
         dest="roles",
         help="render only this role (repeatable; default: all five)",
+    )
+    parser.add_argument(
+        "--bucket-owner-lifecycle-policy",
+        action="store_true",
+        help="also render bucket-owner-lifecycle-policy.json (writes the lifecycle rules: a"
+        " bucket-wide delete power, for a principal that may delete every object there)",
     )
     parser.add_argument("--out", type=Path, required=True, help="directory for the JSON files")
     return parser.parse_args(argv)

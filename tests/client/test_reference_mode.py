@@ -174,3 +174,19 @@ def test_our_client_serves_a_model_the_sample_trained(plain_model: PlainModel,
     assert len(outputs) == 6
     first = s3.get_object(Bucket=plain_endpoint.bucket, Key=outputs[0]["Key"])["Body"].read()
     assert not first.startswith(b"FHEB")  # the raw result, not the batch framing
+
+
+def test_a_manifest_less_model_still_honours_the_expected_fingerprint(
+        plain_model: PlainModel, tmp_path: Path) -> None:
+    """No manifest, but client.zip's sha256 is still compared with what the caller expects."""
+    from client.errors import FingerprintMismatchError
+
+    actual = file_sha256(plain_model.model_dir / "client.zip")
+    model = load_client_model(plain_model.archive, storage=None, cache_dir=tmp_path,
+                              expected_fingerprint=actual)
+    assert model.reference_mode and model.fingerprint == actual
+    with pytest.raises(FingerprintMismatchError,
+                       match=rf"sha256\(client\.zip\) is {actual} but {'0' * 64} was expected;"
+                             r" point at the model the endpoint serves"):
+        load_client_model(plain_model.archive, storage=None, cache_dir=tmp_path,
+                          expected_fingerprint="0" * 64)

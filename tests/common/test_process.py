@@ -122,3 +122,66 @@ def test_entry_point_keeps_its_error_status_after_an_fhe_run(module: str, tmp_pa
     argv = [arg.format(tmp=tmp_path) for arg in args]
     result = _run([sys.executable, "-c", DRIVER, module, *argv], cwd=REPO, env=env)
     assert result.returncode == status, result.stderr[-3000:]
+
+
+# Executes a circuit (when asked), then runs an entry point that is interrupted (Ctrl-C).
+INTERRUPTED = textwrap.dedent('''
+    import sys
+    from common.process import run_main
+
+    if sys.argv[1] == "after-fhe":
+        from concrete import fhe
+
+        circuit = fhe.compiler({"x": "encrypted"})(lambda x: x + 1).compile(range(8))
+        assert circuit.encrypt_run_decrypt(3) == 4
+
+
+    def main():
+        raise KeyboardInterrupt
+
+
+    run_main(main)
+''')
+
+
+@pytest.mark.parametrize("when", ["after-fhe", "no-fhe"])
+def test_an_interrupted_entry_point_exits_130(when: str) -> None:
+    """Ctrl-C is 128 + SIGINT, as a shell reports it, not a plain failure (1)."""
+    from common.process import EXIT_INTERRUPTED
+
+    result = _run([sys.executable, "-c", INTERRUPTED, when], cwd=REPO)
+    assert result.returncode == EXIT_INTERRUPTED == 130, result.stderr[-2000:]
+
+
+# Executes a circuit, then runs pytest in the same process (the plugin must keep its status).
+PYTEST_AFTER_FHE = textwrap.dedent('''
+    import sys
+    from concrete import fhe
+
+    circuit = fhe.compiler({"x": "encrypted"})(lambda x: x + 1).compile(range(8))
+    assert circuit.encrypt_run_decrypt(3) == 4
+    import pytest
+
+    sys.exit(pytest.main(sys.argv[1:]))
+''')
+PYTEST_STATUSES = {
+    # pytest's ExitCode: what makes it, and the status it must keep
+    "interrupted": ("def test_x():\n    raise KeyboardInterrupt\n", [], 2),
+    "internal-error": ("def test_x():\n    pass\n",
+                       ["-p", "internal_error_plugin"], 3),
+    "usage-error": ("def test_x():\n    pass\n", ["no-such-dir/"], 4),
+    "no-tests-collected": ("def test_x():\n    pass\n", ["-k", "no_such_test"], 5),
+}
+INTERNAL_ERROR_PLUGIN = "def pytest_collection_modifyitems(items):\n    raise RuntimeError('x')\n"
+
+
+@pytest.mark.parametrize("case", sorted(PYTEST_STATUSES))
+def test_pytest_keeps_each_of_its_own_statuses_after_an_fhe_run(case: str,
+                                                                tmp_path: Path) -> None:
+    """2 interrupted, 3 internal error, 4 usage error, 5 no tests: never collapsed to 1 (or 0)."""
+    source, args, status = PYTEST_STATUSES[case]
+    (tmp_path / "test_one.py").write_text(source)
+    (tmp_path / "internal_error_plugin.py").write_text(INTERNAL_ERROR_PLUGIN)
+    result = _run([sys.executable, "-c", PYTEST_AFTER_FHE, "-p", "no:cacheprovider", *args],
+                  cwd=tmp_path, env={"PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])})
+    assert result.returncode == status, result.stdout[-2000:] + result.stderr[-2000:]

@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from common.s3_location import (
+    MAX_KEY_LENGTH,
     S3LocationError,
     S3Prefix,
     S3Uri,
@@ -123,3 +124,12 @@ def test_contains_means_the_leading_segments_are_equal(prefix: list[str], key: l
     expected = bucket == "b-1" and len(key) > len(prefix) and key[:len(prefix)] == prefix
     assert folder.contains(uri) is expected
     assert str(uri) == f"s3://{bucket}/{'/'.join(key)}"
+
+
+def test_a_key_of_exactly_the_s3_maximum_is_accepted() -> None:
+    """1,024 characters is S3's own limit: accepted, one more refused (the boundary itself)."""
+    longest = "k/" + "a" * (MAX_KEY_LENGTH - 2)
+    assert parse_s3_uri(f"s3://fhe-demo/{longest}").key == longest
+    assert len(longest) == MAX_KEY_LENGTH == 1024
+    with pytest.raises(S3LocationError, match="the key has 1025 characters; S3 allows 1024"):
+        parse_s3_uri(f"s3://fhe-demo/{longest}a")

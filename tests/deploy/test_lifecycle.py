@@ -205,3 +205,170 @@ def test_every_planning_problem_is_named_at_once() -> None:
     with pytest.raises(LifecycleError, match="must look like s3://bucket/prefix"):
         planned_rules(client_prefixes=["bkt/c"], output_path="s3://bkt/o",
                       failure_path="s3://bkt/f", ages=Ages())
+
+
+# -- endpoints whose names share a prefix ---------------------------------------------------
+
+
+def _named(name: str, **extra: str) -> list[str]:
+    argv = deploy_argv(**extra)
+    argv[argv.index("--endpoint-name") + 1] = name
+    return argv
+
+
+def _owned_by(rules: dict[str, dict[str, Any]], name: str) -> dict[str, dict[str, Any]]:
+    return {i: r for i, r in rules.items() if i.startswith(f"concrete-fhe-kit:{name}:")}
+
+
+def test_endpoints_whose_names_share_a_prefix_never_touch_each_others_rules(aws: Any) -> None:
+    """``e`` and ``e-2`` on one bucket: deploy, redeploy and --delete of either leave the other's
+    rules as they were (an ownership test on ``concrete-fhe-kit:e`` would take ``e-2``'s)."""
+    e2 = _named("e-2", client_prefix=f"s3://{BUCKET}/clients/bob",
+                output_path=f"s3://{BUCKET}/e2-out", failure_path=f"s3://{BUCKET}/e2-fail")
+    e = _named("e", client_prefix=CLIENT)
+    assert deploy_endpoint.main(e2) == 0
+    e2_rules = _owned_by(_rules(aws), "e-2")
+    assert len(e2_rules) == 5
+    assert deploy_endpoint.main(e) == 0  # deploy of e
+    assert _owned_by(_rules(aws), "e-2") == e2_rules
+    e_rules = _owned_by(_rules(aws), "e")
+    assert len(e_rules) == 5 and not set(e_rules) & set(e2_rules)
+    assert deploy_endpoint.main([*e, "--expire-keys-days", "9"]) == 0  # redeploy of e
+    assert _owned_by(_rules(aws), "e-2") == e2_rules
+    assert deploy_endpoint.main([*e2, "--expire-keys-days", "11"]) == 0  # redeploy of e-2
+    e_rules = _owned_by(_rules(aws), "e")
+    assert {r["Expiration"]["Days"] for r in e_rules.values()} == {9, 2, 7}
+    e2_rules = _owned_by(_rules(aws), "e-2")
+    assert {r["Expiration"]["Days"] for r in e2_rules.values()} == {11, 2, 7}
+    assert deploy_endpoint.main(["--endpoint-name", "e", "--delete"]) == 0  # --delete of e
+    assert _rules(aws) == {"archive-logs": FOREIGN, **e2_rules}
+    assert deploy_endpoint.main([*e, "--expire-keys-days", "9"]) == 0
+    assert deploy_endpoint.main(["--endpoint-name", "e-2", "--delete"]) == 0  # --delete of e-2
+    assert _rules(aws) == {"archive-logs": FOREIGN, **e_rules}
+
+
+def test_nested_rules_of_equal_age_are_allowed() -> None:
+    """A client prefix inside the output path with the same age: S3's shorter age is the same."""
+    ages = Ages(keys_days=7, requests_days=7, results_days=7)
+    rules = planned_rules(client_prefixes=["s3://bkt/out/clients"], output_path="s3://bkt/out",
+                          failure_path="s3://bkt/fail", ages=ages)
+    assert ExpiryRule("bkt", "out/clients/keys/", 7, "keys") in rules
+    with pytest.raises(LifecycleError, match=r"s3://bkt/out/clients/keys/ \(keys, 8 days\) lies"
+                                             r" under s3://bkt/out/ \(output, 7 days\)"):
+        planned_rules(client_prefixes=["s3://bkt/out/clients"], output_path="s3://bkt/out",
+                      failure_path="s3://bkt/fail", ages=Ages(8, 7, 7))
+
+
+# -- who writes the rules: the bucket owner when the deployer may not ------------------------
+
+def _everything_but(*actions: str) -> list[dict[str, Any]]:
+    return [{"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": "*", "Resource": "*"},
+        {"Effect": "Deny", "Action": list(actions), "Resource": "*"}]}]
+
+
+def _printed_commands(out: str) -> list[str]:
+    return [line for line in out.splitlines() if line.startswith("aws s3api ")]
+
+
+@pytest.mark.parametrize("denied", [
+    ("s3:PutLifecycleConfiguration",),
+    ("s3:PutLifecycleConfiguration", "s3:GetLifecycleConfiguration"),
+    ("s3:GetLifecycleConfiguration",),
+], ids=["write-denied", "read-and-write-denied", "read-denied"])
+def test_a_deployer_without_the_write_prints_the_owners_merging_command(
+        aws: Any, capsys: pytest.CaptureFixture[str], denied: tuple[str, ...]) -> None:
+    """The refused write changes nothing and the endpoint is still deployed; the printed command,
+    run by the bucket owner, merges: foreign rules and another endpoint's (``e``, a prefix of
+    this one's name ``e-2``) stay, this endpoint's are added; and the same for --delete."""
+    from tests.fixtures.aws_cli import run_s3api
+    from tests.iam.recorder import enforce_policies
+
+    dated = {"ID": "expire-tmp-on-a-date", "Filter": {"Prefix": "tmp/"}, "Status": "Enabled",
+             "Expiration": {"Date": "2030-01-01T00:00:00Z"}}  # boto3 reads the date as datetime
+    aws.put_bucket_lifecycle_configuration(Bucket=BUCKET,
+                                           LifecycleConfiguration={"Rules": [FOREIGN, dated]})
+    assert deploy_endpoint.main(_named("e", client_prefix=CLIENT)) == 0
+    before = _rules(aws)
+    e2 = _named("e-2", client_prefix=f"s3://{BUCKET}/clients/bob",
+                output_path=f"s3://{BUCKET}/e2-out", failure_path=f"s3://{BUCKET}/e2-fail")
+    capsys.readouterr()
+    with enforce_policies(_everything_but(*denied), account="123456789012") as refused:
+        assert deploy_endpoint.main(e2) == 0
+    # an unread configuration is never written: only the read was tried
+    assert [r.action for r in refused] == [denied[-1]]
+    out = capsys.readouterr().out
+    assert _rules(aws) == before  # nothing written by the deployer
+    assert "e-2" in {m["EndpointName"] for m in boto3.client(
+        "sagemaker", region_name=LOCAL_REGION).list_endpoints()["Endpoints"]}
+    summary = json.loads(out.split("deployed ", 1)[1])
+    [command] = _printed_commands(out)
+    assert summary["lifecycle_rules_for_the_bucket_owner"] == {BUCKET: command}
+    shown = json.loads(out[out.index("Rules:\n") + len("Rules:\n"):out.index("\n]") + 2])
+    assert len(shown) == 5 and all(r["ID"].startswith("concrete-fhe-kit:e-2:") for r in shown)
+    run_s3api(aws, command)  # the bucket owner
+    after = _rules(aws)
+    assert {i: r for i, r in after.items() if i in before} == before
+    assert _owned_by(after, "e-2") == {r["ID"]: r for r in shown}
+    assert set(after) == set(before) | {r["ID"] for r in shown}
+
+    with enforce_policies(_everything_but(*denied), account="123456789012"):
+        assert deploy_endpoint.main(["--endpoint-name", "e-2", "--delete"]) == 0
+    [removal] = _printed_commands(capsys.readouterr().out)
+    assert _rules(aws) == after
+    run_s3api(aws, removal)
+    assert _rules(aws) == before
+
+
+def test_a_refused_lifecycle_write_for_another_reason_is_an_error(aws: Any) -> None:
+    """Only a denial falls back to the owner's command; other S3 refusals surface."""
+    from botocore.exceptions import ClientError
+
+    rules = planned_rules(client_prefixes=[CLIENT], output_path=f"s3://{BUCKET}/o",
+                          failure_path=f"s3://{BUCKET}/f", ages=Ages())
+    [change] = s3_lifecycle.plan_apply(aws, NAME, rules)
+    aws.delete_bucket(Bucket=BUCKET)  # gone between the plan and the write
+    with pytest.raises(ClientError, match="NoSuchBucket"):
+        s3_lifecycle.execute(aws, [change])
+
+
+def test_dry_run_shows_the_owners_command_also_for_rules_with_a_date(
+        aws: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    """A foreign rule expiring on a date (a datetime in boto3) is shown and kept as ISO 8601."""
+    from tests.fixtures.aws_cli import run_s3api
+
+    dated = {"ID": "expire-tmp-on-a-date", "Filter": {"Prefix": "tmp/"}, "Status": "Enabled",
+             "Expiration": {"Date": "2030-01-01T00:00:00Z"}}
+    aws.put_bucket_lifecycle_configuration(Bucket=BUCKET,
+                                           LifecycleConfiguration={"Rules": [dated]})
+    before = _rules(aws)
+    assert deploy_endpoint.main([*deploy_argv(client_prefix=CLIENT), "--dry-run"]) == 0
+    [change] = json.loads(capsys.readouterr().out)["lifecycle"]
+    assert _rules(aws) == before
+    run_s3api(aws, change["owner_command"])
+    after = _rules(aws)
+    assert after["expire-tmp-on-a-date"] == before["expire-tmp-on-a-date"]
+    assert len(_expiry(after)) == 5
+
+
+def test_an_unreadable_bucket_without_configuration_gets_the_plain_command(aws: Any) -> None:
+    """The merging command needs a configuration to read; the printed alternative is the rules
+    alone, and running it leaves exactly this endpoint's rules."""
+    from tests.fixtures.aws_cli import run_s3api
+    from tests.iam.recorder import enforce_policies
+
+    aws.delete_bucket_lifecycle(Bucket=BUCKET)
+    rules = planned_rules(client_prefixes=[CLIENT], output_path=f"s3://{BUCKET}/o",
+                          failure_path=f"s3://{BUCKET}/f", ages=Ages())
+    denied = _everything_but("s3:GetLifecycleConfiguration")
+    with enforce_policies(denied, account="123456789012"):
+        changes = s3_lifecycle.plan_apply(aws, NAME, rules)
+        pending = s3_lifecycle.execute(aws, changes)
+    assert pending == changes and _rules(aws) == {}
+    text = s3_lifecycle.owner_instructions(pending)
+    [merging] = _printed_commands(text)
+    with pytest.raises(aws.exceptions.ClientError, match="NoSuchLifecycleConfiguration"):
+        run_s3api(aws, merging)  # the CLI fails the same way: nothing is written
+    [alternative] = [line.strip() for line in text.splitlines() if line.startswith("  aws ")]
+    run_s3api(aws, alternative)
+    assert set(_rules(aws)) == {r.rule_id(NAME) for r in rules}

@@ -419,3 +419,34 @@ def required_requests(calls: Sequence[RecordedCall], *, account: str) -> list[Re
         )
     mapper = _Mapper(account=account)
     return [r for c in calls for r in _MAPPERS[(c.service, c.operation)](mapper, c)]
+
+
+@contextmanager
+def enforce_policies(policies: Sequence[Any], *, account: str) -> Iterator[list[Request]]:
+    """Act as a principal holding only ``policies``: a call they do not allow is refused.
+
+    Each botocore call made inside the block is mapped to its IAM requests
+    (:func:`required_requests`) and evaluated; any request that is not allowed makes the call
+    fail before it runs with the ``AccessDenied`` error AWS answers. Yields the refused requests.
+    """
+    from tests.iam.evaluator import Decision, evaluate
+
+    refused: list[Request] = []
+    original = BaseClient._make_api_call
+
+    def _enforcing(client: BaseClient, operation_name: str, api_params: dict[str, Any]) -> Any:
+        call = RecordedCall(service=client.meta.service_model.service_name,
+                            operation=operation_name, params=dict(api_params),
+                            region=client.meta.region_name,
+                            secure=client.meta.endpoint_url.startswith("https://"))
+        denied = [r for r in required_requests([call], account=account)
+                  if evaluate(policies, r) is not Decision.ALLOW]
+        if denied:
+            refused.extend(denied)
+            raise ClientError({"Error": {"Code": "AccessDenied", "Message": f"not authorized to"
+                                         f" perform {denied[0].action} on {denied[0].resource}"},
+                               "ResponseMetadata": {"HTTPStatusCode": 403}}, operation_name)
+        return original(client, operation_name, api_params)
+
+    with mock.patch.object(BaseClient, "_make_api_call", _enforcing):
+        yield refused

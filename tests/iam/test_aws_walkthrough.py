@@ -1,6 +1,8 @@
 """The README's AWS path under moto: its train, deploy and teardown commands, run with the
 example configs of iam/examples/ as the README writes them, make only AWS calls that the
-policies rendered from those same files allow (each by the role the README gives that step)."""
+policies rendered from those same files allow (each by the role the README gives that step).
+The deploy's lifecycle write is refused to the endpoint creator (a bucket-wide expire power) and
+done by the bucket owner with the command deploy_endpoint.py prints."""
 
 from __future__ import annotations
 
@@ -16,7 +18,12 @@ from moto import mock_aws
 
 from iam.render import render
 from tests.iam.evaluator import Decision, evaluate
-from tests.iam.recorder import RecordedCall, record_calls, required_requests
+from tests.iam.recorder import (
+    RecordedCall,
+    enforce_policies,
+    record_calls,
+    required_requests,
+)
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "iam" / "examples"
 ACCOUNT, REGION, BUCKET = "123456789012", "eu-west-1", "acme-fhe"  # the examples' own values
@@ -34,7 +41,8 @@ def walkthrough(tmp_path: Path) -> Iterator[dict[str, Any]]:
         s3.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
         s3.put_object(Bucket=BUCKET, Key="data/breast-cancer/train.csv",
                       Body=b"mean radius,label\n1.5,0\n2.5,1\n", ServerSideEncryption="AES256")
-        yield {"policies": render(combined), "files": {n: EXAMPLES / f"{n}.json" for n in configs}}
+        yield {"policies": render({**combined, "bucket_owner_lifecycle_policy": True}),
+               "files": {n: EXAMPLES / f"{n}.json" for n in configs}, "s3": s3}
 
 
 def _refused(role: str, policies: dict[str, Any], calls: list[RecordedCall]) -> list[str]:
@@ -45,8 +53,19 @@ def _refused(role: str, policies: dict[str, Any], calls: list[RecordedCall]) -> 
             if evaluate(policy, r) is not Decision.ALLOW]
 
 
+def _run_as_bucket_owner(walkthrough: dict[str, Any], out: str) -> None:
+    """Run the one command deploy_endpoint.py printed, with the opt-in bucket-owner policy."""
+    from tests.fixtures.aws_cli import run_s3api
+
+    [command] = [line for line in out.splitlines() if line.startswith("aws s3api ")]
+    owner = [walkthrough["policies"]["bucket-owner-lifecycle-policy.json"]]
+    with enforce_policies(owner, account=ACCOUNT) as refused:
+        run_s3api(walkthrough["s3"], command)
+    assert not refused
+
+
 def test_readme_train_deploy_and_teardown_are_allowed_by_the_rendered_roles(
-        walkthrough: dict[str, Any]) -> None:
+        walkthrough: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
     import deploy_endpoint
     import start_training
 
@@ -56,15 +75,27 @@ def test_readme_train_deploy_and_teardown_are_allowed_by_the_rendered_roles(
     assert not _refused("model-trainer", policies, calls)
 
     deploy = ["--config", str(files["deploy"])]
-    with record_calls() as calls:  # step 5: deploy_endpoint.py --config build/deploy.json
+    creator = [policies["endpoint-creator-policy.json"]]
+    with (enforce_policies(creator, account=ACCOUNT) as refused,
+          record_calls() as calls):  # step 5: deploy_endpoint.py --config build/deploy.json
         assert deploy_endpoint.main(deploy) == 0
-    assert not _refused("endpoint-creator", policies, calls)
+    # The lifecycle rules are the bucket owner's: refused, printed, run by the owner.
+    assert [r.action for r in refused] == ["s3:PutLifecycleConfiguration"]
+    assert not _refused("endpoint-creator", policies, [c for c in calls if c.error_code is None])
     created = {c.operation for c in calls if c.error_code is None}
-    assert {"ListTrainingJobs", "CreateEndpoint", "PutBucketLifecycleConfiguration"} <= created
+    assert {"ListTrainingJobs", "CreateEndpoint"} <= created
+    _run_as_bucket_owner(walkthrough, capsys.readouterr().out)
+    assert len(walkthrough["s3"].get_bucket_lifecycle_configuration(Bucket=BUCKET)["Rules"]) == 5
 
-    with record_calls() as calls:  # step 7: ... --delete
+    with (enforce_policies(creator, account=ACCOUNT) as refused,
+          record_calls() as calls):  # step 7: ... --delete
         assert deploy_endpoint.main([*deploy, "--delete"]) == 0
-    assert not _refused("endpoint-creator", policies, calls)
+    assert [r.action for r in refused] == ["s3:PutLifecycleConfiguration"]
+    assert not _refused("endpoint-creator", policies, [c for c in calls if c.error_code is None])
+    _run_as_bucket_owner(walkthrough, capsys.readouterr().out)
+    with pytest.raises(walkthrough["s3"].exceptions.ClientError,
+                       match="NoSuchLifecycleConfiguration"):
+        walkthrough["s3"].get_bucket_lifecycle_configuration(Bucket=BUCKET)
     sagemaker = boto3.client("sagemaker", region_name=REGION)
     assert sagemaker.list_endpoints()["Endpoints"] == []
 

@@ -27,7 +27,12 @@ from common.contract import pack_batch, parse_request, unpack_batch
 from common.s3_location import parse_s3_prefix, parse_s3_uri
 from iam.render import render
 from tests.iam.evaluator import Decision, Request, evaluate
-from tests.iam.recorder import RecordedCall, record_calls, required_requests
+from tests.iam.recorder import (
+    RecordedCall,
+    enforce_policies,
+    record_calls,
+    required_requests,
+)
 from tests.iam.test_templates import EXAMPLE_CONFIG
 
 CONFIG = json.loads(EXAMPLE_CONFIG.read_text())
@@ -103,10 +108,20 @@ def test_base_job_name_default_matches_start_training() -> None:
     assert DEFAULT_BASE_JOB_NAME == start_training.DEFAULT_BASE_JOB_NAME
 
 
-@pytest.mark.skipif(importlib.util.find_spec("deploy_endpoint") is None,
-                    reason="deploy_endpoint.py is not in this checkout yet")
-def test_deploy_endpoint_calls_are_allowed_by_the_endpoint_creator_policy(aws: Any) -> None:
+def _owner_commands(out: str) -> list[str]:
+    return [line for line in out.splitlines() if line.startswith("aws s3api ")]
+
+
+def test_deploy_endpoint_calls_are_allowed_by_the_endpoint_creator_policy(
+        aws: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    """Deploy and --delete acting with only the rendered endpoint-creator policy.
+
+    Everything is allowed except writing the lifecycle rules (a bucket-wide expire power): the
+    script detects the AccessDenied, prints the command, and the bucket owner (acting with the
+    opt-in bucket-owner policy) runs it. A redeploy then needs no write at all.
+    """
     import deploy_endpoint
+    from tests.fixtures.aws_cli import run_s3api
 
     aws.put_object(Bucket=BUCKET, Key=parse_s3_uri(DP["model_data"]).key, Body=b"model",
                    ServerSideEncryption="AES256")
@@ -116,27 +131,59 @@ def test_deploy_endpoint_calls_are_allowed_by_the_endpoint_creator_policy(aws: A
             "--instance-type", "ml.c5.4xlarge"]
     for prefix in DP["allowed_s3_prefix"]:
         argv += ["--allowed-s3-prefix", prefix]
-    with record_calls() as calls:
+    creator = _policy("endpoint-creator")
+    owner = [render({**CONFIG, "bucket_owner_lifecycle_policy": True},
+                    roles=[])["bucket-owner-lifecycle-policy.json"]]
+    with enforce_policies(creator, account=ACCOUNT) as refused, record_calls() as calls:
         assert deploy_endpoint.main(argv) == 0
+    assert [r.action for r in refused] == ["s3:PutLifecycleConfiguration"]
+    [command] = _owner_commands(capsys.readouterr().out)
+    assert "sagemaker:CreateEndpoint" in {r.action for r in required_requests(calls,
+                                                                              account=ACCOUNT)}
+    with pytest.raises(aws.exceptions.ClientError, match="NoSuchLifecycleConfiguration"):
+        aws.get_bucket_lifecycle_configuration(Bucket=BUCKET)
+    with enforce_policies(owner, account=ACCOUNT) as owner_refused:
+        run_s3api(aws, command)
+    assert not owner_refused
+    rules = aws.get_bucket_lifecycle_configuration(Bucket=BUCKET)["Rules"]
+    assert len(rules) == 5
+    assert all(r["ID"].startswith(f"concrete-fhe-kit:{DP['endpoint_name']}:") for r in rules)
+
+    with enforce_policies(creator, account=ACCOUNT) as refused, record_calls() as again:
+        assert deploy_endpoint.main(argv) == 0  # the rules are there: nothing to write
+        assert not refused
         assert deploy_endpoint.main([*argv, "--delete"]) == 0
-    requests = _assert_all_allowed("endpoint-creator", calls)
+    assert [r.action for r in refused] == ["s3:PutLifecycleConfiguration"]
+    [removal] = _owner_commands(capsys.readouterr().out)
+    assert removal == f"aws s3api delete-bucket-lifecycle --bucket {BUCKET}"
+    with enforce_policies(owner, account=ACCOUNT) as owner_refused:
+        run_s3api(aws, removal)
+    assert not owner_refused
+    with pytest.raises(aws.exceptions.ClientError, match="NoSuchLifecycleConfiguration"):
+        aws.get_bucket_lifecycle_configuration(Bucket=BUCKET)
+
+    requests = _assert_all_allowed("endpoint-creator", [
+        c for c in [*calls, *again] if c.operation not in (
+            "PutBucketLifecycleConfiguration", "DeleteBucketLifecycle")])
     assert {"sagemaker:CreateEndpoint", "iam:PassRole", "s3:GetLifecycleConfiguration",
-            "s3:PutLifecycleConfiguration"} <= {r.action for r in requests}
-    assert {"PutBucketLifecycleConfiguration", "DeleteBucketLifecycle"} <= {
-        c.operation for c in calls if c.error_code is None}
-    policy = _policy("endpoint-creator")
+            "sagemaker:DeleteEndpoint"} <= {r.action for r in requests}
     pass_role = next(r for r in requests if r.action == "iam:PassRole")
     create = next(r for r in requests if r.action == "sagemaker:CreateEndpoint")
     scale = next(r for r in requests if r.action.endswith("RegisterScalableTarget"))
-    lifecycle = next(r for r in requests if r.action == "s3:PutLifecycleConfiguration")
+    read = next(r for r in requests if r.action == "s3:GetLifecycleConfiguration")
     out_of_scope = [
         _moved(pass_role, resource=f"arn:aws:iam::{ACCOUNT}:role/admin"),
         _moved(create, resource=f"arn:aws:sagemaker:{REGION}:{ACCOUNT}:endpoint/prod-other"),
         _moved(scale, context={**scale.context,
                                "application-autoscaling:service-namespace": "ecs"}),
-        _moved(lifecycle, resource="arn:aws:s3:::another-bucket"),
+        _moved(read, resource="arn:aws:s3:::another-bucket"),
+        _moved(read, action="s3:PutLifecycleConfiguration"),
     ]
-    assert all(evaluate(policy, r) is Decision.IMPLICIT_DENY for r in out_of_scope)
+    assert all(evaluate(creator, r) is Decision.IMPLICIT_DENY for r in out_of_scope)
+    write = _moved(read, action="s3:PutLifecycleConfiguration")
+    assert evaluate(owner, write) is Decision.ALLOW
+    assert evaluate(owner, _moved(write, resource="arn:aws:s3:::another-bucket")) is (
+        Decision.IMPLICIT_DENY)
 
 
 def _example_training_job(name: str = f"{ST['base_job_name']}-2026-01-02-03-04-05-678") -> str:
@@ -165,6 +212,7 @@ def test_deploying_a_training_jobs_model_is_allowed_once_configured(aws: Any, fl
     argv = [flag, value, "--endpoint-name", DP["endpoint_name"], "--output-path",
             DP["output_path"], "--failure-path", DP["failure_path"], "--role", DP["role"],
             "--image-uri", DP["image_uri"], "--region", REGION, "--instance-type", "ml.c5.4xlarge",
+            "--no-lifecycle",  # the bucket owner's (test_deploy_endpoint_calls_are_allowed_...)
             *(a for p in DP["allowed_s3_prefix"] for a in ("--allowed-s3-prefix", p))]
     with record_calls() as calls:
         assert deploy_endpoint.main(argv) == 0
@@ -222,8 +270,11 @@ def test_delete_prefix_calls_are_allowed_by_the_endpoint_creator_policy(
     aws.create_bucket(Bucket="other-bucket")
     aws.put_object(Bucket="other-bucket", Key="clients/alice/keys/k.ekl", Body=b"x")
 
-    with record_calls() as calls:
+    with (enforce_policies(_policy("endpoint-creator"), account=ACCOUNT) as refused,
+          record_calls() as calls):
         assert deploy_endpoint.main([*config, "--delete"]) == 0
+    assert [r.action for r in refused] == ["s3:PutLifecycleConfiguration"]  # the owner's
+    calls = [c for c in calls if c.error_code != "AccessDenied"]
     remaining = {o["Key"] for o in aws.list_objects_v2(Bucket=BUCKET)["Contents"]}
     assert remaining == kept  # the prefixes were emptied, the siblings survived
     assert aws.list_objects_v2(Bucket="other-bucket")["KeyCount"] == 1

@@ -46,7 +46,8 @@ def test_several_client_prefixes_expand_into_several_resources() -> None:
 def _s3_grants(config: dict) -> list[dict]:
     doc = render(config, roles=["endpoint-creator"])["endpoint-creator-policy.json"]
     return [s for s in doc["Statement"]
-            if s["Effect"] == "Allow" and str(s["Action"]).startswith("s3:")]
+            if s["Effect"] == "Allow" and str(s["Action"]).startswith("s3:")
+            and s["Sid"] != "ReadTheLifecycleRulesOnlyTheBucketOwnerWrites"]
 
 
 def test_delete_prefix_grants_only_its_prefixes_and_is_optional() -> None:
@@ -85,7 +86,7 @@ def _lifecycle_resources(deploy: dict[str, object]) -> object:
     config = {**CONFIG, "deploy_endpoint": {**CONFIG["deploy_endpoint"], **deploy}}
     doc = render(config, roles=["endpoint-creator"])["endpoint-creator-policy.json"]
     return next(s["Resource"] for s in doc["Statement"]
-                if s["Sid"] == "ExpireTheKitsObjectsWithLifecycleRules")
+                if s["Sid"] == "ReadTheLifecycleRulesOnlyTheBucketOwnerWrites")
 
 
 def test_lifecycle_buckets_follow_deploy_endpoints_own_defaults() -> None:
@@ -231,6 +232,16 @@ def test_a_training_job_lookup_without_its_output_path_or_a_bad_name_is_named() 
     with pytest.raises(RenderError, match=r"missing deploy_endpoint\.model_data .* or"
                                           r" deploy_endpoint\.training_job / latest_training_job"):
         render(_lookup_config(), roles=["endpoint-execution-role"])
+
+
+def test_cli_renders_the_bucket_owner_policy_only_when_asked(tmp_path: Path) -> None:
+    assert main(["--config", str(EXAMPLE_CONFIG), "--out", str(tmp_path / "plain")]) == 0
+    assert not (tmp_path / "plain" / "bucket-owner-lifecycle-policy.json").exists()
+    assert main(["--config", str(EXAMPLE_CONFIG), "--bucket-owner-lifecycle-policy",
+                 "--out", str(tmp_path / "owner")]) == 0
+    doc = json.loads((tmp_path / "owner" / "bucket-owner-lifecycle-policy.json").read_text())
+    write = next(s for s in doc["Statement"] if "s3:PutLifecycleConfiguration" in s["Action"])
+    assert write["Resource"] == "arn:aws:s3:::acme-fhe"
 
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "iam" / "examples"

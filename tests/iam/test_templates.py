@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from parliament import analyze_policy_string
@@ -13,13 +14,14 @@ from tests.iam.evaluator import Decision, Request, evaluate
 
 EXAMPLE_CONFIG = TEMPLATE_DIR / "config.example.json"
 
-# Documented, justified parliament findings (file pattern, issue, detail). Anything else fails.
+# Documented, justified parliament findings. Anything else fails.
 # - Trust policies have Principal and no Resource: parliament lints identity policies only.
 # - Application Auto Scaling scalable-target ARNs embed a random id created by
 #   RegisterScalableTarget itself, so those actions are scoped by the condition keys
 #   application-autoscaling:service-namespace=sagemaker and :scalable-dimension instead.
-# - deploy_endpoint.py writes S3 lifecycle rules that expire the kit's objects: a lifecycle
-#   rule deletes objects, which is the point (only on the buckets of the deployment).
+# Nothing else: in particular no RESOURCE_POLICY_PRIVILEGE_ESCALATION. Writing lifecycle rules
+# is a bucket-wide delete power, so only the opt-in bucket-owner policy grants it, together
+# with the s3:DeleteObject it amounts to (iam/render.py).
 TRUST_FINDING = ("MALFORMED", "Statement contains neither Resource nor NotResource")
 AUTOSCALING_STAR = (
     "RESOURCE_STAR",
@@ -30,12 +32,56 @@ AUTOSCALING_STAR = (
         "application-autoscaling:RegisterScalableTarget",
     ],
 )
-LIFECYCLE_DELETES = (
-    "RESOURCE_POLICY_PRIVILEGE_ESCALATION",
-    "Possible resource policy privilege escalation on arn:aws:s3:::acme-fhe due to"
-    " s3:DeleteObject not being allowed, but does allow s3:PutLifecycleConfiguration",
-)
-IGNORED = {"endpoint-creator-policy.json": [LIFECYCLE_DELETES, AUTOSCALING_STAR]}
+IGNORED = {"endpoint-creator-policy.json": [AUTOSCALING_STAR]}
+
+
+def _variant(base: dict[str, Any], **sections: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with keys of its sections replaced (``None`` removes a key)."""
+    config = json.loads(json.dumps(base))
+    for section, changes in sections.items():
+        target = config if section == "top" else config.setdefault(section, {})
+        for key, value in changes.items():
+            if value is None:
+                target.pop(key, None)
+            else:
+                target[key] = value
+    return config
+
+
+def _configurations() -> dict[str, dict[str, Any]]:
+    """Every shape of configuration the renderer accepts: each option set and unset."""
+    example = json.loads(EXAMPLE_CONFIG.read_text())
+    owner = {"bucket_owner_lifecycle_policy": True}
+    by_job = {"model_data": None, "training_job": "fhe-train-2026-01-01-00-00-00-000"}
+    several_buckets = {
+        "allowed_s3_prefix": ["s3://acme-fhe/clients/alice", "s3://tenant-b/clients/bob/"],
+        "client_prefix": ["s3://acme-fhe/clients/alice", "s3://tenant-b/clients/bob"],
+        "failure_path": "s3://acme-fail/async-fail",
+        "delete_prefix": ["s3://tenant-b/clients/bob", "s3://acme-fail/async-fail"]}
+    return {
+        "example": example,
+        "example+bucket-owner": _variant(example, top=owner),
+        "no-delete-prefix": _variant(example, deploy_endpoint={"delete_prefix": None}),
+        "no-delete-prefix+bucket-owner": _variant(
+            example, top=owner, deploy_endpoint={"delete_prefix": None}),
+        "training-job": _variant(example, deploy_endpoint=by_job),
+        "latest-training-job": _variant(
+            example, top=owner, deploy_endpoint={"model_data": None,
+                                                 "latest_training_job": "fhe-train"},
+            client={"latest_training_job": "fhe-train"}),
+        "several-buckets": _variant(example, deploy_endpoint=several_buckets,
+                                    client={"s3_prefix": "s3://tenant-b/clients/bob"}),
+        "several-buckets+bucket-owner": _variant(
+            example, top=owner, deploy_endpoint=several_buckets),
+        "minimal": _variant(
+            example, top={"trusted_principal": "arn:aws:iam::123456789012:role/ops"},
+            start_training={"code_location": None, "base_job_name": None},
+            deploy_endpoint={"delete_prefix": None, "allowed_s3_prefix": None},
+            client={"endpoint_name": None}),
+    }
+
+
+CONFIGURATIONS = _configurations()
 
 
 def _rendered() -> dict[str, object]:
@@ -44,7 +90,8 @@ def _rendered() -> dict[str, object]:
 
 def test_every_iam_file_is_valid_json() -> None:
     files = sorted(TEMPLATE_DIR.glob("*.json"))
-    assert len(files) == 2 * len(ROLES) + 2  # policy + trust per role, bucket policy, example
+    # policy + trust per role, bucket policy, bucket-owner lifecycle policy, example config
+    assert len(files) == 2 * len(ROLES) + 3
     for path in files:
         json.loads(path.read_text())  # raises on // comments or trailing commas
 
@@ -66,15 +113,64 @@ def test_rendered_output_has_no_placeholder_left() -> None:
         assert "${" not in json.dumps(doc), name
 
 
-@pytest.mark.parametrize("name", sorted(_rendered()))
-def test_parliament_reports_no_unjustified_finding(name: str) -> None:
-    doc = _rendered()[name]
-    findings = analyze_policy_string(json.dumps(doc, indent=2)).findings
-    got = [(f.issue, f.detail) for f in findings]
-    if name.endswith("-trust.json"):
-        assert got == [TRUST_FINDING] * len(doc["Statement"])
-    else:
-        assert got == IGNORED.get(name, [])
+def parliament_findings(doc: Any) -> list[tuple[str, Any]]:
+    """(issue, detail) of each parliament finding on one policy document."""
+    return [(f.issue, f.detail) for f in analyze_policy_string(json.dumps(doc, indent=2)).findings]
+
+
+@pytest.mark.parametrize("configuration", sorted(CONFIGURATIONS))
+def test_parliament_reports_no_unjustified_finding(configuration: str) -> None:
+    """Every policy the renderer produces, in every configuration, opt-in ones included."""
+    rendered = render(CONFIGURATIONS[configuration])
+    assert rendered
+    unjustified = {}
+    for name, doc in rendered.items():
+        got = parliament_findings(doc)
+        expected = ([TRUST_FINDING] * len(doc["Statement"]) if name.endswith("-trust.json")
+                    else IGNORED.get(name, []))
+        if got != expected:
+            unjustified[name] = got
+    assert not unjustified
+
+
+def test_only_the_opt_in_bucket_owner_policy_may_write_lifecycle_rules() -> None:
+    """No rendered role holds the bucket-wide expire power; the opt-in policy says what it is."""
+    for configuration, config in CONFIGURATIONS.items():
+        rendered = render(config)
+        writers = sorted(name for name, doc in rendered.items()
+                         if "PutLifecycleConfiguration" in json.dumps(doc))
+        opted_in = config.get("bucket_owner_lifecycle_policy", False)
+        assert writers == (["bucket-owner-lifecycle-policy.json"] if opted_in else []), (
+            configuration)
+    owner = render(CONFIGURATIONS["several-buckets+bucket-owner"])[
+        "bucket-owner-lifecycle-policy.json"]
+    grants = {s["Sid"]: s["Resource"] for s in owner["Statement"] if s["Effect"] == "Allow"}
+    assert grants == {
+        "ReadAndWriteTheLifecycleRulesOfTheDeploymentsBuckets": [
+            "arn:aws:s3:::acme-fhe", "arn:aws:s3:::tenant-b", "arn:aws:s3:::acme-fail"],
+        "ALifecycleRuleCanExpireEveryObjectSoThisIsTheSamePower": [
+            "arn:aws:s3:::acme-fhe/*", "arn:aws:s3:::tenant-b/*", "arn:aws:s3:::acme-fail/*"]}
+
+
+def test_the_bucket_owner_policy_is_opt_in_by_a_json_boolean() -> None:
+    from iam.render import RenderError
+
+    with pytest.raises(RenderError, match=r"bucket_owner_lifecycle_policy must be true or false,"
+                                          r" got 'false'"):
+        render(_variant(CONFIGURATIONS["example"], top={"bucket_owner_lifecycle_policy": "false"}))
+
+
+def test_parliament_flags_what_the_redesign_removed() -> None:
+    """The check is live: the old creator grant (lifecycle write without the delete it is)."""
+    doc = render(CONFIGURATIONS["example"])["endpoint-creator-policy.json"]
+    old = json.loads(json.dumps(doc))
+    read = next(s for s in old["Statement"]
+                if s["Sid"] == "ReadTheLifecycleRulesOnlyTheBucketOwnerWrites")
+    read["Action"] = ["s3:GetLifecycleConfiguration", "s3:PutLifecycleConfiguration"]
+    assert ("RESOURCE_POLICY_PRIVILEGE_ESCALATION",
+            "Possible resource policy privilege escalation on arn:aws:s3:::acme-fhe due to"
+            " s3:DeleteObject not being allowed, but does allow s3:PutLifecycleConfiguration",
+            ) in parliament_findings(old)
 
 
 def test_parliament_would_flag_a_broad_policy() -> None:

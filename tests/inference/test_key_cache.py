@@ -92,9 +92,28 @@ def test_uri_index_is_shared_on_disk_and_bounded_in_memory(tmp_path: Path) -> No
         _sha(bytes([i])) for i in range(3)]
     assert reader.uri_entries == 2
     writer.remember_uri(f"{URI}.0", "v2", _sha(b"new"))
-    assert reader.sha_for_uri(f"{URI}.0", "v2") == _sha(b"new")  # stale in memory, fresh on disk
+    assert reader.sha_for_uri(f"{URI}.0", "v2") == _sha(b"new")  # evicted from memory, on disk
     index_dir = tmp_path / "cache" / URI_INDEX_DIR
     assert {stat.S_IMODE(p.stat().st_mode) for p in index_dir.iterdir()} == {0o600}
+
+
+def test_a_stale_entry_in_memory_is_replaced_by_the_fresh_one_on_disk(tmp_path: Path) -> None:
+    """Worker B holds ``URI -> v1`` in memory; worker A reads the changed object (v2) and writes
+    the index file; B, asked for v2, must read that file rather than trust its memory."""
+    writer = KeyCache(tmp_path / "cache", max_bytes=0, deserialize=bytes)
+    reader = KeyCache(tmp_path / "cache", max_bytes=0, deserialize=bytes)
+    old, new = _sha(b"old"), _sha(b"new")
+    writer.remember_uri(URI, "v1", old)
+    assert reader.sha_for_uri(URI, "v1") == old
+    index_file = next((tmp_path / "cache" / URI_INDEX_DIR).iterdir())
+    index_file.unlink()
+    assert reader.sha_for_uri(URI, "v1") == old  # answered from memory: the entry is held there
+    assert reader.uri_entries == 1
+    writer.remember_uri(URI, "v2", new)
+    assert reader.sha_for_uri(URI, "v2") == new  # stale in memory, fresh on disk
+    index_file.unlink()
+    assert reader.sha_for_uri(URI, "v2") == new  # and memory now holds the fresh entry
+    assert reader.sha_for_uri(URI, "v1") is None
 
 
 @pytest.mark.parametrize("content", [b"not json", b"[]", b'{"uri": "s3://b/other", "version": "v",'

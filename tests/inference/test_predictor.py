@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import http.client
 import io
 import json
 import re
+import socket
+import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -118,11 +122,17 @@ def test_packed_batch_object_with_verified_hashes(
 def test_named_keys_are_downloaded_and_deserialised_once(
         make_client: AppFactory, keyed: dict[str, KeyedClient], uploader: Uploader) -> None:
     client, fhe = make_client("tree"), keyed["tree"]
-    for row in fhe.model.scaled_test[:2]:
+    for row in fhe.model.scaled_test[:2]:  # downloaded, then served from memory
         body = uploader.request(fhe, row[None, :], evaluation_keys_sha256=fhe.keys_sha)
-        assert invoke(client, body).status_code == 200
+        _assert_decrypts(invoke(client, body), fhe, row)
     cache = metrics(client)["key_cache"]
     assert (cache["downloads"], cache["deserializations"], cache["memory_hits"]) == (1, 1, 1)
+
+
+def _assert_decrypts(response: Any, fhe: KeyedClient, row: np.ndarray) -> None:
+    """The answer decrypts to the clear quantised model's prediction of ``row``."""
+    assert response.status_code == 200, response.data[:300]
+    np.testing.assert_allclose(fhe.decrypt(response.data), fhe.expected(row))
 
 
 def _unnamed(fhe: KeyedClient, uploader: Uploader, row: np.ndarray, keys_uri: str) -> bytes:
@@ -171,6 +181,38 @@ def test_unnamed_keys_overwritten_in_place_are_downloaded_again(
         2, len(first.keys) + len(second.keys), 2)
 
 
+def test_unnamed_keys_overwritten_between_head_and_get_are_cached_as_what_was_read(
+        fixture_models: dict[str, FixtureModel], s3_server: LocalS3Server, serving_bucket: str,
+        keyed: dict[str, KeyedClient], uploader: Uploader, tmp_path: Path) -> None:
+    """A -> B -> A: the keys object holds A when the server checks it, B when it reads it, then
+    A again (same bytes: same ETag). The cache must remember B under B's version, so the next
+    request, whose check sees A's version again, downloads A rather than serve B's keys."""
+    first = keyed["tree"]  # a circuit with bootstraps: the wrong keys give wrong answers
+    second = make_keyed_client(first.model, tmp_path / "b-keys")
+    keys_uri = uploader.put("keys/shared.ekl", first.keys)
+    keys_key = keys_uri.split("/", 3)[3]
+    settings = server_settings(fixture_models["tree"], s3_server, serving_bucket,
+                               tmp_path / "cache")
+    s3 = make_s3_client(settings)
+    heads: list[str] = []
+
+    def remember_head(params: dict[str, Any], **_: Any) -> None:
+        heads.append(params["Key"])
+
+    def overwrite_once(**_: Any) -> None:
+        if heads[-1] == keys_key and heads.count(keys_key) == 1:
+            uploader.put("keys/shared.ekl", second.keys)  # after the check, before the read
+
+    s3.meta.events.register("before-parameter-build.s3.HeadObject", remember_head)
+    s3.meta.events.register("after-call.s3.HeadObject", overwrite_once)
+    client = create_app(settings, s3_client=s3).test_client()
+    row = first.model.scaled_test[0]
+    _assert_decrypts(invoke(client, _unnamed(second, uploader, row, keys_uri)), second, row)
+    assert heads.count(keys_key) >= 1  # the overwrite happened between the check and the read
+    uploader.put("keys/shared.ekl", first.keys)  # back to A: A's version again
+    _assert_predicts(client, first, uploader, first.model.scaled_test[1:3], keys_uri)
+
+
 def test_unnamed_keys_deleted_from_s3_are_not_found_even_while_cached(
         make_client: AppFactory, keyed: dict[str, KeyedClient], uploader: Uploader,
         s3_server: LocalS3Server) -> None:
@@ -207,11 +249,14 @@ def test_disk_cache_is_shared_by_a_second_worker_without_s3(
         tmp_path: Path, keyed: dict[str, KeyedClient], uploader: Uploader) -> None:
     fhe = keyed["tree"]
     settings = server_settings(fixture_models["tree"], s3_server, serving_bucket, tmp_path / "c")
-    body = uploader.request(fhe, fhe.model.scaled_test[:1], evaluation_keys_sha256=fhe.keys_sha)
-    assert invoke(create_app(settings).test_client(), body).status_code == 200
+    row = fhe.model.scaled_test[0]
+    body = uploader.request(fhe, row[None, :], evaluation_keys_sha256=fhe.keys_sha)
+    _assert_decrypts(invoke(create_app(settings).test_client(), body), fhe, row)
     assert (tmp_path / "c" / f"{fhe.keys_sha}.ekl").read_bytes() == fhe.keys
     second = create_app(settings).test_client()
-    assert invoke(second, body).status_code == 200
+    other = fhe.model.scaled_test[1]
+    _assert_decrypts(invoke(second, uploader.request(
+        fhe, other[None, :], evaluation_keys_sha256=fhe.keys_sha)), fhe, other)  # keys from disk
     cache = metrics(second)["key_cache"]
     assert (cache["downloads"], cache["disk_hits"]) == (0, 1)
 
@@ -220,9 +265,9 @@ def test_memory_lru_is_bounded(make_client: AppFactory, keyed: dict[str, KeyedCl
                                uploader: Uploader) -> None:
     fhe = keyed["tree"]
     client = make_client("tree", key_cache_max_bytes=len(fhe.keys) - 1)
-    for row in fhe.model.scaled_test[:2]:
+    for row in fhe.model.scaled_test[:2]:  # downloaded (too big to keep), then read from disk
         body = uploader.request(fhe, row[None, :], evaluation_keys_sha256=fhe.keys_sha)
-        assert invoke(client, body).status_code == 200
+        _assert_decrypts(invoke(client, body), fhe, row)
     cache = metrics(client)["key_cache"]
     assert (cache["memory_bytes"], cache["memory_hits"], cache["disk_hits"]) == (0, 0, 1)
 
@@ -528,29 +573,85 @@ def test_malformed_bodies_are_400_with_the_contract_error(
     assert metrics(boundary.client)["counters"].get("errors_500") is None
 
 
-def _chunked(client: FlaskClient, body: bytes) -> Any:
-    """POST ``body`` the way gunicorn hands a chunked request over: no length, a terminated
-    stream (``wsgi.input_terminated``)."""
-    return client.post("/invocations", input_stream=io.BytesIO(body),
-                       content_type="application/json",
-                       environ_overrides={"wsgi.input_terminated": True})
+@contextmanager
+def _real_server(client: FlaskClient) -> Iterator[tuple[int, list[dict[str, str | None]]]]:
+    """Serve the test client's app with a real HTTP/1.1 server (werkzeug's) on loopback.
+
+    Yields its port and, per request, the framing headers the WSGI app saw.
+    """
+    from werkzeug.serving import make_server
+
+    app = client.application
+    seen: list[dict[str, str | None]] = []
+    inner = app.wsgi_app
+
+    def recording(environ: dict[str, Any], start_response: Any) -> Any:
+        seen.append({k: environ.get(k) for k in ("CONTENT_LENGTH", "HTTP_TRANSFER_ENCODING")})
+        return inner(environ, start_response)
+
+    app.wsgi_app = recording
+    server = make_server("127.0.0.1", 0, app)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_port, seen
+    finally:
+        server.shutdown()
+        thread.join(timeout=30)
+
+
+def _post_chunked(port: int, body: bytes, *, pieces: int = 3) -> tuple[int, bytes]:
+    """POST ``body`` over a raw socket as ``Transfer-Encoding: chunked`` (no Content-Length)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=120) as sock:
+        sock.sendall(b"POST /invocations HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                     b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n"
+                     b"Connection: close\r\n\r\n")
+        step = max(1, -(-len(body) // pieces))
+        for start in range(0, len(body), step):
+            piece = body[start:start + step]
+            sock.sendall(b"%x\r\n%s\r\n" % (len(piece), piece))
+        sock.sendall(b"0\r\n\r\n")
+        # Done sending (Connection: close): a server that drains the unread rest of a refused
+        # body (werkzeug does, with a blocking read) then sees the end instead of waiting.
+        sock.shutdown(socket.SHUT_WR)
+        reply = b""
+        while data := sock.recv(65536):
+            reply += data
+    response = http.client.HTTPResponse(_Replayed(reply))  # type: ignore[arg-type]
+    response.begin()
+    return response.status, response.read()
+
+
+class _Replayed:
+    """A socket stand-in that replays received bytes (for http.client's response parser)."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    def makefile(self, *_args: Any, **_kwargs: Any) -> io.BytesIO:
+        return io.BytesIO(self._data)
 
 
 def test_a_chunked_body_over_the_limit_is_413_not_truncated(make_client: AppFactory,
                                                            keyed: dict[str, KeyedClient],
                                                            uploader: Uploader) -> None:
-    """The WSGI view of a de-chunked body: over the limit is 413, at the limit is served (the
-    regression of class 3 of issue 10 is in test_serve.py, through gunicorn alone)."""
+    """A real chunked request (raw socket, real server, no Content-Length anywhere): over the
+    limit is refused by the bounded read of the de-chunked stream, the limit itself is served
+    (gunicorn alone, the deployed form, is in test_serve.py)."""
     fhe = keyed["linear"]
     good = _good(fhe, uploader)
     client = make_client("linear", max_request_bytes=len(good) + 10)
     padded = good[:-1] + b" " * 11 + b"}"  # valid JSON one byte over the limit
-    assert_error(_chunked(client, padded), 413, "PayloadTooLarge",
-                 f"request body is over {len(good) + 10} bytes")
-    assert_error(invoke(client, padded), 413, "PayloadTooLarge", "over")
-    response = _chunked(client, good[:-1] + b" " * 10 + b"}")  # exactly the limit
-    assert response.status_code == 200, response.data[:300]
-    np.testing.assert_allclose(fhe.decrypt(response.data), fhe.expected(fhe.model.scaled_test[0]))
+    with _real_server(client) as (port, seen):
+        status, body = _post_chunked(port, padded)
+        assert (status, *parse_error_body(body)) == (
+            413, 413, "PayloadTooLarge", f"request body is over {len(good) + 10} bytes: send S3"
+            " URIs, not data (or raise FHE_MAX_REQUEST_BYTES)")
+        status, body = _post_chunked(port, good[:-1] + b" " * 10 + b"}")  # exactly the limit
+        assert status == 200, body[:300]
+        np.testing.assert_allclose(fhe.decrypt(body), fhe.expected(fhe.model.scaled_test[0]))
+    assert seen == [{"CONTENT_LENGTH": None, "HTTP_TRANSFER_ENCODING": "chunked"}] * 2
+    assert_error(invoke(client, padded), 413, "PayloadTooLarge", "over")  # and with a length
 
 
 @pytest.mark.parametrize(("inference_id", "echoed"), [
@@ -596,3 +697,35 @@ def test_a_model_dir_without_manifest_is_served_like_the_samples(
                   ).status_code == 200
     assert_error(invoke(client, uploader.request(fhe, rows, model_fingerprint="0" * 64)), 422,
                  "ModelMismatch", "does not match the deployed model")
+
+
+# -- another tenant's keys: what the two-field request cannot tell, and the hash can -----------
+
+
+def test_another_tenants_valid_keys_decrypt_wrong_in_the_two_field_form_and_are_refused_by_hash(
+        make_client: AppFactory, keyed: dict[str, KeyedClient], uploader: Uploader,
+        tmp_path: Path) -> None:
+    """Two tenants of one endpoint (one model, one allow-list). A request in the AWS sample's
+    two-field form that names Bob's valid evaluation keys with Alice's ciphertext is served
+    (nothing in it can show the mismatch) and decrypts, for Alice, to wrong values. The kit's
+    form names the keys' sha256 as well: the same mix-up is refused before any FHE run."""
+    alice = keyed["tree"]  # a circuit with bootstraps, which use the evaluation keys
+    bob = make_keyed_client(alice.model, tmp_path / "bob-keys")
+    bob_keys = uploader.put("clients/bob/keys/bob.ekl", bob.keys)
+    rows = alice.model.scaled_test[:6]
+    client = make_client("tree")
+    wrong = 0
+    for row in rows:
+        response = invoke(client, _unnamed(alice, uploader, row, bob_keys))
+        assert response.status_code == 200, response.data[:300]  # undetectable by the server
+        wrong += not np.allclose(alice.decrypt(response.data), alice.expected(row))
+    assert wrong > len(rows) // 2, f"only {wrong} of {len(rows)} rows came out wrong"
+
+    query = uploader.put("clients/alice/queries/q.bin", alice.encrypt(rows[0]))
+    body = build_request(evaluation_keys_uri=bob_keys, encrypted_query_uri=query,
+                         evaluation_keys_sha256=alice.keys_sha)
+    fresh = make_client("tree")  # no keys cached yet: the URI is read and its hash checked
+    assert_error(invoke(fresh, body), 422, "ChecksumMismatch",
+                 f"evaluation keys {bob_keys} has sha256 {bob.keys_sha}, the request says"
+                 f" {alice.keys_sha}")
+    assert metrics(fresh)["key_cache"]["deserializations"] == 0  # Bob's keys were never used
