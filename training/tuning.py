@@ -78,6 +78,10 @@ ACCEPTED_VARIANTS = 3
 # With tune_rank=measured: candidates within the budget timed in FHE (the cheapest by complexity;
 # complexity ranks like the FHE time, Spearman 0.95-0.96 in bench/results/tune-evidence.json).
 MAX_TIMED = 4
+# ... and only those within this factor of the lowest complexity: in the measured grids the
+# complexity never ranked two circuits against their FHE time when it differed by more than 1.25x.
+PROXY_MARGIN = 2.0
+_CIRCUIT_KEYS = (ROUNDING_BITS, ROUNDING_METHOD, "p_error")
 STAGE_TRAINING = "training"
 STAGE_CIRCUIT = "circuit"
 
@@ -290,11 +294,11 @@ class _Search:
     def circuit_variants(self, bases: list[Candidate]) -> list[Candidate]:
         """The circuit knobs' candidates tried on the best trainings within the budget.
 
-        Pruned in three steps, each recorded: a rounding whose clear cross-validated score is
-        already below the floor is dropped (FHE can only lose more); the rest are compiled on
-        all rows and ordered by concrete's complexity (a compile-only cost proxy); they are
-        scored by ``fhe="simulate"`` on the folds in that order until ``ACCEPTED_VARIANTS`` are
-        within the budget (the others cost more by the proxy).
+        Cheapest first, with two prunes, each recorded on the candidate: a rounding whose clear
+        cross-validated score is already below the floor is dropped without compiling (FHE can
+        only lose more), and a variant that costs at least as much as one already within the
+        budget (:func:`_cheaper_or_equal`: fewer or as many rounded bits, approximate before
+        exact before none, a higher or equal ``p_error``) is not scored at all.
         """
         grid = self.resolved.spec.circuit_grid
         if not grid:
@@ -304,44 +308,46 @@ class _Search:
         variants: list[Candidate] = []
         for base in ordered:
             variants += self._variants_of(base, grid)
-        pending = [v for v in variants if v.error is None and v.pruned is None]
-        pending.sort(key=lambda v: v.complexity if v.complexity is not None else np.inf)
-        accepted = 0
-        for variant in pending:
-            if accepted >= ACCEPTED_VARIANTS:
-                variant.pruned = (f"not simulated: {ACCEPTED_VARIANTS} cheaper variants by"
-                                  " complexity were already within the budget")
-                continue
-            if variant.score is None:
-                self._score_circuit(variant)
-            variant.within_budget = variant.score is not None and variant.score >= self.floor
-            accepted += variant.within_budget
         return variants
 
     def _variants_of(self, base: Candidate, grid: Sequence[tuple[str, Sequence[Any]]]
                      ) -> list[Candidate]:
-        variants = []
         seen = {repr(sorted(base.config.items()))}
-        clear_scores: dict[str, float | None] = {}
+        configs = []
         for values in itertools.product(*(values for _, values in grid)):
             config = {**base.config, **_knob_values(grid, values)}
-            if repr(sorted(config.items())) in seen:
-                continue
-            seen.add(repr(sorted(config.items())))
+            if repr(sorted(config.items())) not in seen:
+                seen.add(repr(sorted(config.items())))
+                configs.append(config)
+        configs.sort(key=_aggressiveness)
+        accepted = [base.config] if base.within_budget else []
+        clear_scores: dict[str, float | None] = {}
+        variants = []
+        for config in configs:
             variant = Candidate(config, stage=STAGE_CIRCUIT)
             variants.append(variant)
+            cheaper = next((a for a in accepted if _cheaper_or_equal(a, config)), None)
+            if cheaper is not None:
+                variant.pruned = ("not scored: costs at least as much as"
+                                  f" {_circuit_text(cheaper)}, already within the budget")
+                continue
             rounding = repr(circuit.rounding_threshold(config))
             if circuit.rounding_threshold(config) is not None:
                 if rounding not in clear_scores:
                     clear_scores[rounding] = self._clear_score(config)
                 clear = clear_scores[rounding]
                 if clear is None or clear < self.floor:
-                    variant.pruned = ("its rounding already scores below the budget in the clear"
-                                      f" ({'n/a' if clear is None else f'{POINTS * clear:.2f}'})")
+                    shown = "n/a" if clear is None else f"{POINTS * clear:.2f}"
+                    variant.pruned = ("not scored: its rounding already scores below the budget"
+                                      f" in the clear ({shown})")
                     continue
-                if circuit.is_exact(config):
-                    variant.score = clear
-            self._compile_full(variant)
+            if circuit.is_exact(config) and circuit.rounding_threshold(config) is not None:
+                variant.score = clear_scores[rounding]
+            else:
+                self._score_circuit(variant)
+            variant.within_budget = variant.score is not None and variant.score >= self.floor
+            if variant.within_budget:
+                accepted.append(config)
         return variants
 
     def _clear_score(self, config: Mapping[str, Any]) -> float | None:
@@ -399,11 +405,15 @@ class _Search:
         compiled = [c for c in within if c.complexity is not None]
         compiled.sort(key=lambda c: (c.complexity, -(c.score or 0.0), not c.configured))
         ranked = compiled
-        if measured:
-            for candidate in compiled[MAX_TIMED:]:
-                candidate.pruned = (f"not timed: {MAX_TIMED} candidates within the budget have a"
-                                    " lower complexity")
-            ranked = compiled[:MAX_TIMED]
+        if measured and compiled:
+            cheapest = compiled[0].complexity or 0.0
+            ranked = [c for c in compiled[:MAX_TIMED]
+                      if (c.complexity or 0.0) <= PROXY_MARGIN * cheapest]
+            for candidate in compiled:
+                if candidate not in ranked:
+                    candidate.pruned = (
+                        f"not timed: complexity over {PROXY_MARGIN:g}x the cheapest's, or"
+                        f" {MAX_TIMED} candidates within the budget have a lower one")
             for candidate in ranked:
                 fitted = self._compile_full(candidate)
                 if fitted is not None:
@@ -414,6 +424,40 @@ class _Search:
         chosen = min(ranked, key=_key)
         fitted = self._compile_full(chosen)  # the model now holds the chosen circuit
         return None if fitted is None else (chosen, *fitted)
+
+
+APPROXIMATE, NO_ROUNDING, EXACT = 0, 1, 2
+
+
+def _rounding_rank(config: Mapping[str, Any]) -> tuple[int, int]:
+    """Search order of roundings: approximate (fewer bits first), none, exact (exact rounding
+    adds bootstraps of its own: it cost more than no rounding on the digits network)."""
+    rounding = circuit.rounding_threshold(config)
+    if rounding is None:
+        return (NO_ROUNDING, 0)
+    return (APPROXIMATE if rounding["method"] == "approximate" else EXACT,
+            int(rounding["n_bits"]))
+
+
+def _aggressiveness(config: Mapping[str, Any]) -> tuple[tuple[int, int], float]:
+    """Sort key of circuit variants: the cheapest-looking first."""
+    return (_rounding_rank(config), -(config.get("p_error") or 0.0))
+
+
+def _cheaper_or_equal(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Circuit ``a`` costs at most what ``b`` costs, by construction: the same training, a
+    rounding at most as wide (approximate to n bits <= approximate or exact to n or more bits,
+    and <= no rounding; exact rounding is compared with itself only) and a ``p_error`` at least
+    as high (the optimiser's constraint is looser, so its cheapest parameters cost no more)."""
+    training = {k: v for k, v in a.items() if k not in _CIRCUIT_KEYS}
+    if training != {k: v for k, v in b.items() if k not in _CIRCUIT_KEYS}:
+        return False
+    (kind_a, bits_a), (kind_b, bits_b) = _rounding_rank(a), _rounding_rank(b)
+    if kind_a == APPROXIMATE:
+        rounding_ok = kind_b == NO_ROUNDING or bits_a <= bits_b
+    else:
+        rounding_ok = (kind_a, bits_a) == (kind_b, bits_b)
+    return rounding_ok and (a.get("p_error") or 0.0) >= (b.get("p_error") or 0.0)
 
 
 def _has_rounding(grid: Sequence[tuple[str, Sequence[Any]]]) -> bool:
