@@ -290,6 +290,9 @@ class _Search:
             candidate.compile_seconds += time.perf_counter() - started
         candidate.fold_scores = scores
         candidate.score = statistics.fmean(scores)
+        logger.info("tuning: %s scored %.2f (%s, %.1f s)", candidate.config,
+                    POINTS * candidate.score, "simulated" if not exact else "clear quantised",
+                    candidate.compile_seconds + candidate.fit_seconds)
 
     def circuit_variants(self, bases: list[Candidate]) -> list[Candidate]:
         """The circuit knobs' candidates tried on the best trainings within the budget.
@@ -418,6 +421,8 @@ class _Search:
                 fitted = self._compile_full(candidate)
                 if fitted is not None:
                     candidate.fhe_seconds = time_fhe_run(fitted[0], self.x[: MEASURED_ROWS + 1])
+                    logger.info("tuning: %s runs in %.3f s (complexity %.3g)", candidate.config,
+                                candidate.fhe_seconds, candidate.complexity)
             ranked = [c for c in ranked if c.fhe_seconds is not None]
         if not ranked:
             return None
