@@ -543,6 +543,8 @@ def _reason(chosen: Candidate, candidates: list[Candidate], budget: float, rank:
 
     def cost(c: Candidate) -> str:
         value = c.fhe_seconds if rank == RANK_MEASURED else c.complexity
+        if value is None and c.complexity is not None:
+            return f"not timed, complexity {c.complexity:.4g}"
         return "n/a" if value is None else f"{value:.4g}"
 
     text = (f"cheapest by {unit} ({cost(chosen)}) of the {len(within)} of {len(candidates)}"
