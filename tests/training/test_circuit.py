@@ -72,11 +72,13 @@ def test_statistical_oracle_allows_the_measured_rate_and_no_more() -> None:
     assert allowed_disagreements(24, 1.0, 100)[1] == pytest.approx(0.01)
     clear = np.eye(3)[[0, 1, 2, 0, 1, 2] * 4]
     fhe = clear.copy()
-    fhe[0] = [0.2, 0.7, 0.1]  # one row of another class, and probabilities that differ a bit
+    fhe[0] = [0.2, 0.7, 0.1]  # two rows of another class, probabilities that differ a bit
+    fhe[3] = [0.1, 0.1, 0.8]
+    fhe[4] = [0.1, 0.8, 0.1]  # same class, other probabilities: fine
     result = check_statistical_agreement(fhe, clear, what="t", measured_share=398 / 400,
                                          measured_rows=400)
-    assert (result.rows, result.disagreements, result.allowed) == (24, 1, 2)
-    fhe[1], fhe[2] = [1.0, 0.0, 0.0], [1.0, 0.0, 0.0]
+    assert (result.rows, result.disagreements, result.allowed) == (24, 2, 2)
+    fhe[1] = [1.0, 0.0, 0.0]
     with pytest.raises(OutputMismatchError, match=r"on 3 of 24 rows, more than the 2"):
         check_statistical_agreement(fhe, clear, what="t", measured_share=398 / 400,
                                     measured_rows=400)
