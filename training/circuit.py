@@ -17,6 +17,7 @@ Both are compile-time only (no retraining):
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -28,6 +29,8 @@ from training.models import P_ERROR, ROUNDING_APPROXIMATE, ROUNDING_BITS, ROUNDI
 # circuit that is not exact (each costs one FHE run: ~0.4 s for the digits network, ~6 s for the
 # tuned 784-input one, on 2 cores).
 AGREEMENT_FHE_ROWS = 8
+# The rounding each network's quantised module was last rebuilt with (absent: as fitted, none).
+_ROUNDED: weakref.WeakKeyDictionary[Any, dict[str, Any] | None] = weakref.WeakKeyDictionary()
 AGREEMENT_METHOD = (
     "predictions of the compiled circuit compared with the clear quantised model's"
     " (fhe='disable') on the job's held-out rows: 'simulated' on every held-out row"
@@ -64,9 +67,12 @@ def apply_rounding(model: Any, x: np.ndarray, values: Mapping[str, Any]) -> None
 
     The sklearn estimator builds its quantised module without rounding; this rebuilds it from
     the same trained network (its ONNX export) with ``rounding_threshold_bits``, calibrating
-    the rounding on ``x``, as ``compile_brevitas_qat_model`` does. No-op for other models.
+    the rounding on ``x``, as ``compile_brevitas_qat_model`` does. No-op for other models, and
+    for a network that already holds that rounding (a fitted network holds none: the sample's
+    default circuit is the estimator's own, untouched).
     """
-    if not hasattr(model, "onnx_model_"):
+    rounding = rounding_threshold(values)
+    if not type(model).__name__.startswith("NeuralNet") or _ROUNDED.get(model) == rounding:
         return
     import torch
     from concrete.ml.quantization.post_training import PostTrainingQATImporter
@@ -76,6 +82,7 @@ def apply_rounding(model: Any, x: np.ndarray, values: Mapping[str, Any]) -> None
     importer = PostTrainingQATImporter(model.base_module.n_a_bits, numpy_model,
                                        rounding_threshold_bits=rounding_threshold(values))
     model.quantized_module_ = importer.quantize_module(x)
+    _ROUNDED[model] = rounding
 
 
 def compile_circuit(model: Any, x: np.ndarray, values: Mapping[str, Any]) -> Any:
