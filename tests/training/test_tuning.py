@@ -79,7 +79,8 @@ def test_tuning_settings_are_checked_and_recorded_only_when_on() -> None:
 
 
 @pytest.mark.slow
-def test_tuned_tree_is_the_fastest_within_budget_recorded_and_fhe_equals_clear(
+@pytest.mark.timeout(1800)  # 7 trainings x 3 folds, p_error variants simulated, 4 timed
+def test_tuned_tree_is_the_fastest_within_budget_recorded_and_meets_its_oracle(
         npy_channel: Path, tmp_path: Path) -> None:
     result, metrics = _tuned(tmp_path, npy_channel)
     tuning = metrics["tuning"]
@@ -125,7 +126,7 @@ def test_tuned_tree_is_the_fastest_within_budget_recorded_and_fhe_equals_clear(
     # its FHE output meets its oracle against its clear quantised output: exact equality for an
     # exact circuit, the statistical oracle (bench/check.py) for a raised p_error
     x = np.load(npy_channel / "bc_training_features.npy")
-    scaled = result.manifest.scaler.transform(x[:8])
+    scaled = result.manifest.scaler.transform(x[:3])
     fhe = _fhe_predict(tmp_path / "model", tmp_path / "keys", scaled)
     check = check_circuit_agreement(fhe, reference.predict_proba(scaled, fhe="disable"),
                                     what="tuned tree", circuit=result.manifest.circuit)
