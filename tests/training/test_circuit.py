@@ -97,7 +97,8 @@ def test_rounded_network_is_saved_served_and_meets_its_oracle(npy_channel: Path,
     agreement = circuit["agreement"]
     assert agreement["simulated"]["rows"] == metrics["n_test"]
     assert agreement["fhe"]["rows"] == 8 and "executed in FHE" in circuit["agreement_method"]
-    assert 0.0 <= metrics["fhe_simulated"] <= 1.0
+    draws = metrics["fhe_simulated_draws"]  # the mean of 5 simulated passes
+    assert draws["n"] == 5 and draws["min"] <= metrics["fhe_simulated"] <= draws["max"]
     # the manifest (what clients read) carries the same record; the client exposes it
     manifest = read_manifest(tmp_path / "model")
     assert manifest.circuit == circuit == result.manifest.circuit
@@ -123,6 +124,7 @@ def test_exact_rounding_keeps_the_exact_oracle(npy_channel: Path, tmp_path: Path
     assert circuit["exact"] is True and circuit["rounding_method"] == "exact"
     assert circuit["agreement"] == {"exact": True, "simulated": None, "fhe": None}
     assert metrics["fhe_simulated"] == metrics["clear_quantised"]
+    assert metrics["fhe_simulated_draws"]["n"] == 1  # exact: nothing to simulate
     doc = json.loads((tmp_path / "model" / MANIFEST_NAME).read_text())
     assert doc["circuit"]["exact"] is True and doc["hyperparameters"]["rounding_bits"] == 6
     reference = _reference(tmp_path / "output" / "data")
