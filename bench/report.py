@@ -277,10 +277,13 @@ _DEFINITIONS = (
     " request, as the AWS sample's predictor (keys read from a disk copy) and Zama's"
     " deployment server (keys kept as bytes in RAM) do (`bench/peer.py`); its first query"
     " is not timed. *Tuned* (P8) = the same case trained again with `tune=true`"
-    " (`training/tuning.py`); both circuits run in-process on the same rows, interleaved.")
+    " (`training/tuning.py`); both circuits run in-process on the same rows, interleaved;"
+    " a tuned circuit that is not exact (approximate rounding, raised `p_error`) is scored by"
+    " the mean of 5 `fhe=\"simulate\"` passes on the held-out rows and its FHE rows are checked"
+    " by the statistical oracle (`bench/check.py`).")
 _RUN_IT = (
     "Run it: `make bench` (logreg, tree and nn, about 7 minutes on 2 cores; `BENCH_ARGS="
-    "--models mnist` measures the sample's 784-input network, about 15 minutes more, and"
+    "--models mnist` measures the sample's 784-input network, about 30 minutes more, and"
     " `--models all` all four;"
     " `BENCH_ARGS=--models logreg` for a subset, `--quick` for a smoke run that leaves the"
     " committed results alone, `--help` for the rest). It fails (exit 1) if any FHE output"
