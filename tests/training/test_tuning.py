@@ -207,7 +207,7 @@ def _stub_tune(monkeypatch: pytest.MonkeyPatch, hyperparameters: dict[str, str],
     x, y = np.zeros((30, 2)), np.repeat([0, 1, 2], 10)
     result = tuning.tune(resolved, x, y, score=lambda truth, predicted: float(predicted[0]),
                          fit=lambda model, rows, target: (model.fit(rows, target), "float"))
-    assert result.resolved.model["n_bits"] == result.record["chosen"]["n_bits"]
+    assert all(result.resolved.model[k] == v for k, v in result.record["chosen"].items())
     return result.record
 
 
@@ -274,4 +274,39 @@ def test_stub_p_error_variants_are_accepted_on_simulated_accuracy(
     rejected = next(c for c in variants if c["config"] == {"n_bits": 5, "p_error": 0.1})
     assert rejected["simulated"] and not rejected["within_budget"]
     assert rejected["score"] == pytest.approx(0.72)
+    # a lower p_error than an accepted one costs at least as much: never scored
+    lower = next(c for c in variants if c["config"] == {"n_bits": 5, "p_error": 0.01})
+    assert lower["score"] is None and "costs at least as much as" in lower["pruned"]
     assert "fhe=simulate" in record["reason"] and "p_error 0.05" in record["reason"]
+
+
+def test_stub_network_roundings_are_pruned_in_the_clear_then_by_cost(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Networks: a rounding already below the floor in the clear is never compiled; once a
+    variant is within the budget, every variant that cannot be cheaper is not scored."""
+    import training.circuit as circuit
+
+    def round_stub(model: _StubModel, x: np.ndarray, values: dict[str, Any]) -> None:
+        model.knobs["rounding"] = circuit.rounding_threshold(values)
+
+    monkeypatch.setattr(circuit, "apply_rounding", round_stub)
+    clear = {None: 0.75, 5: 0.70, 6: 0.75, 7: 0.75}
+
+    def table(knobs: dict[str, Any]) -> tuple[float, float]:
+        rounding = knobs.get("rounding")
+        bits = None if rounding is None else rounding["n_bits"]
+        trained = 0.75 if (knobs["n_w_bits"], knobs["n_a_bits"]) == (4, 4) else 0.6
+        score = min(trained, clear[bits]) - (0.005 if knobs.get("p_error") else 0.0)
+        return score, (16 if bits is None else bits) / (1 + 10 * (knobs.get("p_error") or 0))
+
+    record = _stub_tune(monkeypatch, {"model": "NeuralNetClassifier"}, table)
+    assert record["chosen"] == {"n_w_bits": 4, "n_a_bits": 4, "rounding_bits": 6,
+                                "rounding_method": "approximate", "p_error": 0.1}
+    variants = [c for c in record["candidates"] if c["stage"] == "circuit"]
+    assert len(variants) == 5 * 4 - 1  # every rounding x p_error but the training's own
+    scored = [c for c in variants if c["score"] is not None]
+    assert [c["config"] for c in scored] == [record["chosen"]]  # one simulation in all
+    five = [c for c in variants if c["config"]["rounding_bits"] == 5]
+    assert len(five) == 4 and all("in the clear (70.00)" in c["pruned"] for c in five)
+    rest = [c for c in variants if c not in five and c not in scored]
+    assert rest and all("costs at least as much as" in c["pruned"] for c in rest)
