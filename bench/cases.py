@@ -65,10 +65,14 @@ CASES: dict[str, ModelCase] = {case.name: case for case in (
     # The sample's job: no hyperparameters. One image costs over a minute on 2 cores and its
     # evaluation keys are ~130 MB, hence a single repetition, one key set and one query per peer.
     # P8 trains it again with tune=true (accumulator rounding and p_error make it ~10x faster)
-    # and times both circuits twice after a warm-up round. Opt-in: not in DEFAULT_MODELS.
+    # and times both circuits twice after a warm-up round. Its tuning budget is half a point:
+    # with a 1-point budget the search kept a circuit 0.6 point below the best cross-validated
+    # score that lost 1.0-1.4 points on the 288 held-out rows (one split, shared machine); the
+    # goal is <= 1 point held out. Opt-in: not in DEFAULT_MODELS.
     ModelCase("mnist", "MNIST NeuralNet 784-392-10, 4-bit (the sample's job; stand-in data)",
               MNIST_STAND_IN, {}, reps=1, limit_reps=1, batch_reps=0, key_sets=1,
-              unnamed_queries=0, peer_reps=1, tune_reps=2),
+              unnamed_queries=0, peer_reps=1, tune_reps=2,
+              tune_hyperparameters={"tune": "true", "tune_budget": "0.5"}),
     ModelCase("logreg", "LogisticRegression (breast cancer)", "load_breast_cancer",
               {"model": "LogisticRegression"}, reps=10, limit_reps=20, batch_reps=3,
               key_sets=3),
