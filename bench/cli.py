@@ -3,7 +3,7 @@
 Flags::
 
     --models logreg,tree,nn     models to measure, side by side (default: those three; ``mnist``,
-                                the sample's 784-input network, adds ~30 minutes; ``all``)
+                                the sample's 784-input network, adds ~15 minutes; ``all``)
     --quick                     1 repetition, 4-row batch, 1 key set; results go to the work dir
                                 (the committed results and README stay untouched)
     --reps [MODEL=]N            async single-query repetitions (repeatable; MODEL= for one model)
