@@ -21,9 +21,18 @@ IMAGES_BEGIN = "<!-- BEGIN image-measurements -->"
 IMAGES_END = "<!-- END image-measurements -->"
 
 
-# The models the issue set P7 and P8 goals for; the others are reported.
+# The models the issues set P7 and P8 goals for; the others are reported.
 P7_GOAL_MODELS = ("tree", "nn")
-P8_GOAL_MODELS = ("tree",)
+# P7 goals: the peers' latency / ours. The NN's is bounded on 2 cores by its ceiling (the ratio
+# if our path cost nothing above the in-process limit, ``p7_peer_ratio_at_limit``): it is judged
+# against this share of that ceiling instead of 2.
+P7_GOAL_RATIO = 2.0
+P7_CEILING_SHARE = {"nn": 0.9}
+# P8 goals: the tuned circuit's FHE speedup over the default one, at an accuracy loss (points of
+# the circuit as it runs, fhe="simulate" when it is not exact) of at most P8_MAX_LOSS_POINTS.
+P8_GOALS = {"tree": 2.0, "nn": 4.0, "mnist": 8.0}
+P8_GOAL_MODELS = tuple(P8_GOALS)
+P8_MAX_LOSS_POINTS = 1.0
 
 
 class ReportError(ValueError):
@@ -78,20 +87,32 @@ def evaluate_targets(models: Mapping[str, Mapping[str, Any]]) -> list[Target]:
         out.append(Target("P6", name, "serve start -> healthy /ping, / compile alone",
                           t["p6_cold_start_ratio"], "report", None))
         if t.get("p7_peer_ratio") is not None:
-            goal = name in P7_GOAL_MODELS
-            out.append(Target("P7", name, "peers' approach (keys deserialised per request)"
-                              " e2e latency / ours", t["p7_peer_ratio"],
-                              ">= 2" if goal else "report",
-                              t["p7_peer_ratio"] >= 2 if goal else None))
+            out.append(_p7_target(name, t))
         if t.get("p8_tuned_speedup") is not None:
             loss = t["p8_accuracy_loss_points"]
-            goal = name in P8_GOAL_MODELS
+            goal = P8_GOALS.get(name)
             out.append(Target("P8", name, "FHE run, default / tuned circuit (held-out accuracy"
                               f" {100 * t['p8_accuracy_default']:.1f} % ->"
                               f" {100 * t['p8_accuracy_tuned']:.1f} %)", t["p8_tuned_speedup"],
-                              ">= 2, loss <= 1 point" if goal else "report",
-                              t["p8_tuned_speedup"] >= 2 and loss <= 1 if goal else None))
+                              f">= {goal:g}, loss <= {P8_MAX_LOSS_POINTS:g} point"
+                              if goal else "report",
+                              t["p8_tuned_speedup"] >= goal and loss <= P8_MAX_LOSS_POINTS
+                              if goal else None))
     return out
+
+
+def _p7_target(name: str, t: Mapping[str, Any]) -> Target:
+    """P7: >= 2, or (NN) >= a share of its ceiling; other models are reported."""
+    description = "peers' approach (keys deserialised per request) e2e latency / ours"
+    share, ceiling = P7_CEILING_SHARE.get(name), t.get("p7_peer_ratio_at_limit")
+    if name not in P7_GOAL_MODELS:
+        return Target("P7", name, description, t["p7_peer_ratio"], "report", None)
+    if share is not None and ceiling is not None:
+        goal = share * ceiling
+        return Target("P7", name, f"{description} (ceiling {ceiling:.2f})", t["p7_peer_ratio"],
+                      f">= {share:g} x ceiling = {goal:.2f}", t["p7_peer_ratio"] >= goal)
+    return Target("P7", name, description, t["p7_peer_ratio"], f">= {P7_GOAL_RATIO:g}",
+                  t["p7_peer_ratio"] >= P7_GOAL_RATIO)
 
 
 def write_results(doc: Mapping[str, Any], out_dir: Path, *, stem: str,
@@ -260,10 +281,13 @@ _DEFINITIONS = (
     " request, as the AWS sample's predictor (keys read from a disk copy) and Zama's"
     " deployment server (keys kept as bytes in RAM) do (`bench/peer.py`); its first query"
     " is not timed. *Tuned* (P8) = the same case trained again with `tune=true`"
-    " (`training/tuning.py`); both circuits run in-process on the same rows, interleaved.")
+    " (`training/tuning.py`); both circuits run in-process on the same rows, interleaved;"
+    " a tuned circuit that is not exact (approximate rounding, raised `p_error`) is scored by"
+    " the mean of 5 `fhe=\"simulate\"` passes on the held-out rows and its FHE rows are checked"
+    " by the statistical oracle (`bench/check.py`).")
 _RUN_IT = (
     "Run it: `make bench` (logreg, tree and nn, about 7 minutes on 2 cores; `BENCH_ARGS="
-    "--models mnist` measures the sample's 784-input network, about 15 minutes more, and"
+    "--models mnist` measures the sample's 784-input network, about 30 minutes more, and"
     " `--models all` all four;"
     " `BENCH_ARGS=--models logreg` for a subset, `--quick` for a smoke run that leaves the"
     " committed results alone, `--help` for the rest). It fails (exit 1) if any FHE output"
@@ -330,10 +354,14 @@ def _cell_p8(r: Mapping[str, Any]) -> str:
     if not tuned:
         return "not run"
     t = r["targets"]
+    keys = tuned.get("evaluation_keys_bytes_default")
+    key_text = ("" if keys is None else
+                f"; evaluation keys {_size(keys)} → {_size(tuned['evaluation_keys_bytes'])}")
     return (f"{t['p8_tuned_speedup']:.2f} ({_ms(tuned['run_default'])} →"
             f" {_ms(tuned['run_tuned'])} ms; {_config(tuned['configured'])} →"
             f" {_config(tuned['chosen'])}; accuracy {100 * t['p8_accuracy_default']:.1f} →"
-            f" {100 * t['p8_accuracy_tuned']:.1f} %)")
+            f" {100 * t['p8_accuracy_tuned']:.1f} %{key_text}; oracle"
+            f" {(tuned.get('correctness') or {}).get('tuned', {}).get('oracle', 'exact')})")
 
 
 _TABLE_ROWS: tuple[tuple[str, Callable[[Mapping[str, Any]], str]], ...] = (
@@ -349,8 +377,10 @@ _TABLE_ROWS: tuple[tuple[str, Callable[[Mapping[str, Any]], str]], ...] = (
      _cell_p4_unnamed),
     ("**P5** server key load, 2nd / 1st query (≤ 5 %)", _cell_p5),
     ("**P6** cold start (serve → healthy /ping) vs compile", _cell_p6),
-    ("**P7** peers' approach / ours, one query end to end (tree, NN ≥ 2)", _cell_p7),
-    ("**P8** FHE run, default / `tune=true` circuit (tree ≥ 2 at ≤ 1 point)", _cell_p8),
+    ("**P7** peers' approach / ours, one query end to end (tree ≥ 2, NN ≥ 0.9 x its ceiling)",
+     _cell_p7),
+    ("**P8** FHE run, default / `tune=true` circuit (tree ≥ 2, NN ≥ 4, MNIST ≥ 8;"
+     " ≤ 1 point)", _cell_p8),
     ("keygen (s)", lambda r: f"{r['keygen_seconds']:.2f}"),
     ("evaluation keys", lambda r: _size(r["sizes"]["evaluation_keys_bytes"])),
     ("ciphertext / result", lambda r: f"{_size(r['sizes']['ciphertext_bytes'])} /"
@@ -366,7 +396,12 @@ PEER_LABELS = {"disk": "AWS sample (disk)", "ram": "Zama server (RAM)"}
 
 
 def _config(config: Mapping[str, Any] | None) -> str:
-    return "-" if not config else ", ".join(f"{k} {v}" for k, v in config.items())
+    """Knob values, those left at concrete-ml's default (None) omitted."""
+    config = config or {}
+    unrounded = config.get("rounding_bits") is None
+    shown = {k: v for k, v in config.items()
+             if v is not None and not (k == "rounding_method" and unrounded)}
+    return "-" if not shown else ", ".join(f"{k} {v}" for k, v in shown.items())
 
 
 def _reps(result: Mapping[str, Any]) -> str:

@@ -85,6 +85,31 @@ class ClientModel:
         """sha256 of client.zip (the model fingerprint sent with every request)."""
         return self.manifest.client_fingerprint
 
+    @property
+    def circuit(self) -> dict[str, Any]:
+        """The circuit's knobs as training recorded them: ``rounding_bits``, ``rounding_method``,
+        ``p_error``, ``exact``, ``agreement`` (measured on held-out rows), ``reason``. Empty in
+        reference mode and for models trained before these were recorded."""
+        return dict(self.manifest.circuit)
+
+    @property
+    def p_error(self) -> float | None:
+        """Probability that one bootstrap of the circuit is off by one (None: concrete-ml's
+        default, about 2^-40: exact in practice)."""
+        return self.manifest.circuit.get("p_error")
+
+    @property
+    def exact(self) -> bool | None:
+        """True when FHE predictions equal the clear quantised model's bit for bit (default
+        p_error, no approximate rounding); None when unknown (no record)."""
+        return self.manifest.circuit.get("exact")
+
+    @property
+    def agreement(self) -> dict[str, Any] | None:
+        """Measured share of held-out rows where the circuit predicted what the clear quantised
+        model predicts (``simulated``: every held-out row; ``fhe``: a few executed in FHE)."""
+        return self.manifest.circuit.get("agreement")
+
 
 def check_versions(
     recorded: Mapping[str, str], *, source: str, current: Mapping[str, str] | None = None
@@ -396,6 +421,7 @@ def describe(model: ClientModel) -> dict[str, Any]:
         "classes": list(m.classes),
         "feature_names": list(m.feature_names),
         "hyperparameters": m.hyperparameters,
+        "circuit": m.circuit,
         "versions": m.versions,
         "fingerprints": m.fingerprints,
         "this_python": f"{sys.version_info.major}.{sys.version_info.minor}",

@@ -337,6 +337,12 @@ class EncryptedPredictor:
 
     # -- keys ------------------------------------------------------------------------------
     @property
+    def circuit(self) -> dict[str, Any]:
+        """The model's circuit record (rounding, p_error, exact, measured agreement): see
+        :attr:`client.model.ClientModel.circuit`."""
+        return self.model.circuit
+
+    @property
     def fingerprint(self) -> str:
         """The model fingerprint (sha256 of client.zip)."""
         return self.model.fingerprint

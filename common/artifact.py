@@ -7,8 +7,9 @@ A model directory (SageMaker's ``model.tar.gz``) holds:
 * ``manifest.json`` — :class:`Manifest`: model class, task, features, classes, the input scaler
   the client applies before encrypting (:class:`Scaler`, min-max to [-1, 1], or
   :class:`NoScaler`: rows are encrypted as given), the versions that produced the files (the
-  client must run the same Python major.minor, concrete-python and concrete-ml), and the sha256
-  of both zips.
+  client must run the same Python major.minor, concrete-python and concrete-ml), the sha256
+  of both zips, and ``circuit``: its accumulator rounding and ``p_error``, whether it computes
+  exactly what the clear quantised model computes, and (if not) its measured agreement with it.
 
 A directory saved by concrete-ml alone (``FHEModelDev(dir, model).save()``, as the AWS sample
 does) has no manifest; the server serves it and the client uses it in reference mode.
@@ -173,6 +174,7 @@ class Manifest:
     classes: tuple[Any, ...] = ()
     feature_names: tuple[str, ...] = ()
     hyperparameters: dict[str, Any] = field(default_factory=dict)
+    circuit: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=runtime_versions)
     fingerprints: dict[str, str] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
@@ -212,6 +214,7 @@ class Manifest:
                 classes=tuple(doc.get("classes", ())),
                 feature_names=tuple(doc.get("feature_names", ())),
                 hyperparameters=dict(doc.get("hyperparameters", {})),
+                circuit=dict(doc.get("circuit") or {}),
                 versions=dict(doc["versions"]),
                 fingerprints=dict(doc["fingerprints"]),
             )
@@ -250,8 +253,12 @@ def save_artifact(
     classes: Sequence[Any] = (),
     feature_names: Sequence[str] = (),
     hyperparameters: dict[str, Any] | None = None,
+    circuit: dict[str, Any] | None = None,
 ) -> Manifest:
     """Save a fitted, compiled concrete-ml model as server.zip + client.zip + manifest.json.
+
+    ``circuit`` records the circuit's knobs (rounding, p_error), whether it is exact and its
+    measured agreement with the clear quantised model.
 
     Returns:
         The manifest written.
@@ -271,6 +278,7 @@ def save_artifact(
         classes=tuple(classes),
         feature_names=tuple(feature_names),
         hyperparameters=dict(hyperparameters or {}),
+        circuit=dict(circuit or {}),
         fingerprints={name: file_sha256(model_dir / name) for name in (SERVER_ZIP, CLIENT_ZIP)},
     )
     atomic_write_bytes(model_dir / MANIFEST_NAME, manifest.to_json())

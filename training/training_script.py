@@ -68,6 +68,7 @@ from common.sagemaker_layout import (
     TrainingEnvironment,
     channel_env,
 )
+from training import circuit
 from training.data import load_dataset
 from training.errors import ConfigurationError, DataError, TrainingError
 from training.models import (
@@ -83,6 +84,8 @@ logger = logging.getLogger("training")
 ENV_CHANNEL_TRAINING = channel_env(TRAINING_CHANNEL)
 ENV_FAILURE_FILE = "FHE_TRAINING_FAILURE_FILE"
 ARTIFACT_FILES = (SERVER_ZIP, CLIENT_ZIP, MANIFEST_NAME)
+# fhe="simulate" passes averaged into the held-out score of a circuit that is not exact.
+SIMULATION_DRAWS = 5
 # SageMaker keeps the first 1024 characters of the failure file as FailureReason.
 FAILURE_MAX_CHARS = 1024
 # One-letter hyperparameter as SageMaker's training toolkit passes it: `-C 1.0` (longer names get
@@ -365,17 +368,22 @@ def do_training(
     fitted = _fit_or_tune(resolved, data, timer)
     task, resolved = resolved.spec.task, fitted.resolved
     with timer.step("evaluate"):
-        metrics = _evaluate(fitted.model, fitted.float_model, data.x_test, data.y_test, task)
+        metrics = _evaluate(fitted.model, fitted.float_model, data.x_test, data.y_test, task,
+                            exact=circuit.is_exact(resolved.model))
+    with timer.step("agreement"):
+        circuit_record = _circuit_record(fitted, data.x_test)
     with timer.step("save"):
         manifest = save_artifact(
             paths.model_dir, fitted.model, scaler=data.scaler, task=task, classes=data.classes,
             feature_names=data.feature_names, hyperparameters=resolved.as_dict(),
+            circuit=circuit_record,
         )
     metrics.update(
         model=resolved.spec.class_name, task=task, n_train=len(data.y_train),
         n_test=len(data.y_test), n_features=data.scaler.n_features, classes=data.classes,
         hyperparameters=resolved.as_dict(), fingerprints=manifest.fingerprints,
-        timings=timer.timings, **({} if fitted.tuning is None else {"tuning": fitted.tuning}),
+        timings=timer.timings, circuit=circuit_record,
+        **({} if fitted.tuning is None else {"tuning": fitted.tuning}),
     )
     write_outputs(paths.output_data_dir, metrics=metrics, reference_model=fitted.model.dumps())
     logger.info("metrics: %s", json.dumps({k: metrics[k] for k in ("metric", "float_sklearn",
@@ -431,8 +439,21 @@ def _fit_or_tune(resolved: ResolvedHyperparameters, data: _Prepared, timer: _Tim
     with timer.step("fit"):
         model, float_model = _fit(model, data.x_train, data.y_train)
     with timer.step("compile"):
-        model.compile(data.x_train)
+        circuit.compile_circuit(model, data.x_train, resolved.model)
     return _Fitted(resolved, model, float_model)
+
+
+def _circuit_record(fitted: _Fitted, x_test: np.ndarray) -> dict[str, Any]:
+    """The circuit's knobs, its measured agreement with the clear quantised model on the held-out
+    rows, and why it was chosen (recorded in the manifest and metrics.json)."""
+    record: dict[str, Any] = {
+        **circuit.describe(fitted.resolved.model),
+        "agreement": circuit.agreement(fitted.model, x_test, fitted.resolved.model),
+        "agreement_method": circuit.AGREEMENT_METHOD,
+    }
+    if fitted.tuning is not None:
+        record["reason"] = fitted.tuning["reason"]
+    return record
 
 
 def _fit(model: Any, x_train: np.ndarray, y_train: np.ndarray) -> tuple[Any, Any]:
@@ -475,21 +496,37 @@ def _scale(scaler: InputScaler, x_train: np.ndarray, x_test: np.ndarray, *,
 
 
 def _evaluate(model: Any, float_model: Any, x_test: np.ndarray, y_test: np.ndarray,
-              task: str) -> dict[str, Any]:
+              task: str, *, exact: bool = True) -> dict[str, Any]:
+    """Held-out scores: float model, clear quantised model, and the circuit as it runs
+    (``fhe_simulated``: the clear quantised score for an exact circuit, else the mean of
+    ``SIMULATION_DRAWS`` ``fhe="simulate"`` passes: each draws the bootstraps' errors anew, and
+    one draw on a few hundred rows moves the score by a few rows)."""
     metric = "accuracy" if task == CLASSIFICATION else "r2"
     if len(y_test) == 0:  # test_size=0: nothing held out
-        return {"metric": metric, "float_sklearn": None, "clear_quantised": None}
+        return {"metric": metric, "float_sklearn": None, "clear_quantised": None,
+                "fhe_simulated": None, "fhe_simulated_draws": None}
     score = _score(task)
     float_input = x_test.astype(np.float32) if _is_torch(model) else x_test
     float_pred = np.asarray(float_model.predict(float_input)).reshape(len(y_test), -1)
     quant_pred = np.asarray(model.predict(x_test, fhe="disable")).reshape(len(y_test), -1)
     if task == CLASSIFICATION:
         float_pred, quant_pred = float_pred.ravel(), quant_pred.ravel()
+    clear_score = float(score(y_test, quant_pred))
+    draws = [clear_score] if exact else [
+        float(score(y_test, _simulated(model, x_test, task))) for _ in range(SIMULATION_DRAWS)]
     return {
         "metric": metric,
         "float_sklearn": float(score(y_test, float_pred)),
-        "clear_quantised": float(score(y_test, quant_pred)),
+        "clear_quantised": clear_score,
+        "fhe_simulated": float(np.mean(draws)),
+        "fhe_simulated_draws": {"n": len(draws), "min": min(draws), "max": max(draws)},
     }
+
+
+def _simulated(model: Any, x: np.ndarray, task: str) -> np.ndarray:
+    """One ``fhe="simulate"`` pass (a fresh draw of the bootstraps' errors)."""
+    predicted = np.asarray(model.predict(x, fhe="simulate")).reshape(len(x), -1)
+    return predicted.ravel() if task == CLASSIFICATION else predicted
 
 
 def _is_torch(model: Any) -> bool:

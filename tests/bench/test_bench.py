@@ -90,6 +90,9 @@ def test_quick_run_measures_the_tuned_circuit(quick_run: dict[str, Any]) -> None
     assert result["targets"]["p8_tuned_speedup"] == (tuned["run_default"]["median"]
                                                     / tuned["run_tuned"]["median"])
     assert tuned["correctness"]["default"]["rows"] == tuned["correctness"]["tuned"]["rows"] == 2
+    # a linear model has no circuit knobs: its tuned circuit is exact, and so is its oracle
+    assert tuned["circuit"]["exact"] is True and tuned["correctness"]["tuned"]["oracle"] == "exact"
+    assert tuned["evaluation_keys_bytes"] > 0 and tuned["evaluation_keys_bytes_default"] > 0
     assert 0.5 < tuned["accuracy_tuned"] <= 1 and 0.5 < tuned["accuracy_default"] <= 1
 
 
@@ -219,3 +222,35 @@ def test_update_readme_needs_one_marker_pair(tmp_path: Path) -> None:
     with pytest.raises(ReportError, match="must contain exactly one <!-- BEGIN bench -->"):
         update_readme(readme, "x")
     assert readme.read_text() == "# no markers\n"
+
+
+def _targets_of(name: str, **targets: Any) -> dict[str, Any]:
+    """The fields evaluate_targets reads of one model, P1-P6 passing, ``targets`` added."""
+    from bench.report import evaluate_targets
+
+    cache = {"client_uploads": 1, "server_downloads": 1}
+    result = {"key_cache": {"all_queries": cache},
+              "targets": {"p1_latency_ratio": 1.0, "p2_overhead_ms": 1.0, "p4_queries": 3,
+                          "p5_key_load_ratio": None, "p6_cold_start_ratio": 1.0, **targets}}
+    return {t.goal: t for t in evaluate_targets({name: result}) if t.goal in ("P7", "P8")}
+
+
+@pytest.mark.parametrize(("name", "speedup", "loss", "met"), [
+    ("tree", 2.0, 1.0, True), ("tree", 1.99, 0.0, False), ("nn", 4.0, 1.0, True),
+    ("nn", 3.9, 0.0, False), ("nn", 5.0, 1.01, False), ("mnist", 8.0, 0.5, True),
+    ("mnist", 7.9, 0.5, False), ("logreg", 1.0, 5.0, None)])
+def test_p8_goals_per_model(name: str, speedup: float, loss: float, met: bool | None) -> None:
+    p8 = _targets_of(name, p8_tuned_speedup=speedup, p8_accuracy_loss_points=loss,
+                     p8_accuracy_default=0.95, p8_accuracy_tuned=0.95 - loss / 100)["P8"]
+    assert p8.met is met
+
+
+@pytest.mark.parametrize(("name", "ratio", "ceiling", "met"), [
+    ("nn", 1.40, 1.55, True), ("nn", 1.39, 1.55, False), ("tree", 1.99, 5.0, False),
+    ("tree", 2.0, 1.5, True), ("logreg", 1.0, 1.5, None)])
+def test_p7_nn_is_judged_against_its_ceiling(name: str, ratio: float, ceiling: float,
+                                             met: bool | None) -> None:
+    p7 = _targets_of(name, p7_peer_ratio=ratio, p7_peer_ratio_at_limit=ceiling)["P7"]
+    assert p7.met is met
+    if name == "nn":
+        assert p7.limit == f">= 0.9 x ceiling = {0.9 * ceiling:.2f}"

@@ -6,10 +6,13 @@ output.tar.gz (``reference_model.json``, ``fhe="disable"``).
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import tarfile
 from collections.abc import Iterator
 
+import boto3
 import numpy as np
 import psutil
 import pytest
@@ -18,7 +21,9 @@ from client import EncryptedPredictor
 from client.errors import InferenceFailedError, InferenceTimeoutError
 from common.contract import parse_s3_uri
 from local_mode.demo import load_case, main
+from local_mode.s3_server import LOCAL_REGION
 from local_mode.stack import LocalStack, local_stack
+from tests.fixtures.serving import wait_for_object
 
 pytestmark = pytest.mark.slow
 LINEAR = {"model": "LogisticRegression"}
@@ -216,3 +221,71 @@ def test_cli_predict_from_csv_through_env_endpoints(
     np.testing.assert_array_equal(np.load(tmp_path / "labels.npy"), expected)
     assert '"rows": 3' in capsys.readouterr().out
     assert (tmp_path / "keys").is_dir()
+
+
+# -- a circuit that is not exact: accumulator rounding and a raised p_error ---------------------
+ROUNDED_NN = {"model": "NeuralNetClassifier", "scaler": "minmax", "max_epochs": 3,
+              "rounding_bits": 5, "rounding_method": "approximate", "p_error": 0.1}
+
+
+@pytest.fixture(scope="module")
+def rounded_stack(breast_cancer, tmp_path_factory) -> Iterator[LocalStack]:
+    x_train, _, y_train, _ = breast_cancer
+    with local_stack(x_train, y_train, hyperparameters=ROUNDED_NN,
+                     work_dir=tmp_path_factory.mktemp("rounded")) as stack:
+        yield stack
+
+
+def _two_field_predict(stack: LocalStack, rows: np.ndarray, work) -> np.ndarray:
+    """The AWS sample's client: plain concrete-ml, a request of exactly two S3 URIs."""
+    from concrete.ml.deployment import FHEModelClient
+
+    s3 = stack.s3_client()
+    model = parse_s3_uri(stack.model_data)
+    s3.download_file(model.bucket, model.key, str(work / "model.tar.gz"))
+    with tarfile.open(work / "model.tar.gz", mode="r:gz") as tar:
+        tar.extract("client.zip", work, filter="data")
+    client = FHEModelClient(str(work), key_dir=str(work / "keys"))
+    client.generate_private_and_evaluation_keys()
+    base = f"client/two-field/{work.name}"
+    s3.put_object(Bucket=stack.bucket, Key=f"{base}/evaluation_keys",
+                  Body=client.get_serialized_evaluation_keys())
+    runtime = boto3.client("sagemaker-runtime", endpoint_url=stack.runtime_url,
+                           region_name=LOCAL_REGION)
+    out = []
+    for i, row in enumerate(rows):
+        s3.put_object(Bucket=stack.bucket, Key=f"{base}/{i}/encrypted_query",
+                      Body=client.quantize_encrypt_serialize(row.reshape(1, -1)))
+        query = {"evaluation_keys_uri": f"s3://{stack.bucket}/{base}/evaluation_keys",
+                 "encrypted_query_uri": f"s3://{stack.bucket}/{base}/{i}/encrypted_query"}
+        s3.put_object(Bucket=stack.bucket, Key=f"{base}/{i}/query", Body=json.dumps(query))
+        response = runtime.invoke_endpoint_async(
+            EndpointName=stack.endpoint_name, ContentType="application/json",
+            InputLocation=f"s3://{stack.bucket}/{base}/{i}/query")
+        result = wait_for_object(s3, response["OutputLocation"], timeout=300)
+        out.append(client.deserialize_decrypt_dequantize(result)[0])
+    return np.asarray(out)
+
+
+def test_rounded_network_meets_its_statistical_oracle_for_both_clients(
+        rounded_stack, breast_cancer, tmp_path) -> None:
+    """Rounded accumulators and p_error 0.1 go through training, the serve stack, the kit's
+    client and the sample's two-field client unchanged; neither is exact, so both meet the
+    statistical oracle (bench/check.py) with the agreement measured at training time."""
+    from bench.check import check_circuit_agreement
+
+    x = breast_cancer[1][:16]
+    with rounded_stack.predictor(batch_size=8, progress=False) as model:
+        proba = model.predict_proba(x)
+        scaler = model.model.manifest.scaler
+        circuit = model.circuit
+    assert circuit["p_error"] == 0.1 and circuit["rounding_bits"] == 5
+    assert circuit["exact"] is False and circuit["agreement"]["simulated"]["rows"] > 0
+    (tmp_path / "two-field").mkdir()
+    plain = _two_field_predict(rounded_stack, scaler.transform(x[:4]), tmp_path / "two-field")
+    reference, metrics = rounded_stack.reference()
+    assert metrics["circuit"] == circuit
+    fhe = np.concatenate([proba, plain])
+    clear = reference.predict_proba(scaler.transform(np.concatenate([x, x[:4]])), fhe="disable")
+    check = check_circuit_agreement(fhe, clear, what="rounded network", circuit=circuit)
+    assert check["oracle"] == "statistical" and check["rows"] == 20

@@ -25,6 +25,7 @@ from bench.images import (
     ServingContainer,
     TrainingRun,
     docker,
+    run_training,
     serving_container,
 )
 from client import EncryptedPredictor
@@ -34,7 +35,7 @@ from common.sagemaker_layout import JobLayout
 from local_mode.processes import free_port
 from local_mode.runtime import LocalAsyncRuntime
 from local_mode.s3_server import LocalS3Server, local_session
-from tests.containers.conftest import IMAGE_TEST_TIMEOUT, MEASURED
+from tests.containers.conftest import IMAGE_TEST_TIMEOUT, MEASURED, new_job
 
 # The first test to need an image builds it (cold: minutes), inside its own time limit.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(IMAGE_TEST_TIMEOUT)]
@@ -42,6 +43,8 @@ BUCKET = "fhe-containers"
 PLANTED_BUCKET = "fhe-planted"
 ENDPOINT = "fhe-container-endpoint"
 STOP_SECONDS = 30
+ROUNDED_JOB = {"model": "NeuralNetClassifier", "scaler": "minmax", "max_epochs": 3,
+               "rounding_bits": 5, "rounding_method": "approximate", "p_error": 0.1}
 
 
 @pytest.fixture(scope="module")
@@ -165,6 +168,60 @@ def test_uri_outside_the_allow_list_is_refused_unread(
                      if secret in line]
     assert len(requests_seen) == 2, requests_seen  # the log records requests: the two PUTs
     assert [line for line in requests_seen if '"PUT /' not in line] == []
+
+
+@pytest.fixture(scope="module")
+def rounded_model(training_image: ImageBuild, breast_cancer: tuple[np.ndarray, ...],
+                  tmp_path_factory: pytest.TempPathFactory, container_logs: Path
+                  ) -> tuple[JobLayout, Path]:
+    """A network with rounded accumulators and p_error 0.1, trained by the training image."""
+    x_train, _, y_train, _ = breast_cancer
+    job = new_job(tmp_path_factory.mktemp("job-rounded"), ROUNDED_JOB, x_train, y_train)
+    run = run_training(training_image.tag, job, job_name="fhe-rounded-job",
+                       log=container_logs / "train-rounded.log")
+    if run.returncode != 0:
+        pytest.fail(f"the rounded training job failed; see {run.log}", pytrace=False)
+    job.model_dir.chmod(0o755)
+    return job, job.model_dir
+
+
+def test_a_rounded_circuit_is_served_and_meets_its_statistical_oracle(
+        inference_image: ImageBuild, rounded_model: tuple[JobLayout, Path],
+        s3: tuple[LocalS3Server, Path], breast_cancer: tuple[np.ndarray, ...],
+        container_logs: Path, tmp_path: Path) -> None:
+    """Accumulator rounding and a raised p_error through both images unchanged: the circuit is
+    not exact, so the decrypted classes meet the statistical oracle of bench/check.py."""
+    from concrete.ml.common.serialization.loaders import loads
+
+    from bench.check import check_circuit_agreement
+
+    server, _ = s3
+    job, model_dir = rounded_model
+    manifest = read_manifest(model_dir)
+    assert manifest.circuit["exact"] is False and manifest.circuit["p_error"] == 0.1
+    x = breast_cancer[1][:12]
+    env = {**server.env(), "FHE_ALLOWED_S3_PREFIXES": f"s3://{BUCKET}/client"}
+    s3_client = local_session().client("s3", endpoint_url=server.endpoint_url)
+    with (
+        serving_container(inference_image.tag, model_dir=model_dir, port=free_port(), env=env,
+                          log=container_logs / "serve-rounded.log") as container,
+        LocalAsyncRuntime(endpoint_name=ENDPOINT, container_url=container.url,
+                          output_path=f"s3://{BUCKET}/async-out",
+                          failure_path=f"s3://{BUCKET}/async-fail",
+                          s3_client=s3_client) as runtime,
+        EncryptedPredictor(ENDPOINT, model_dir, f"s3://{BUCKET}/client",
+                           session=local_session(), s3_endpoint_url=server.endpoint_url,
+                           runtime_endpoint_url=runtime.url, key_dir=tmp_path / "keys",
+                           cache_dir=tmp_path / "cache", batch_size=6, timeout=300,
+                           progress=False) as predictor,
+    ):
+        proba = predictor.predict_proba(x)
+        assert predictor.circuit == manifest.circuit
+    reference = loads((job.output_data_dir / "reference_model.json").read_text())
+    clear = reference.predict_proba(manifest.scaler.transform(x), fhe="disable")
+    check = check_circuit_agreement(proba, clear, what="rounded network in the images",
+                                    circuit=manifest.circuit)
+    assert check["oracle"] == "statistical" and check["rows"] == 12
 
 
 def test_sigterm_stops_it_with_exit_0(served: ServingContainer) -> None:

@@ -18,9 +18,12 @@ def test_defaults_are_the_samples_mnist_network_without_scaler() -> None:
         "model": "NeuralNetClassifier", "label_column": "label", "test_size": 0.2,
         "random_state": 0, "scaler": "none", "n_layers": 2, "n_w_bits": 4, "n_a_bits": 4,
         "n_accum_bits": 32, "n_hidden_neurons_multiplier": 0.5, "activation": "relu",
-        "max_epochs": 7, "lr": 0.01, "batch_size": 128}
+        "max_epochs": 7, "lr": 0.01, "batch_size": 128,
+        # the sample's circuit: no accumulator rounding, concrete-ml's default p_error (exact)
+        "rounding_bits": None, "rounding_method": "exact", "p_error": None}
     kwargs = constructor_kwargs(resolved)
     assert kwargs["module__activation_function"] is nn.ReLU
+    assert not {"rounding_bits", "rounding_method", "p_error"} & set(kwargs)  # compile time only
 
 
 def test_other_families_are_one_hyperparameter_away_and_keep_minmax_scaling() -> None:
@@ -51,7 +54,7 @@ def test_sagemaker_json_encoded_values_and_own_keys_are_handled() -> None:
         "model": '"DecisionTreeClassifier"', "max_depth": '"2"', "n_bits": "3",
         "sagemaker_program": '"training_script.py"', "sagemaker_region": '"us-east-1"',
     })
-    assert resolved.model == {"n_bits": 3, "max_depth": 2}
+    assert resolved.model == {"n_bits": 3, "max_depth": 2, "p_error": None}
 
 
 def test_every_listed_model_builds() -> None:
