@@ -24,6 +24,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.wsgi import get_input_stream
 
 from common import contract
+from inference.connection import CallerGone, caller_gone, keep_sigpipe_ignored
 from inference.errors import (
     BadRequest,
     EvaluationKeysNotFound,
@@ -146,6 +147,10 @@ def _register_routes(app: Flask, services: Services) -> None:
         started = time.perf_counter()
         try:
             response = _invoke(services, request_id)
+        except CallerGone as exc:
+            services.counters["abandoned"] += 1
+            logger.warning("%s", exc)
+            response = Response(b"", status=CallerGone.status)
         except ServingError as exc:
             services.counters[f"errors_{exc.status}"] += 1
             logger.info("request %s -> %d %s in %.1f ms", request_id, exc.status, exc.code,
@@ -199,7 +204,7 @@ def _invoke(services: Services, request_id: str) -> Response:
     queries = _ciphertexts(services, req)
     timings["fetch"] = time.perf_counter() - mark
     mark = time.perf_counter()
-    results = [model.run(query, keys, index=i) for i, query in enumerate(queries)]
+    results = _run_rows(model, queries, keys, request_id)
     timings["fhe"] = time.perf_counter() - mark
     services.counters["fhe_runs"] += len(results)
     services.counters["ok"] += 1
@@ -212,6 +217,33 @@ def _invoke(services: Services, request_id: str) -> Response:
         return Response(contract.pack_batch(results), status=200,
                         mimetype=contract.CONTENT_TYPE_BATCH)
     return Response(results[0], status=200, mimetype=contract.CONTENT_TYPE_RESULT)
+
+
+def _run_rows(model: FheModel, queries: list[bytes], keys: Any, request_id: str) -> list[bytes]:
+    """Run the circuit on each row while the caller still waits for the answer.
+
+    One FHE run cannot be interrupted; between rows (and after the last) the connection is
+    checked, and a caller that went away stops the batch: its result is dropped, never sent.
+
+    Raises:
+        CallerGone: the caller closed the connection.
+        ModelMismatch: a ciphertext does not fit the circuit.
+    """
+    started = time.perf_counter()
+    results: list[bytes] = []
+    try:
+        for index, query in enumerate(queries):
+            if caller_gone(request.environ):
+                break
+            results.append(model.run(query, keys, index=index))
+    finally:
+        keep_sigpipe_ignored()
+    if len(results) == len(queries) and not caller_gone(request.environ):
+        return results
+    raise CallerGone(
+        f"request {request_id} abandoned by its caller (connection closed) after"
+        f" {len(results)} of {len(queries)} row(s), {time.perf_counter() - started:.1f} s"
+        " of FHE: result dropped")
 
 
 def _read_body(limit: int) -> bytes:

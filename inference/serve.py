@@ -23,6 +23,7 @@ from pathlib import Path
 from string import Template
 
 from common.process import EXIT_BAD_INPUT, run_main
+from inference.connection import ENV_HPX_HANDLE_SIGNALS
 from inference.settings import Settings, SettingsError
 from inference.wsgi import LOG_FORMAT
 
@@ -35,8 +36,12 @@ WSGI_APP = "inference.wsgi:build_app()"
 # after each parallel region before they sleep: 200 ms by default, so every FHE run left a core
 # busy for 200 ms while the response was written, the result uploaded and the next request
 # fetched (and, with the client or S3 on the same cores, while they worked). 0 makes them sleep
-# at once; an explicit setting in the environment wins.
-WORKER_ENV_DEFAULTS = {"KMP_BLOCKTIME": "0"}
+# at once. HPX (concrete's dataflow runtime), started by a worker's first FHE run, replaces the
+# worker's ignored SIGPIPE with a handler that kills the process: a reply written to a caller
+# that went away (an invocation timeout) then killed the worker and its key cache. With
+# HPX_HANDLE_SIGNALS=0 it installs no handler (see inference.connection). An explicit setting
+# in the environment wins.
+WORKER_ENV_DEFAULTS = {"KMP_BLOCKTIME": "0", ENV_HPX_HANDLE_SIGNALS: "0"}
 
 
 class _NginxTemplate(Template):
