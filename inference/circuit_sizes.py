@@ -10,10 +10,13 @@ server.zip carries as ``client.specs.json`` (plain JSON: no concrete, no torch):
 * one encrypted row is the circuit's inputs, each ``concreteShape`` words (for a seeded LWE
   ciphertext the last dimension is the body plus the seed).
 
-Measured on the test circuits (concrete-python 2.10): the payload computed here is the
-serialized size minus a constant Cap'n Proto framing (a 30-feature tree's keys: 18,997,248
-computed, 18,997,600 serialized; keys of a circuit without bootstrap: 0 and 64 bytes; one
-encrypted row: 720 and 984 bytes). :data:`MARGIN_BYTES` and :data:`MARGIN_FRACTION` cover it.
+Measured (concrete-python 2.10, concrete-ml 1.9): the payload computed here is the serialized
+size minus the Cap'n Proto framing, 64 bytes plus about 143 per key (keys of a circuit without
+bootstrap: 0 computed, 64 serialized; a depth-2 tree, 1 bootstrap + 1 keyswitch key:
+18,997,248 and 18,997,600; a depth-4 tree and a 3-tree forest, 3 + 3 keys: 77,268,992 and
+77,269,912, 37,730,304 and 37,731,224; a 2-layer MLP, 2 + 2 keys: 35,215,360 and 35,216,000;
+one encrypted 30-feature row: 720 and 984 bytes).
+:data:`MARGIN_BYTES` and :data:`MARGIN_FRACTION` cover that framing with room to spare.
 Packing keyswitch keys (no concrete-ml model measured here uses them) are bounded from above.
 """
 
