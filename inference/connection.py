@@ -18,6 +18,7 @@ that closes its socket) makes nginx close its connection to gunicorn. Two things
 from __future__ import annotations
 
 import logging
+import select
 import signal
 import socket
 import threading
@@ -54,6 +55,10 @@ def caller_gone(environ: Mapping[str, Any]) -> bool:
     if not isinstance(sock, socket.socket):
         return False
     try:
+        poller = select.poll()  # first: a socket with a timeout would wait in recv
+        poller.register(sock, select.POLLIN)
+        if not poller.poll(0):
+            return False
         return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
     except (BlockingIOError, InterruptedError):
         return False

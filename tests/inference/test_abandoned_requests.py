@@ -170,9 +170,12 @@ def test_socket_closed_mid_fhe_keeps_the_worker(serve: RunningServe,
 
 def test_caller_gone_sees_a_closed_peer_only() -> None:
     ours, theirs = socket.socketpair()
+    ours.settimeout(30)  # a socket with a timeout: the check must not wait for data
     with ours:
         environ = {connection.GUNICORN_SOCKET_KEY: ours}
+        started = time.monotonic()
         assert not caller_gone(environ)  # connected, nothing sent
+        assert time.monotonic() - started < 10
         theirs.sendall(b"GET /ping HTTP/1.1\r\n\r\n")  # a pipelined request is not a goodbye
         assert not caller_gone(environ)
         assert ours.recv(100)  # and the peek did not consume it
