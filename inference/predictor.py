@@ -24,6 +24,8 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.wsgi import get_input_stream
 
 from common import contract
+from inference.circuit_sizes import CircuitSizes, CircuitSizesError, load_circuit_sizes
+from inference.connection import CallerGone, caller_gone, keep_sigpipe_ignored
 from inference.errors import (
     BadRequest,
     EvaluationKeysNotFound,
@@ -34,8 +36,13 @@ from inference.errors import (
 )
 from inference.key_cache import KeyCache
 from inference.model import FheModel
-from inference.s3_store import S3Store, make_s3_client
-from inference.settings import ENV_MAX_BATCH_SIZE, ENV_MAX_REQUEST_BYTES, Settings
+from inference.s3_store import S3Store, SizeLimit, make_s3_client
+from inference.settings import (
+    ENV_MAX_BATCH_SIZE,
+    ENV_MAX_OBJECT_BYTES,
+    ENV_MAX_REQUEST_BYTES,
+    Settings,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -49,12 +56,14 @@ class ModelSlot:
 
     def __init__(self) -> None:
         self._model: FheModel | None = None
+        self._sizes: CircuitSizes | None = None
         self._error: BaseException | None = None
         self._ready = threading.Event()
 
     def load(self, settings: Settings) -> None:
         """Load the model from ``settings.model_dir``; remember a failure instead of raising."""
         try:
+            self._sizes = _circuit_sizes(settings)
             self._model = FheModel.load(settings.model_dir)
         except Exception as exc:
             logger.exception("model load failed")
@@ -72,6 +81,11 @@ class ModelSlot:
         """The model if loaded, else None."""
         return self._model
 
+    @property
+    def sizes(self) -> CircuitSizes | None:
+        """The loaded circuit's key and row sizes, None if unknown (flat limits apply)."""
+        return self._sizes
+
     def get(self) -> FheModel:
         """The model.
 
@@ -85,6 +99,26 @@ class ModelSlot:
         raise NotReady("the model is still loading; retry after GET /ping answers 200")
 
 
+def _circuit_sizes(settings: Settings) -> CircuitSizes | None:
+    """The circuit's sizes from the model directory; None (logged) when it does not say."""
+    try:
+        sizes = load_circuit_sizes(settings.model_dir)
+    except CircuitSizesError as exc:
+        logger.warning("S3 objects are bounded by %s only: %s", ENV_MAX_OBJECT_BYTES, exc)
+        return None
+    logger.info("S3 objects bounded by the circuit: %s", sizes.describe())
+    return sizes
+
+
+@dataclass(frozen=True)
+class ReadLimits:
+    """The largest evaluation keys, one-row ciphertext and batch object a request may name."""
+
+    keys: SizeLimit
+    row: SizeLimit
+    batch: SizeLimit
+
+
 @dataclass
 class Services:
     """What a request handler needs; one per app (per worker process)."""
@@ -94,6 +128,27 @@ class Services:
     store: S3Store
     keys: KeyCache
     counters: Counter[str]
+
+    def read_limits(self) -> ReadLimits:
+        """The S3 size limits of the loaded circuit (the flat limit where it is smaller)."""
+        sizes, store = self.slot.sizes, self.store
+        if sizes is None:
+            return ReadLimits(store.default_limit, store.default_limit, store.default_limit)
+        encrypt = ("encrypt with this endpoint's client.zip"
+                   " (FHEModelClient.quantize_encrypt_serialize)")
+        return ReadLimits(
+            keys=store.limit(sizes.max_evaluation_keys_bytes,
+                             f"this model's evaluation keys are {sizes.evaluation_keys_bytes}"
+                             " bytes: they were not made for it; generate keys with this"
+                             " endpoint's client.zip"),
+            row=store.limit(sizes.max_row_bytes,
+                            f"one encrypted row of this model is {sizes.row_bytes} bytes:"
+                            f" {encrypt}, one row per object"),
+            batch=store.limit(sizes.max_batch_bytes(self.settings.max_batch_size),
+                              f"{self.settings.max_batch_size} encrypted rows of this model fit"
+                              f" in that: {encrypt}, split the batch (or raise"
+                              f" {ENV_MAX_BATCH_SIZE})"),
+        )
 
 
 def create_app(settings: Settings, *, background_load: bool = False,
@@ -146,6 +201,10 @@ def _register_routes(app: Flask, services: Services) -> None:
         started = time.perf_counter()
         try:
             response = _invoke(services, request_id)
+        except CallerGone as exc:
+            services.counters["abandoned"] += 1
+            logger.warning("%s", exc)
+            response = Response(b"", status=CallerGone.status)
         except ServingError as exc:
             services.counters[f"errors_{exc.status}"] += 1
             logger.info("request %s -> %d %s in %.1f ms", request_id, exc.status, exc.code,
@@ -199,7 +258,7 @@ def _invoke(services: Services, request_id: str) -> Response:
     queries = _ciphertexts(services, req)
     timings["fetch"] = time.perf_counter() - mark
     mark = time.perf_counter()
-    results = [model.run(query, keys, index=i) for i, query in enumerate(queries)]
+    results = _run_rows(model, queries, keys, request_id)
     timings["fhe"] = time.perf_counter() - mark
     services.counters["fhe_runs"] += len(results)
     services.counters["ok"] += 1
@@ -212,6 +271,33 @@ def _invoke(services: Services, request_id: str) -> Response:
         return Response(contract.pack_batch(results), status=200,
                         mimetype=contract.CONTENT_TYPE_BATCH)
     return Response(results[0], status=200, mimetype=contract.CONTENT_TYPE_RESULT)
+
+
+def _run_rows(model: FheModel, queries: list[bytes], keys: Any, request_id: str) -> list[bytes]:
+    """Run the circuit on each row while the caller still waits for the answer.
+
+    One FHE run cannot be interrupted; between rows (and after the last) the connection is
+    checked, and a caller that went away stops the batch: its result is dropped, never sent.
+
+    Raises:
+        CallerGone: the caller closed the connection.
+        ModelMismatch: a ciphertext does not fit the circuit.
+    """
+    started = time.perf_counter()
+    results: list[bytes] = []
+    try:
+        for index, query in enumerate(queries):
+            if caller_gone(request.environ):
+                break
+            results.append(model.run(query, keys, index=index))
+    finally:
+        keep_sigpipe_ignored()
+    if len(results) == len(queries) and not caller_gone(request.environ):
+        return results
+    raise CallerGone(
+        f"request {request_id} abandoned by its caller (connection closed) after"
+        f" {len(results)} of {len(queries)} row(s), {time.perf_counter() - started:.1f} s"
+        " of FHE: result dropped")
 
 
 def _read_body(limit: int) -> bytes:
@@ -264,7 +350,8 @@ def _keys_by_uri(services: Services, uri: contract.S3Uri) -> Any:
     """
     cache = services.keys
     with _keys_missing():
-        current = services.store.version(uri, what="evaluation keys")
+        current = services.store.version(uri, what="evaluation keys",
+                                         limit=services.read_limits().keys)
     cache.stats.revalidations += 1
     sha = cache.sha_for_uri(str(uri), current.token)
     keys = None if sha is None else cache.get(sha)
@@ -272,7 +359,8 @@ def _keys_by_uri(services: Services, uri: contract.S3Uri) -> Any:
         cache.stats.revalidated_hits += 1
         return keys
     with _keys_missing():
-        data, served = services.store.read_versioned(uri, what="evaluation keys")
+        data, served = services.store.read_versioned(uri, what="evaluation keys",
+                                                     limit=services.read_limits().keys)
     _count_download(cache, data)
     sha = contract.sha256_hex(data)
     keys = cache.get(sha)
@@ -286,7 +374,8 @@ def _download_keys(services: Services, uri: contract.S3Uri, *,
                    expected_sha256: str) -> bytes:
     """Read the evaluation keys object, verified against the sha256 the request names."""
     with _keys_missing():
-        data = services.store.read(uri, what="evaluation keys", expected_sha256=expected_sha256)
+        data = services.store.read(uri, what="evaluation keys", expected_sha256=expected_sha256,
+                                   limit=services.read_limits().keys)
     _count_download(services.keys, data)
     return data
 
@@ -308,8 +397,10 @@ def _keys_missing() -> Iterator[None]:
 def _ciphertexts(services: Services, req: contract.InferenceRequest) -> list[bytes]:
     """Download (and verify) the ciphertexts of a request, one per row."""
     hashes = req.query_sha256 or (None,) * len(req.query_uris)
+    limits = services.read_limits()
+    limit = limits.batch if req.packed else limits.row
     objects = [
-        services.store.read(uri, expected_sha256=sha, what=f"ciphertext {i}")
+        services.store.read(uri, expected_sha256=sha, what=f"ciphertext {i}", limit=limit)
         for i, (uri, sha) in enumerate(zip(req.query_uris, hashes, strict=True))
     ]
     if not req.packed:

@@ -59,6 +59,19 @@ def _translated(uri: S3Uri, what: str) -> Iterator[None]:
         raise _translate(exc, uri, what) from exc
 
 
+@dataclass(frozen=True)
+class SizeLimit:
+    """The largest object a read accepts, and what the caller should do about a bigger one.
+
+    Attributes:
+        max_bytes: Objects of more bytes are refused (413) by their HEAD, before any GET.
+        fix: The end of the refusal's message: why the limit, how to send a fitting object.
+    """
+
+    max_bytes: int
+    fix: str
+
+
 def make_s3_client(settings: Settings) -> Any:
     """A boto3 S3 client with the server's timeouts and a short retry budget."""
     config = Config(
@@ -84,7 +97,14 @@ class S3Store:
                  max_object_bytes: int) -> None:
         self._client = client
         self._allowed = tuple(allowed_prefixes)
-        self._max_bytes = max_object_bytes
+        self.default_limit = SizeLimit(
+            max_object_bytes, "raise FHE_MAX_OBJECT_BYTES on the endpoint to accept it")
+
+    def limit(self, max_bytes: int, fix: str) -> SizeLimit:
+        """``max_bytes`` with its ``fix``, or the store's own limit when that is smaller."""
+        if max_bytes < self.default_limit.max_bytes:
+            return SizeLimit(max_bytes, fix)
+        return self.default_limit
 
     def check_allowed(self, uris: Iterable[S3Uri]) -> None:
         """Refuse, in one error, every URI outside the allow-list.
@@ -101,14 +121,17 @@ class S3Store:
             f"prefixes ({allowed}) or add the location to {ENV_ALLOWED_PREFIXES}"
         )
 
-    def read(self, uri: S3Uri, *, expected_sha256: str | None = None,
-             what: str = "object") -> bytes:
-        """Read one allowed object, verifying its sha256 when given.
+    def read(self, uri: S3Uri, *, expected_sha256: str | None = None, what: str = "object",
+             limit: SizeLimit | None = None) -> bytes:
+        """Read one allowed object within ``limit``, verifying its sha256 when given.
+
+        A HEAD comes first: an object over the limit is refused before any byte is read.
 
         Raises:
             AccessDenied, ObjectNotFound, PayloadTooLarge, IntegrityError, StorageUnavailable.
         """
-        data, _ = self.read_versioned(uri, what=what)
+        self.version(uri, what=what, limit=limit)
+        data, _ = self.read_versioned(uri, what=what, limit=limit)
         if expected_sha256 is not None and sha256_hex(data) != expected_sha256:
             raise IntegrityError(
                 f"{what} {uri} has sha256 {sha256_hex(data)}, the request says {expected_sha256}:"
@@ -116,43 +139,49 @@ class S3Store:
             )
         return data
 
-    def read_versioned(self, uri: S3Uri, *, what: str = "object") -> tuple[bytes, ObjectVersion]:
+    def read_versioned(self, uri: S3Uri, *, what: str = "object",
+                       limit: SizeLimit | None = None) -> tuple[bytes, ObjectVersion]:
         """Read one allowed object and the version S3 served it as (from the same GET).
+
+        The GET's own length is checked too (the object may have grown since a HEAD), and no
+        more than the limit plus one byte is ever read.
 
         Raises:
             AccessDenied, ObjectNotFound, PayloadTooLarge, StorageUnavailable.
         """
+        limit = limit or self.default_limit
         self.check_allowed([uri])
         with _translated(uri, what):
             response = self._client.get_object(Bucket=uri.bucket, Key=uri.key)
             version = ObjectVersion.of(response)
-            if version.size > self._max_bytes:
+            if version.size > limit.max_bytes:
                 response["Body"].close()
-                raise self._too_large(uri, what, version.size)
-            data = response["Body"].read(self._max_bytes + 1)
+                raise _too_large(uri, what, version.size, limit)
+            data = response["Body"].read(limit.max_bytes + 1)
             response["Body"].close()
-        if len(data) > self._max_bytes:
-            raise self._too_large(uri, what, len(data))
+        if len(data) > limit.max_bytes:
+            raise _too_large(uri, what, len(data), limit)
         return data, version
 
-    def version(self, uri: S3Uri, *, what: str = "object") -> ObjectVersion:
+    def version(self, uri: S3Uri, *, what: str = "object",
+                limit: SizeLimit | None = None) -> ObjectVersion:
         """The current version of one allowed object (a HEAD: no body is transferred).
 
         Raises:
-            AccessDenied, ObjectNotFound, PayloadTooLarge, StorageUnavailable.
+            AccessDenied, ObjectNotFound, PayloadTooLarge (over ``limit``), StorageUnavailable.
         """
+        limit = limit or self.default_limit
         self.check_allowed([uri])
         with _translated(uri, what):
             version = ObjectVersion.of(self._client.head_object(Bucket=uri.bucket, Key=uri.key))
-        if version.size > self._max_bytes:
-            raise self._too_large(uri, what, version.size)
+        if version.size > limit.max_bytes:
+            raise _too_large(uri, what, version.size, limit)
         return version
 
-    def _too_large(self, uri: S3Uri, what: str, size: int) -> PayloadTooLarge:
-        return PayloadTooLarge(
-            f"{what} {uri} has {size} bytes; the server reads at most {self._max_bytes}"
-            " (raise FHE_MAX_OBJECT_BYTES on the endpoint to accept it)"
-        )
+
+def _too_large(uri: S3Uri, what: str, size: int, limit: SizeLimit) -> PayloadTooLarge:
+    return PayloadTooLarge(f"{what} {uri} has {size} bytes; the server reads at most"
+                           f" {limit.max_bytes}: {limit.fix}")
 
 
 def _translate(exc: ClientError | BotoCoreError, uri: S3Uri, what: str) -> ServingError:

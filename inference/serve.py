@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -23,6 +24,7 @@ from pathlib import Path
 from string import Template
 
 from common.process import EXIT_BAD_INPUT, run_main
+from inference.connection import ENV_HPX_HANDLE_SIGNALS
 from inference.settings import Settings, SettingsError
 from inference.wsgi import LOG_FORMAT
 
@@ -35,8 +37,12 @@ WSGI_APP = "inference.wsgi:build_app()"
 # after each parallel region before they sleep: 200 ms by default, so every FHE run left a core
 # busy for 200 ms while the response was written, the result uploaded and the next request
 # fetched (and, with the client or S3 on the same cores, while they worked). 0 makes them sleep
-# at once; an explicit setting in the environment wins.
-WORKER_ENV_DEFAULTS = {"KMP_BLOCKTIME": "0"}
+# at once. HPX (concrete's dataflow runtime), started by a worker's first FHE run, replaces the
+# worker's ignored SIGPIPE with a handler that kills the process: a reply written to a caller
+# that went away (an invocation timeout) then killed the worker and its key cache. With
+# HPX_HANDLE_SIGNALS=0 it installs no handler (see inference.connection). An explicit setting
+# in the environment wins.
+WORKER_ENV_DEFAULTS = {"KMP_BLOCKTIME": "0", ENV_HPX_HANDLE_SIGNALS: "0"}
 
 
 class _NginxTemplate(Template):
@@ -80,6 +86,44 @@ def worker_env(settings: Settings, environ: dict[str, str] | None = None) -> dic
     for name, value in WORKER_ENV_DEFAULTS.items():
         env.setdefault(name, value)
     return env
+
+
+# Where the runtime directory goes when TMPDIR is private to serve's user (see runtime_parent).
+SHARED_TMP = Path("/tmp")
+
+
+def others_can_traverse(path: Path) -> bool:
+    """True when every folder from ``/`` down to ``path`` lets other users through (o+x)."""
+    resolved = path.resolve()
+    try:
+        return all(p.stat().st_mode & stat.S_IXOTH for p in (resolved, *resolved.parents))
+    except OSError:
+        return False
+
+
+def runtime_parent(tmpdir: Path, *, euid: int) -> Path:
+    """The folder to create ``serve``'s runtime directory (gunicorn socket, nginx.conf) in.
+
+    Run as root, nginx's master starts its workers as another user (``nobody``), who must
+    traverse every folder down to the gunicorn socket: a private TMPDIR (0700) would leave
+    ``/ping`` failing with "Permission denied" on the socket. Then the shared ``/tmp`` is used
+    instead. Run as another user, nginx's workers are that user: ``tmpdir`` always works.
+
+    Raises:
+        SettingsError: serve runs as root and neither ``tmpdir`` nor ``/tmp`` is traversable.
+    """
+    if euid != 0 or others_can_traverse(tmpdir):
+        return tmpdir
+    if others_can_traverse(SHARED_TMP):
+        logger.info("TMPDIR %s is private to root: nginx's workers (another user) could not"
+                    " reach the gunicorn socket there; its runtime directory goes in %s",
+                    tmpdir, SHARED_TMP)
+        return SHARED_TMP
+    raise SettingsError(
+        f"neither TMPDIR ({tmpdir}) nor {SHARED_TMP} can be traversed by other users, and"
+        " serve runs as root: nginx's workers (another user) could not reach the gunicorn"
+        " socket; set TMPDIR to a folder with o+x on every level, or run serve as non-root"
+    )
 
 
 class Supervisor:
@@ -134,6 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         settings = Settings.from_env()
+        parent = runtime_parent(Path(tempfile.gettempdir()), euid=os.geteuid())
     except SettingsError as exc:
         logger.error("%s", exc)
         return EXIT_BAD_INPUT
@@ -147,7 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     nginx = None if args.no_nginx else shutil.which("nginx")
     env = worker_env(settings)
-    with tempfile.TemporaryDirectory(prefix="fhe-serve-") as runtime:
+    with tempfile.TemporaryDirectory(prefix="fhe-serve-", dir=parent) as runtime:
         runtime_dir = Path(runtime)
         # nginx workers (another user when serve runs as root) must reach the socket inside.
         runtime_dir.chmod(0o711)
