@@ -8,9 +8,6 @@ worker exits with it, and ``serve`` stops nginx and exits non-zero.
 
 from __future__ import annotations
 
-import contextlib
-import socket
-import time
 from collections.abc import Iterator
 
 import psutil
@@ -20,6 +17,7 @@ from inference.serve import Supervisor
 from local_mode.processes import free_port
 from local_mode.s3_server import LocalS3Server
 from tests.fixtures.models import FixtureModel
+from tests.fixtures.process_tree import alive, assert_gone
 from tests.fixtures.serving import RunningServe, serve_process, server_settings
 
 pytestmark = pytest.mark.slow
@@ -40,39 +38,6 @@ def serve(fixture_models: dict[str, FixtureModel], s3_server: LocalS3Server,
                 proc.kill()
 
 
-def alive(procs: list[psutil.Process]) -> list[psutil.Process]:
-    """The processes of ``procs`` still running (same pid and start time), zombies aside."""
-    left = []
-    for proc in procs:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
-                left.append(proc)
-    return left
-
-
-def port_free(port: int) -> bool:
-    """True when nothing listens on (or holds) 127.0.0.1:``port``."""
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def assert_gone(procs: list[psutil.Process], port: int | None, *, timeout: float) -> float:
-    """Wait until none of ``procs`` runs and ``port`` is free; return the seconds it took."""
-    started = time.monotonic()
-    while (alive(procs) or (port and not port_free(port))) and time.monotonic() - started < timeout:
-        time.sleep(0.1)
-    left = alive(procs)
-    described = [f"{p.pid} {' '.join(p.cmdline()[:3])}" for p in left]
-    assert not left, f"still running {timeout:.0f} s later: {described}"
-    assert port is None or port_free(port), f"port {port} is still held"
-    return time.monotonic() - started
-
-
 def _named(tree: list[psutil.Process], part: str) -> list[psutil.Process]:
     return [p for p in tree if part in " ".join(p.cmdline())]
 
@@ -84,7 +49,7 @@ def test_kill_9_of_serve_leaves_no_process_and_no_port(serve) -> None:
     running.process.kill()
     running.process.wait()
     port = int(running.url.rsplit(":", 1)[1])
-    seconds = assert_gone(tree, port, timeout=Supervisor.STOP_SECONDS)
+    seconds = assert_gone(tree, ports=[port], timeout=Supervisor.STOP_SECONDS)
     print(f"serve's children gone {seconds:.1f} s after kill -9 of serve")
 
 
@@ -93,8 +58,8 @@ def test_kill_9_of_the_gunicorn_master_takes_its_worker(serve) -> None:
     master = next(p for p in _named(tree, "gunicorn") if p.ppid() == running.process.pid)
     [worker] = master.children()
     master.kill()
-    assert_gone([worker], None, timeout=5)
+    assert_gone([worker], timeout=5)
     code = running.process.wait(timeout=Supervisor.STOP_SECONDS)
     assert code != 0
     port = int(running.url.rsplit(":", 1)[1])
-    assert_gone(tree, port, timeout=5)
+    assert_gone(tree, ports=[port], timeout=5)

@@ -32,6 +32,7 @@ from local_mode.processes import free_port, wait_for_ready_file
 from local_mode.s3_server import LOCAL_REGION
 from local_mode.stack import REPO_ROOT
 from tests.fixtures.models import FixtureModel
+from tests.fixtures.process_tree import alive, assert_gone
 from tests.fixtures.serving import KeyedClient
 
 pytestmark = pytest.mark.slow
@@ -56,6 +57,9 @@ class Launcher:
         found = psutil.Process(self.process.pid).children(recursive=True)
         self.seen.update(found)
         return found
+
+    def tail(self) -> str:
+        return self.log.read_text(errors="replace")[-3000:]
 
     def names(self) -> list[str]:
         return [" ".join(p.cmdline()[:4]) for p in self.tree()]
@@ -88,28 +92,8 @@ def launcher(fixture_models: dict[str, FixtureModel], tmp_path: Path) -> Iterato
             running.tree()
         process.kill()
         process.wait()
-        for proc in _alive(list(running.seen)):
+        for proc in alive(list(running.seen)):
             proc.kill()
-
-
-def _alive(procs: list[psutil.Process]) -> list[psutil.Process]:
-    """The processes of ``procs`` still running (same pid *and* start time), zombies aside."""
-    alive = []
-    for proc in procs:
-        try:
-            if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
-                alive.append(proc)
-        except psutil.NoSuchProcess:
-            pass
-    return alive
-
-
-def _describe(procs: list[psutil.Process]) -> str:
-    rows = []
-    for proc in procs:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            rows.append(f"{proc.pid} {proc.status()} {' '.join(proc.cmdline()[:5])}")
-    return "; ".join(rows)
 
 
 def _wait_until(predicate, *, timeout: float, what: str) -> None:
@@ -133,29 +117,6 @@ def _gunicorn_worker(launcher: Launcher, timeout: float = 120) -> psutil.Process
     raise AssertionError(f"no gunicorn worker within {timeout:.0f} s: {launcher.names()}")
 
 
-def _port_free(port: int) -> bool:
-    import socket
-
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def _assert_all_gone(launcher: Launcher, tree: list[psutil.Process], *, ports: list[int],
-                     timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while _alive(tree) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    left = _alive(tree)
-    assert not left, f"left running: {_describe(left)}\n{launcher.log.read_text()[-3000:]}"
-    held = [port for port in ports if not _port_free(port)]
-    assert not held, f"ports still held: {held}"
-
-
 def _stop(launcher: Launcher, signum: int, *, group: bool = False) -> tuple[int, float]:
     """Send ``signum`` to the launcher (or its whole process group, as a terminal's Ctrl-C or
     a service manager does); return its exit code and the seconds it took."""
@@ -168,7 +129,7 @@ def _stop(launcher: Launcher, signum: int, *, group: bool = False) -> tuple[int,
         code = launcher.process.wait(timeout=LAUNCHER_BOUND)
     except subprocess.TimeoutExpired:
         pytest.fail(f"the launcher did not stop within {LAUNCHER_BOUND} s of"
-                    f" {signal.Signals(signum).name}:\n{launcher.log.read_text()[-3000:]}")
+                    f" {signal.Signals(signum).name}:\n{launcher.tail()}")
     return code, time.monotonic() - started
 
 
@@ -192,8 +153,8 @@ def test_sigterm_while_the_model_loads_stops_everything(launcher: Launcher) -> N
     tree = launcher.tree()
     assert len(tree) >= 4, launcher.names()  # moto, serve, gunicorn master + worker, nginx
     code, seconds = _stop(launcher, signal.SIGTERM)
-    assert code == 0, launcher.log.read_text()[-3000:]
-    _assert_all_gone(launcher, tree, ports=list(launcher.ports), timeout=5)
+    assert code == 0, launcher.tail()
+    assert_gone(tree, ports=list(launcher.ports), timeout=5, context=launcher.tail())
     print(f"stopped while loading in {seconds:.1f} s")
 
 
@@ -206,8 +167,9 @@ def test_stop_when_ready_stops_everything(launcher: Launcher, signum: int, group
     for part in ("moto.server", "inference.serve", "gunicorn", "nginx"):
         assert part in names, names
     code, seconds = _stop(launcher, signum, group=group)
-    assert code == 0, launcher.log.read_text()[-3000:]
-    _assert_all_gone(launcher, tree, ports=[*launcher.ports, _s3_port(ready)], timeout=5)
+    assert code == 0, launcher.tail()
+    assert_gone(tree, ports=[*launcher.ports, _s3_port(ready)], timeout=5,
+                context=launcher.tail())
     assert seconds < 10, f"an idle endpoint took {seconds:.1f} s to stop"
     print(f"stopped when ready in {seconds:.1f} s")
 
@@ -241,8 +203,9 @@ def test_sigterm_mid_request_stops_everything_and_reports_the_request(
     worker.suspend()
     tree = launcher.tree()
     code, seconds = _stop(launcher, signal.SIGTERM)
-    assert code == 0, launcher.log.read_text()[-3000:]
-    _assert_all_gone(launcher, tree, ports=[*launcher.ports, _s3_port(ready)], timeout=5)
+    assert code == 0, launcher.tail()
+    assert_gone(tree, ports=[*launcher.ports, _s3_port(ready)], timeout=5,
+                context=launcher.tail())
     print(f"stopped mid-request in {seconds:.1f} s")
 
 
@@ -256,6 +219,6 @@ def test_children_exit_by_themselves_after_kill_9_of_the_launcher(launcher: Laun
     started = time.monotonic()
     launcher.process.kill()
     launcher.process.wait()
-    _assert_all_gone(launcher, tree, ports=[*launcher.ports, _s3_port(ready)],
-                     timeout=ORPHAN_WAIT)
+    assert_gone(tree, ports=[*launcher.ports, _s3_port(ready)], timeout=ORPHAN_WAIT,
+                context=launcher.tail())
     print(f"orphans gone {time.monotonic() - started:.1f} s after kill -9")
