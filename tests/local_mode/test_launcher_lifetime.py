@@ -191,7 +191,7 @@ def _send_batch(ready: dict[str, str], fhe: KeyedClient, rows: np.ndarray) -> di
                                          InputLocation=f"s3://{BUCKET}/{request}")
 
 
-def test_sigterm_mid_request_stops_everything_and_reports_the_request(
+def test_sigterm_mid_request_stops_everything(
         launcher: Launcher, keyed: dict[str, KeyedClient]) -> None:
     """An FHE run that will not end by itself (its worker is stopped mid-run)."""
     ready = _ready(launcher)
