@@ -32,6 +32,7 @@ from common.process import die_with_parent
 from common.s3_access import SSE
 from common.s3_location import parse_s3_uri
 from common.sagemaker_layout import OUTPUT_TARBALL
+from local_mode.endpoint import STOP_SECONDS as ENDPOINT_STOP_SECONDS
 from local_mode.processes import ProcessError, stop_process, tail, wait_for_ready_file
 from local_mode.s3_server import LocalS3Server, local_session
 
@@ -41,7 +42,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 BUCKET = "fhe-demo"
 READY_TIMEOUT = 300.0
 TRAIN_TIMEOUT = 1800.0
-STOP_TIMEOUT = 60.0
+STOP_TIMEOUT = ENDPOINT_STOP_SECONDS + 5.0  # the launcher stops within its own bound
 
 
 class StackError(RuntimeError):
