@@ -22,9 +22,8 @@ import numpy as np
 import pytest
 import requests
 
-from client import EncryptedPredictor
+from client import EncryptedPredictor, RetryPolicy
 from client.errors import InferenceFailedError
-from client.retry import RetryPolicy
 from local_mode.s3_server import LocalS3Server, local_session
 from local_mode.stack import deploy_command, running_endpoint
 from tests.fixtures.models import FixtureModel
