@@ -572,13 +572,14 @@ class EncryptedPredictor:
 
     def _resend(self, request: _Pending, *, deadline: float) -> None:
         """Invoke ``request`` again under a fresh InferenceId (same uploaded objects); the
-        spent failure object goes."""
-        if request.failure is not None and not self.keep_objects:
-            self._io.submit(self._delete_quietly, [request.failure])
+        spent failure object goes, unless the new attempt reports to the same location."""
+        spent = request.failure
         request.attempt += 1
         self.timings.retries += 1
         request.inference_id = f"{request.inference_id.split('-', 1)[0]}-{request.attempt}"
         self._send(request, deadline=deadline)
+        if spent is not None and spent != request.failure and not self.keep_objects:
+            self._io.submit(self._delete_quietly, [spent])
 
     def _collect(self, request: _Pending, *, started: float) -> np.ndarray:
         """Wait for one request's result (``started``: when the endpoint could start it)."""
