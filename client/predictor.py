@@ -231,7 +231,7 @@ class EncryptedPredictor:
         backoff: When to poll (default: around the time results of earlier requests took,
             else every 5 % of the time waited so far, 5 ms to 1 s apart).
         retry: How errors the contract calls retryable (``503 NotReady`` after a worker
-            restart, ...) are retried: :class:`client.retry.RetryPolicy` (default: up to 6
+            restart, ...) are retried: :class:`client.retry.RetryPolicy` (default: up to 8
             invocations, exponential backoff with full jitter from 1 s, capped at 30 s, always
             inside ``timeout``); ``RetryPolicy(max_attempts=1)`` never retries.
         keep_objects: Leave queries, requests and outputs in S3 (default: delete after reading).

@@ -41,9 +41,10 @@ T = TypeVar("T")
 class RetryPolicy:
     """How often and how patiently a request is retried.
 
-    The defaults ride out a worker restart on a SageMaker instance (tens of seconds to load a
-    model): at most 6 invocations, waits capped at 1, 2, 4, 8 and 16 s (about 15 s in total on
-    average, 31 s at most), never past the request's timeout.
+    The defaults ride out a worker restart (a model load: 8 s for a small tree here, tens of
+    seconds for a large circuit): at most 8 invocations, waits capped at 1, 2, 4, 8, 16, 30 and
+    30 s (about 45 s in total on average, 91 s at most), never past the request's timeout.
+    Each attempt costs one ``InvokeEndpointAsync`` call and a few S3 reads, no upload.
 
     Attributes:
         max_attempts: Invocations of one request at most, the first included (1: never retry).
@@ -51,7 +52,7 @@ class RetryPolicy:
         max_delay: Cap of any one wait, seconds.
     """
 
-    max_attempts: int = 6
+    max_attempts: int = 8
     base_delay: float = 1.0
     max_delay: float = 30.0
 

@@ -137,8 +137,8 @@ def test_max_attempts_one_never_retries() -> None:
 
 def test_the_defaults_are_documented_values() -> None:
     policy = RetryPolicy()
-    assert (policy.max_attempts, policy.base_delay, policy.max_delay) == (6, 1.0, 30.0)
-    assert [policy.cap(n) for n in range(1, 6)] == [1, 2, 4, 8, 16]
+    assert (policy.max_attempts, policy.base_delay, policy.max_delay) == (8, 1.0, 30.0)
+    assert [policy.cap(n) for n in range(1, 8)] == [1, 2, 4, 8, 16, 30, 30]
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
