@@ -31,7 +31,13 @@ from typing import Any, NoReturn
 
 from common import options
 from common.files import atomic_write_bytes
-from common.process import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, run_main
+from common.process import (
+    EXIT_BAD_INPUT,
+    EXIT_FAILED,
+    EXIT_OK,
+    interrupt_on_sigterm,
+    run_main,
+)
 from common.s3_location import S3LocationError, is_s3_location, parse_s3_prefix
 from common.sagemaker_layout import job_outputs
 from local_mode.training_job import LocalJobError, run_local_job
@@ -331,4 +337,5 @@ def _is_aws_error(exc: BaseException) -> bool:
 
 
 if __name__ == "__main__":
+    interrupt_on_sigterm()  # --local: the training subprocess is killed, temp files go (exit 130)
     run_main(main)

@@ -22,6 +22,7 @@ from client.errors import (
 from client.keys import KeySet, KeyStore, default_cache_dir, default_key_dir
 from client.model import ClientModel, check_versions, load_client_model
 from client.predictor import EncryptedPredictor, Timings, validate_features
+from client.retry import RetryPolicy
 from client.settings import ClientSettings
 from client.storage import Backoff
 
@@ -39,6 +40,7 @@ __all__ = [
     "KeyStore",
     "KeyStoreError",
     "ModelArtifactError",
+    "RetryPolicy",
     "ServiceUnavailableError",
     "StorageError",
     "Timings",

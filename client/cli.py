@@ -34,6 +34,7 @@ from client.model import (
     training_job_model_data,
 )
 from client.predictor import EncryptedPredictor
+from client.retry import RetryPolicy
 from client.settings import ClientSettings
 from client.storage import S3Storage
 from common.files import atomic_write_bytes
@@ -169,6 +170,20 @@ def build_parser(settings: ClientSettings) -> argparse.ArgumentParser:
     predict.add_argument(
         "--timeout", type=float, default=600.0, help="seconds to wait for each request's result"
     )
+    retry = RetryPolicy()
+    predict.add_argument(
+        "--max-attempts", type=int, default=retry.max_attempts,
+        help="invocations per request at most when the endpoint answers a retryable error"
+             " (503 NotReady, ...); 1 never retries",
+    )
+    predict.add_argument(
+        "--retry-base-delay", type=float, default=retry.base_delay,
+        help="seconds: the first retry waits a random time up to this; doubles per retry",
+    )
+    predict.add_argument(
+        "--retry-max-delay", type=float, default=retry.max_delay,
+        help="seconds: the longest wait before a retry (retries never pass --timeout)",
+    )
     predict.add_argument(
         "--keep-objects", action="store_true", help="leave queries/requests/outputs in S3"
     )
@@ -206,6 +221,8 @@ def _load_model(args: argparse.Namespace) -> Any:
 
 def cmd_predict(args: argparse.Namespace) -> dict[str, Any]:
     """Run ``predict`` / ``predict_proba`` on a file and write the results."""
+    retry = RetryPolicy(max_attempts=args.max_attempts, base_delay=args.retry_base_delay,
+                        max_delay=args.retry_max_delay)
     features = read_features(args.input, drop_columns=args.drop_column)
     with EncryptedPredictor(
         args.endpoint_name,
@@ -218,6 +235,7 @@ def cmd_predict(args: argparse.Namespace) -> dict[str, Any]:
         region_name=args.region,
         batch_size=args.batch_size,
         timeout=args.timeout,
+        retry=retry,
         keep_objects=args.keep_objects,
         progress=not args.no_progress,
     ) as predictor:

@@ -46,6 +46,7 @@ from client.model import (
     load_fhe_client,
     training_job_model_data,
 )
+from client.retry import Retrier, RetryPolicy
 from client.storage import Backoff, S3Storage, ServiceTimes, translate, wait_for_result
 from common.contract import (
     CONTENT_TYPE_BATCH,
@@ -54,6 +55,7 @@ from common.contract import (
     EVALUATION_KEYS_NOT_FOUND,
     ContractError,
     build_request,
+    is_retryable,
     pack_batch,
     sha256_hex,
     unpack_batch,
@@ -67,13 +69,17 @@ STAGES = ("keygen", "encrypt", "upload", "invoke", "wait", "download", "decrypt"
 _BOTO_CONFIG = Config(
     retries={"mode": "standard", "max_attempts": 5}, connect_timeout=10, read_timeout=60
 )
+# InvokeEndpointAsync is retried by the client's own policy (client.retry: logged, inside the
+# request's timeout), not silently by botocore as well.
+_RUNTIME_CONFIG = _BOTO_CONFIG.merge(Config(retries={"mode": "standard", "max_attempts": 1}))
 
 
 @dataclass
 class Timings:
     """Seconds spent per stage, plus counters; ``predictor.last_timings`` / ``.timings``.
 
-    ``wait`` is the time spent polling for results (the server's FHE compute plus queueing);
+    ``retries`` counts invocations sent again (:mod:`client.retry`). ``wait`` is the time
+    spent polling for results (the server's FHE compute plus queueing);
     ``download`` the final read of the result; ``cleanup`` scheduling the deletion of the
     per-request objects (one ``DeleteObjects`` call in the background; ``close()`` waits for it).
     """
@@ -89,6 +95,7 @@ class Timings:
     rows: int = 0
     requests: int = 0
     keygens: int = 0
+    retries: int = 0
     evaluation_key_uploads: int = 0
     bytes_uploaded: int = 0
     bytes_downloaded: int = 0
@@ -114,15 +121,17 @@ class Timings:
 
 @dataclass
 class _Pending:
-    """A request sent and not yet collected."""
+    """A request sent and not yet collected (``attempt``: invocations so far)."""
 
     inference_id: str
     n_rows: int
     objects: list[S3Uri]
-    output: S3Uri
-    failure: S3Uri | None
+    request: S3Uri
     raw: bool = False  # the result is one serialized ciphertext, not a batch body
+    output: S3Uri | None = None  # where the current attempt's result / failure will appear
+    failure: S3Uri | None = None
     sent_at: float = field(default_factory=time.monotonic)
+    attempt: int = 1
 
 
 def parse_prefix(uri: str) -> S3Prefix:
@@ -161,7 +170,7 @@ def _aws_clients(session: boto3.session.Session, *, region_name: str | None,
         return (session.client("s3", endpoint_url=s3_endpoint_url, region_name=region_name,
                                config=_BOTO_CONFIG),
                 session.client("sagemaker-runtime", endpoint_url=runtime_endpoint_url,
-                               region_name=region_name, config=_BOTO_CONFIG))
+                               region_name=region_name, config=_RUNTIME_CONFIG))
     except NoRegionError as exc:
         raise StorageError(
             "no AWS region configured: pass region_name=… or set AWS_DEFAULT_REGION"
@@ -221,6 +230,10 @@ class EncryptedPredictor:
             from the previous result, whichever is later.
         backoff: When to poll (default: around the time results of earlier requests took,
             else every 5 % of the time waited so far, 5 ms to 1 s apart).
+        retry: How errors the contract calls retryable (``503 NotReady`` after a worker
+            restart, ...) are retried: :class:`client.retry.RetryPolicy` (default: up to 8
+            invocations, exponential backoff with full jitter from 1 s, capped at 30 s, always
+            inside ``timeout``); ``RetryPolicy(max_attempts=1)`` never retries.
         keep_objects: Leave queries, requests and outputs in S3 (default: delete after reading).
         progress: Show tqdm progress bars.
         expected_fingerprint: Refuse a model whose client.zip sha256 differs.
@@ -241,6 +254,7 @@ class EncryptedPredictor:
         batch_size: int = 32,
         timeout: float = 600.0,
         backoff: Backoff | None = None,
+        retry: RetryPolicy | None = None,
         keep_objects: bool = False,
         progress: bool = True,
         expected_fingerprint: str | None = None,
@@ -251,6 +265,8 @@ class EncryptedPredictor:
         self.batch_size = batch_size
         self.timeout = float(timeout)
         self.backoff = backoff or Backoff()
+        self.retry = retry or RetryPolicy()
+        self._retrier = Retrier(self.retry)
         self.keep_objects = keep_objects
         self.progress = progress
         self.key_store = KeyStore(key_dir)
@@ -472,20 +488,32 @@ class EncryptedPredictor:
         for upload in uploads:
             upload.result()  # both must land before the invocation; re-raises StorageError
         self.timings.upload += time.perf_counter() - start
-        start = time.perf_counter()
-        response = self._invoke(request, inference_id)
-        self.timings.invoke += time.perf_counter() - start
+        pending = _Pending(inference_id, len(rows), [query, request], request, raw=raw)
+        self._send(pending, deadline=time.monotonic() + self.timeout)
         self.timings.requests += 1
-        output = parse_s3_uri(response["OutputLocation"], field="OutputLocation")
+        return pending
+
+    def _send(self, pending: _Pending, *, deadline: float) -> None:
+        """Invoke the endpoint for ``pending`` (retrying what may be retried before
+        ``deadline``); record where its output and failure objects will appear."""
+        start = time.perf_counter()
+        attempts = pending.attempt
+
+        def count(attempt: int) -> None:
+            pending.attempt = attempt
+            self.timings.retries += 1
+
+        try:
+            response = self._retrier.call(
+                lambda: self._invoke(pending.request, pending.inference_id), deadline=deadline,
+                what=f"InvokeEndpointAsync of request {pending.inference_id}",
+                attempt=attempts, on_retry=count)
+        finally:
+            self.timings.invoke += time.perf_counter() - start
+        pending.output = parse_s3_uri(response["OutputLocation"], field="OutputLocation")
         failure = response.get("FailureLocation")
-        return _Pending(
-            inference_id,
-            len(rows),
-            [query, request],
-            output,
-            parse_s3_uri(failure, field="FailureLocation") if failure else None,
-            raw=raw,
-        )
+        pending.failure = parse_s3_uri(failure, field="FailureLocation") if failure else None
+        pending.sent_at = time.monotonic()
 
     def _request_body(self, query: S3Uri, payload: bytes, keys: KeySet, keys_uri: S3Uri
                       ) -> bytes:
@@ -514,11 +542,13 @@ class EncryptedPredictor:
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
             if status is not None and (status >= 500 or status == 429):
                 raise translate(exc, action=f"invoking endpoint {self.endpoint_name}") from exc
+            code = str(err.get("Code", "Unknown"))
             raise InferenceFailedError(
                 str(err.get("Message", exc)),
                 status=status,
-                code=str(err.get("Code", "Unknown")),
+                code=code,
                 location=f"endpoint {self.endpoint_name}",
+                retryable=is_retryable(code, status),
             ) from exc
         except BotoCoreError as exc:
             raise translate(exc, action=f"invoking endpoint {self.endpoint_name}") from exc
@@ -528,18 +558,41 @@ class EncryptedPredictor:
         expected = self._service_times.expected(request.n_rows)
         return None if expected is None else started + expected
 
+    def _wait(self, request: _Pending, *, started: float) -> Any:
+        """Poll for ``request``'s output until its deadline; a failure object whose code is
+        retryable sends the same request objects again (see :mod:`client.retry`)."""
+        deadline = started + self.timeout
+        while True:
+            assert request.output is not None, "the request was not sent"
+            try:
+                return wait_for_result(
+                    self.storage, output=request.output, failure=request.failure,
+                    deadline=deadline, backoff=self.backoff,
+                    expected_at=self._expected_at(request, started) if request.attempt == 1
+                    else None)
+            except InferenceFailedError as exc:
+                if not self._retrier.pause(exc, attempt=request.attempt, deadline=deadline,
+                                           what=f"request {request.inference_id}"):
+                    raise
+            self._resend(request, deadline=deadline)
+
+    def _resend(self, request: _Pending, *, deadline: float) -> None:
+        """Invoke ``request`` again under a fresh InferenceId (same uploaded objects); the
+        spent failure object goes, unless the new attempt reports to the same location."""
+        spent = request.failure
+        request.attempt += 1
+        self.timings.retries += 1
+        request.inference_id = f"{request.inference_id.split('-', 1)[0]}-{request.attempt}"
+        self._send(request, deadline=deadline)
+        if spent is not None and spent != request.failure and not self.keep_objects:
+            self._io.submit(self._delete_quietly, [spent])
+
     def _collect(self, request: _Pending, *, started: float) -> np.ndarray:
         """Wait for one request's result (``started``: when the endpoint could start it)."""
         start = time.perf_counter()
-        result = wait_for_result(
-            self.storage,
-            output=request.output,
-            failure=request.failure,
-            deadline=started + self.timeout,
-            backoff=self.backoff,
-            expected_at=self._expected_at(request, started),
-        )
-        self._service_times.record(request.n_rows, result.found_at - started)
+        result = self._wait(request, started=started)
+        if request.attempt == 1:  # a retried request's time includes the backoff
+            self._service_times.record(request.n_rows, result.found_at - started)
         self.timings.wait += time.perf_counter() - start - result.download_seconds
         self.timings.download += result.download_seconds
         body = result.body

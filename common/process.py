@@ -23,16 +23,28 @@ Every entry point of the kit exits through :func:`run_main`; pytest through
 Exit codes mean the same for every entry point (the training script, the launch scripts, the
 CLIs, ``serve``, the demo and the benchmark): :data:`EXIT_OK`, :data:`EXIT_FAILED`,
 :data:`EXIT_BAD_INPUT` (argparse's own usage status) and :data:`EXIT_INTERRUPTED`.
+
+Children that cannot outlive their parent: every process the kit starts (``serve``, gunicorn and
+its workers, nginx, the embedded S3, the training script, the launchers under the local stack)
+is started with :func:`die_with_parent`, Linux's parent-death signal (``PR_SET_PDEATHSIG``): if
+the parent dies, even by ``kill -9``, the child gets a signal at once and stops. The kernel
+sends it when the *thread* that started the child ends, so the kit starts children from the
+main thread of long-lived processes only. Jobs that run a child to completion (the demo,
+``start_training.py``) turn SIGTERM into ``KeyboardInterrupt`` (:func:`interrupt_on_sigterm`)
+so their cleanup runs, and exit :data:`EXIT_INTERRUPTED`.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import ctypes
 import os
+import signal
 import sys
 import threading
 from collections.abc import Callable
+from types import FrameType
 from typing import NoReturn
 
 CONCRETE_COMPILER_MODULE = "concrete.compiler"
@@ -46,7 +58,67 @@ EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 """Bad arguments, settings or input data; nothing was done, and the message says the fix."""
 EXIT_INTERRUPTED = 130
-"""Ctrl-C (SIGINT), as a shell reports it."""
+"""Ctrl-C (SIGINT), as a shell reports it; also a job stopped by SIGTERM before it finished."""
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _prctl() -> Callable[..., int] | None:
+    """libc's ``prctl`` (None off Linux), resolved before any fork."""
+    if not sys.platform.startswith("linux"):
+        return None
+    return ctypes.CDLL(None, use_errno=True).prctl  # type: ignore[no-any-return]
+
+
+def set_parent_death_signal(signum: int) -> None:
+    """Have Linux send ``signum`` to this process when its parent dies (no-op off Linux).
+
+    Raises:
+        OSError: prctl refused.
+    """
+    prctl = _prctl()
+    if prctl is not None and prctl(_PR_SET_PDEATHSIG, int(signum), 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+
+
+def die_with_parent(signum: int = signal.SIGTERM) -> Callable[[], None] | None:
+    """A ``preexec_fn`` for :class:`subprocess.Popen`: the child gets ``signum`` if we die.
+
+    Also covers a parent that died between the fork and the ``prctl`` (the child then exits
+    at once). Start such children from a thread that lives as long as they should (the main
+    thread): Linux signals them when that thread ends.
+
+    Args:
+        signum: SIGTERM for children that stop their own children cleanly (``serve``, the
+            launchers), SIGKILL for those that need not.
+
+    Returns:
+        The function, or None off Linux (nothing to set).
+    """
+    prctl = _prctl()
+    if prctl is None:
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, int(signum), 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(128 + int(signum))
+
+    return preexec
+
+
+def _raise_keyboard_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def interrupt_on_sigterm() -> None:
+    """Make SIGTERM raise ``KeyboardInterrupt`` (in the main thread), like Ctrl-C.
+
+    A job's ``finally`` blocks and context managers then stop what it started (a child run by
+    :func:`subprocess.run` is killed), and :func:`run_main` exits :data:`EXIT_INTERRUPTED`.
+    """
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
 
 
 def disarm_concrete_exit_handler() -> bool:

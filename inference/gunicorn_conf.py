@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 from typing import Any
 
-from common.process import exit_process
+from common.process import exit_process, set_parent_death_signal
+
+
+def post_fork(server: Any, worker: Any) -> None:
+    """Make the worker die with its master (SIGKILL), even when the master is killed -9.
+
+    gunicorn's own check (the parent pid) runs between requests only, and a sync worker with a
+    600 s timeout sleeps up to 300 s between checks; an FHE run blocks it for its whole length.
+    """
+    set_parent_death_signal(signal.SIGKILL)
+    if os.getppid() != worker.ppid:  # the master died before the signal was armed
+        os._exit(1)
 
 
 def worker_exit(server: Any, worker: Any) -> None:

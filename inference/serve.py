@@ -23,7 +23,7 @@ from importlib import resources
 from pathlib import Path
 from string import Template
 
-from common.process import EXIT_BAD_INPUT, run_main
+from common.process import EXIT_BAD_INPUT, die_with_parent, run_main
 from inference.connection import ENV_HPX_HANDLE_SIGNALS
 from inference.settings import Settings, SettingsError
 from inference.wsgi import LOG_FORMAT
@@ -127,16 +127,44 @@ def runtime_parent(tmpdir: Path, *, euid: int) -> Path:
 
 
 class Supervisor:
-    """Owns the child processes; stops them all on exit."""
+    """Owns the child processes (gunicorn, nginx); stops them all, within a bound, on exit.
+
+    Shutdown is bounded by :attr:`STOP_SECONDS`: SIGTERM asks gunicorn for a graceful stop
+    (a request in progress may finish within ``--graceful-timeout``, :data:`GRACEFUL_SECONDS`)
+    and nginx for a graceful quit; whatever still runs :attr:`STOP_SECONDS` after the signal
+    is killed. A gunicorn worker's SIGTERM handler only sets a flag: an FHE run in progress is
+    one C call that Python signal handlers cannot interrupt, so the worker computes on until
+    the run ends or the graceful timeout kills it. Before, a worker could therefore outlive
+    its ``serve`` by the rest of that timeout (e.g. 25 s of a 30 s one) when ``serve`` itself
+    was killed earlier: its gunicorn master, orphaned, kept waiting for it.
+
+    Every child also dies with ``serve``: it gets a parent-death signal
+    (:func:`common.process.die_with_parent`; nginx SIGTERM, a fast stop that also ends its
+    workers; the gunicorn master SIGKILL) and each gunicorn worker gets SIGKILL when its
+    master dies (``post_fork`` in :mod:`inference.gunicorn_conf`). So ``kill -9`` of ``serve``
+    (or of whatever started it) leaves no process and no held port behind.
+    """
+
+    STOP_SECONDS = GRACEFUL_SECONDS + 5
+    """Longest time :meth:`stop` takes."""
+    STOP_SIGNALS = {"nginx": signal.SIGQUIT, "gunicorn": signal.SIGTERM}
+    PARENT_DEATH_SIGNALS = {"nginx": signal.SIGTERM, "gunicorn": signal.SIGKILL}
 
     def __init__(self) -> None:
         self.children: dict[str, subprocess.Popen[bytes]] = {}
         self.stopping = False
 
+    def request_stop(self, signum: int, _frame: object = None) -> None:
+        """Signal handler: stop (:meth:`wait` returns 0)."""
+        logger.info("received %s; shutting down", signal.Signals(signum).name)
+        self.stopping = True
+
     def start(self, name: str, argv: list[str], env: dict[str, str]) -> None:
-        """Start a child process."""
+        """Start a child process that dies with this one."""
         logger.info("starting %s", name)
-        self.children[name] = subprocess.Popen(argv, env=env)
+        self.children[name] = subprocess.Popen(
+            argv, env=env,
+            preexec_fn=die_with_parent(self.PARENT_DEATH_SIGNALS.get(name, signal.SIGTERM)))
 
     def wait(self) -> int:
         """Block until a stop signal (exit 0) or a child exits (its code, at least 1)."""
@@ -150,18 +178,23 @@ class Supervisor:
         return 0
 
     def stop(self) -> None:
-        """Stop children gracefully (nginx: SIGQUIT, gunicorn: SIGTERM), then kill stragglers."""
-        signals = {"nginx": signal.SIGQUIT, "gunicorn": signal.SIGTERM}
+        """Stop children gracefully (nginx: SIGQUIT, gunicorn: SIGTERM); after
+        :attr:`STOP_SECONDS`, kill what is left (a gunicorn worker dies with its master)."""
+        started = time.monotonic()
         for name, child in self.children.items():
             if child.poll() is None:
-                child.send_signal(signals.get(name, signal.SIGTERM))
-        deadline = time.monotonic() + GRACEFUL_SECONDS + 5
-        for child in self.children.values():
+                child.send_signal(self.STOP_SIGNALS.get(name, signal.SIGTERM))
+        deadline = started + self.STOP_SECONDS
+        for name, child in self.children.items():
             try:
                 child.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
+                logger.warning("%s did not stop within %d s; killing it", name,
+                               self.STOP_SECONDS)
                 child.kill()
                 child.wait()
+        if self.children:
+            logger.info("stopped in %.1f s", time.monotonic() - started)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -183,13 +216,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.error("%s", exc)
         return EXIT_BAD_INPUT
     supervisor = Supervisor()
-
-    def on_signal(signum: int, _frame: object) -> None:
-        logger.info("received %s; shutting down", signal.Signals(signum).name)
-        supervisor.stopping = True
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, supervisor.request_stop)
+    signal.signal(signal.SIGINT, supervisor.request_stop)
     nginx = None if args.no_nginx else shutil.which("nginx")
     env = worker_env(settings)
     with tempfile.TemporaryDirectory(prefix="fhe-serve-", dir=parent) as runtime:

@@ -17,18 +17,22 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import signal
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import numpy as np
 
 from client.errors import EncryptedInferenceError
-from common.process import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, run_main
+from common.process import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    interrupt_on_sigterm,
+    run_main,
+)
 from local_mode.stack import StackError, local_stack
 
 logger = logging.getLogger("local_mode.demo")
@@ -196,15 +200,11 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _sigterm_to_interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``make demo``: 0 when FHE agrees with the clear model on every row."""
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
+    interrupt_on_sigterm()
     try:
         report = run_demo(case=args.case, n_rows=args.n_rows, batch_size=args.batch_size,
                           work_dir=args.work_dir, keep=args.keep, timeout=args.timeout,

@@ -4,6 +4,13 @@ The real ``serve`` (nginx + gunicorn + the predictor) on a loopback port, config
 serving container's own :class:`inference.settings.Settings`, behind
 :class:`local_mode.runtime.LocalAsyncRuntime` (SageMaker's ``InvokeEndpointAsync`` front end),
 on a given S3 endpoint or an embedded one (:class:`local_mode.s3_server.LocalS3Server`).
+
+The endpoint owns its processes: SIGTERM or SIGINT at any stage (the embedded S3 starting, the
+model downloading or loading, ready, mid-request) stops all of them within
+:data:`STOP_SECONDS` and the launcher exits 0; a request in progress gets ``serve``'s graceful
+period to finish (its result is written), a queued one a ``503 RuntimeStopped`` failure object.
+If the launcher dies (``kill -9``), ``serve`` and the embedded S3 get a parent-death signal and
+stop too (:func:`common.process.die_with_parent`), and so do their own children.
 """
 
 from __future__ import annotations
@@ -25,8 +32,9 @@ from types import TracebackType
 from typing import Any
 
 from common.files import atomic_write_bytes
-from common.process import EXIT_FAILED, EXIT_OK
+from common.process import EXIT_FAILED, EXIT_OK, die_with_parent
 from common.s3_location import parse_s3_prefix, parse_s3_uri
+from inference.serve import Supervisor
 from inference.settings import ENV_S3_ENDPOINT, Settings, SettingsError, parse_allowed_prefix
 from local_mode.processes import ProcessError, free_port, stop_process, wait_for_ping
 from local_mode.runtime import LocalAsyncRuntime
@@ -35,7 +43,10 @@ from local_mode.s3_server import LocalS3Server
 logger = logging.getLogger(__name__)
 
 LOOPBACK = "127.0.0.1"
-SERVE_STOP_TIMEOUT = 60.0
+SERVE_STOP_TIMEOUT = Supervisor.STOP_SECONDS + 5.0
+"""``serve`` stops within its own bound; it is killed (SIGKILL) only if it overruns this."""
+STOP_SECONDS = SERVE_STOP_TIMEOUT + 15.0
+"""Longest time a stop takes: ``serve``, then the runtime's last writes and the embedded S3."""
 
 
 class LocalEndpointError(RuntimeError):
@@ -115,7 +126,8 @@ class LocalEndpoint:
         settings = self._serve_settings(self._model_dir(s3), s3_url)
         serve_url = f"http://{settings.host}:{settings.port}"
         self.serve = subprocess.Popen([sys.executable, "-m", "inference.serve"],
-                                      env={**os.environ, **s3_env, **settings.to_env()})
+                                      env={**os.environ, **s3_env, **settings.to_env()},
+                                      preexec_fn=die_with_parent(signal.SIGTERM))
         try:
             wait_for_ping(serve_url, process=self.serve, timeout=self.config.startup_timeout,
                           interval=0.2)
@@ -177,11 +189,15 @@ class LocalEndpoint:
         return extract_model(archive, self.work_dir / "model")
 
     def stop(self) -> None:
-        """Stop runtime, server and embedded S3 (in that order)."""
+        """Stop everything within :data:`STOP_SECONDS`: the runtime takes no new requests,
+        ``serve`` stops (a request in progress gets its graceful period), the runtime writes
+        the last output or failure objects, then the embedded S3 stops."""
         if self.runtime is not None:
-            self.runtime.stop()
+            self.runtime.stop_accepting()
         if self.serve is not None:
             stop_process(self.serve, timeout=SERVE_STOP_TIMEOUT)
+        if self.runtime is not None:
+            self.runtime.stop()
         if self.s3_server is not None:
             self.s3_server.stop()
 
@@ -197,10 +213,32 @@ class LocalEndpoint:
         self.stop()
 
 
+class StopRequested(Exception):
+    """Raised in the main thread by SIGINT/SIGTERM while the endpoint starts."""
+
+
+class _Signals:
+    """SIGINT/SIGTERM set ``stop``; while ``starting``, the first one also raises
+    :class:`StopRequested` (a start blocks in waits and downloads that check no event)."""
+
+    def __init__(self, stop: threading.Event) -> None:
+        self.stop = stop
+        self.starting = True
+
+    def __call__(self, signum: int, _frame: object) -> None:
+        logger.info("received %s; stopping the local endpoint", signal.Signals(signum).name)
+        self.stop.set()
+        if self.starting:
+            self.starting = False
+            raise StopRequested(signal.Signals(signum).name)
+
+
 def run_until_stopped(config: LocalEndpointConfig, *, ready_file: Path | None = None,
                       stop_event: threading.Event | None = None,
                       on_ready: Callable[[dict[str, str]], None] | None = None) -> int:
     """Run a local endpoint until SIGINT/SIGTERM (or ``stop_event``), or until ``serve`` dies.
+
+    A signal at any stage, the start included, stops everything (module docstring).
 
     Returns:
         EXIT_OK after a stop request, EXIT_FAILED when ``serve`` exited by itself.
@@ -208,13 +246,29 @@ def run_until_stopped(config: LocalEndpointConfig, *, ready_file: Path | None = 
     Raises:
         LocalEndpointError: the endpoint could not start.
     """
-    stop = stop_event or threading.Event()
+    handler = _Signals(stop_event or threading.Event())
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, lambda *_: stop.set())
+            signal.signal(signum, handler)
+    else:
+        handler.starting = False  # signals are the main thread's; stop_event still works
+    try:
+        return _serve_until_stopped(config, handler, ready_file=ready_file, on_ready=on_ready)
+    except StopRequested as exc:
+        logger.info("stopped (%s) before the endpoint was ready", exc)
+        return EXIT_OK
+
+
+def _serve_until_stopped(config: LocalEndpointConfig, handler: _Signals, *,
+                         ready_file: Path | None,
+                         on_ready: Callable[[dict[str, str]], None] | None) -> int:
+    stop = handler.stop
     with tempfile.TemporaryDirectory(prefix="fhe-local-endpoint-") as work:
         endpoint = LocalEndpoint(config, Path(work))
         with endpoint as ready:
+            handler.starting = False
+            if stop.is_set():
+                return EXIT_OK
             if on_ready is not None:
                 on_ready(ready)
             if ready_file is not None:

@@ -176,8 +176,10 @@ class LocalAsyncRuntime:
                     self.container_url)
         return self
 
-    def stop(self) -> None:
-        """Stop accepting requests; let running invocations finish; fail queued ones (503)."""
+    def stop_accepting(self) -> None:
+        """Refuse new requests and fail queued ones (503); running invocations go on."""
+        if self._stopping.is_set():
+            return
         self._server.shutdown()
         self._server.server_close()
         self._stopping.set()
@@ -191,6 +193,10 @@ class LocalAsyncRuntime:
                              "the endpoint stopped before running this invocation; send it again")
         for _ in range(self._max_concurrency):
             self._queue.put(None)
+
+    def stop(self) -> None:
+        """Stop accepting requests; let running invocations finish; fail queued ones (503)."""
+        self.stop_accepting()
         for thread in self._threads:
             thread.join(timeout=self.invocation_timeout)
         self._http.close()

@@ -15,6 +15,7 @@ from typing import Any
 
 import boto3
 
+from common.process import die_with_parent
 from local_mode.processes import free_port, stop_process, wait_for_http
 
 LOCAL_REGION = "us-east-1"
@@ -76,7 +77,7 @@ class LocalS3Server:
         env = {**os.environ, **LOCAL_CREDENTIALS, "AWS_DEFAULT_REGION": LOCAL_REGION}
         self._process = subprocess.Popen(
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-            stdout=log, stderr=subprocess.STDOUT, env=env,
+            stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=die_with_parent(),
         )
         if log is not subprocess.DEVNULL:
             log.close()

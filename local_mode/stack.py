@@ -28,9 +28,11 @@ import numpy as np
 
 from common.artifact import METRICS_NAME, REFERENCE_MODEL_NAME
 from common.files import read_members
+from common.process import die_with_parent
 from common.s3_access import SSE
 from common.s3_location import parse_s3_uri
 from common.sagemaker_layout import OUTPUT_TARBALL
+from local_mode.endpoint import STOP_SECONDS as ENDPOINT_STOP_SECONDS
 from local_mode.processes import ProcessError, stop_process, tail, wait_for_ready_file
 from local_mode.s3_server import LocalS3Server, local_session
 
@@ -40,7 +42,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 BUCKET = "fhe-demo"
 READY_TIMEOUT = 300.0
 TRAIN_TIMEOUT = 1800.0
-STOP_TIMEOUT = 60.0
+STOP_TIMEOUT = ENDPOINT_STOP_SECONDS + 5.0  # the launcher stops within its own bound
 
 
 class StackError(RuntimeError):
@@ -158,7 +160,8 @@ def run_local_training(*, train: str, output_path: str, job_name: str,
     with open(log, "wb") as out:
         try:
             code = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, env=dict(env),
-                                  cwd=REPO_ROOT, timeout=timeout, check=False).returncode
+                                  cwd=REPO_ROOT, timeout=timeout, check=False,
+                                  preexec_fn=die_with_parent()).returncode
         except subprocess.TimeoutExpired as exc:
             raise StackError(f"start_training.py did not finish in {timeout:.0f} s; see {log}"
                              ) from exc
@@ -196,7 +199,7 @@ def running_endpoint(command: Sequence[str], *, endpoint_name: str, output_path:
     logger.info("starting %s (log: %s)", " ".join(command[:4]), log)
     with open(log, "wb") as out:
         process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=dict(env),
-                                   cwd=REPO_ROOT)
+                                   cwd=REPO_ROOT, preexec_fn=die_with_parent())
     try:
         try:
             ready = wait_for_ready_file(ready_file, timeout=timeout, process=process,

@@ -29,6 +29,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from common.files import atomic_write_bytes
+from common.process import die_with_parent
 from common.s3_access import SSE
 from common.s3_location import is_s3_location, parse_s3_prefix, parse_s3_uri
 from common.sagemaker_layout import (
@@ -142,7 +143,7 @@ def run_training_script(layout: JobLayout, hyperparameters: Mapping[str, Any], *
     command = [sys.executable, str(TRAINING_SCRIPT), *hyperparameter_args(hps)]
     logger.info("running %s", " ".join(command))
     completed = subprocess.run(command, env=training_env(layout, hps, environ),
-                               cwd=layout.root, check=False)
+                               cwd=layout.root, check=False, preexec_fn=die_with_parent())
     if completed.returncode != 0:
         reason = (layout.failure_file.read_text(errors="replace").strip()
                   if layout.failure_file.is_file() else "no failure file was written")

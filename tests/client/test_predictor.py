@@ -14,14 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from client import EncryptedPredictor
+from client import EncryptedPredictor, RetryPolicy
 from client.errors import (
     EncryptedInferenceError,
     InferenceFailedError,
     InvalidInputError,
     UnsupportedOperationError,
 )
-from common.contract import error_body, parse_request, sha256_hex, unpack_batch
+from common.contract import error_body, parse_request, parse_s3_uri, sha256_hex, unpack_batch
 
 
 def _objects(s3_client, bucket: str, prefix: str = "") -> list[str]:
@@ -42,6 +42,9 @@ def make_predictor(s3_server, bucket, client_dirs):
             "runtime_endpoint_url": s3_server.endpoint_url,
             "region_name": "us-east-1",
             "progress": False,
+            # moto's runtime answers an InputLocation it saw with the same result objects, so a
+            # retry could only fail again (tests/client/test_retry*.py cover retries).
+            "retry": RetryPolicy(max_attempts=1),
             **options,
         }
         predictor = EncryptedPredictor("fhe-endpoint", model_dir, f"s3://{bucket}/fhe", **settings)
@@ -233,3 +236,24 @@ def test_bad_prefix_is_rejected(fixture_models) -> None:
         EncryptedPredictor(
             "e", fixture_models["linear"].model_dir, "bucket/prefix", region_name="us-east-1"
         )
+
+
+def test_retries_reuse_the_uploaded_request_and_never_hang_on_a_reused_failure_location(
+    make_predictor, fixture_models, moto_async_results, s3_client, bucket, caplog
+) -> None:
+    """moto reports every invocation of one InputLocation to the same failure object: the
+    client retries from the same objects, keeps that object (it is the live report) and gives
+    up after ``max_attempts``, well inside the timeout."""
+    predictor = make_predictor(fixture_models["linear"].model_dir, timeout=60,
+                               retry=RetryPolicy(max_attempts=3, base_delay=0.01, max_delay=0.02))
+    moto_async_results([{"is_failure": True,
+                         "data": error_body(503, "NotReady", "loading").decode()}])
+    with pytest.raises(InferenceFailedError, match=r"\[503 NotReady\]") as info:
+        predictor.predict(fixture_models["linear"].raw_test[:2])
+    assert "gave up after 3 attempt(s)" in "".join(info.value.__notes__)
+    assert predictor.timings.retries == 2 and predictor.timings.requests == 1
+    assert len([r for r in caplog.records if r.name == "client.retry"]) == 2
+    assert len(_objects(s3_client, bucket, "fhe/queries/")) == 1
+    assert len(_objects(s3_client, bucket, "fhe/requests/")) == 1
+    failure = parse_s3_uri(info.value.location)
+    assert s3_client.head_object(Bucket=failure.bucket, Key=failure.key)

@@ -10,21 +10,7 @@ import pytest
 from client.errors import InferenceFailedError, InferenceTimeoutError
 from client.storage import Backoff, S3Storage, ServiceTimes, wait_for_result
 from common.contract import S3Uri, error_body
-
-
-class FakeClock:
-    """Deterministic time: ``sleep`` advances ``now``."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
+from tests.fixtures.clock import FakeClock
 
 
 def test_backoff_starts_fast_is_proportional_and_capped() -> None:
