@@ -55,7 +55,8 @@ class ModelSlot:
     def load(self, settings: Settings) -> None:
         """Load the model from ``settings.model_dir``; remember a failure instead of raising."""
         try:
-            self._model = FheModel.load(settings.model_dir)
+            self._model = FheModel.load(settings.model_dir, runtime=settings.runtime,
+                                        circuit_cache_dir=settings.circuit_cache_dir)
         except Exception as exc:
             logger.exception("model load failed")
             self._error = exc
