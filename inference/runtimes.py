@@ -134,8 +134,9 @@ class SavedServer:
         mlir: ``circuit.mlir``.
         configuration: ``configuration.json`` (a ``concrete.fhe.Configuration``'s fields).
         composition_rules: ``[[[from_func, from_pos], [to_func, to_pos]], ...]``.
-        program_info: The ``ProgramInfo`` the circuit was saved with (``client.specs.json``),
-            or None in a server.zip without one.
+        program_info: The ``ProgramInfo`` the circuit was saved with (``client.specs.json``
+            without its ``tfhers_specs``: the program info clients make keys for), or None in a
+            server.zip without one.
     """
 
     sha256: str
@@ -170,13 +171,14 @@ class SavedServer:
             raise ModelLoadError(f"{path} holds a simulated circuit, which cannot run on"
                                  " ciphertexts: save the model compiled for FHE execution")
         specs = json.loads(members.get(CLIENT_SPECS_NAME, b"null")) or {}
-        _refuse_tfhers(path, specs.get("tfhers_specs") or {})
+        tfhers_specs = specs.pop("tfhers_specs", None) or {}
+        _refuse_tfhers(path, tfhers_specs)
         return cls(
             sha256=hashlib.sha256(data).hexdigest(),
             mlir=members[MLIR_NAME].decode(),
             configuration=decode_configuration(members[CONFIGURATION_NAME]),
             composition_rules=json.loads(members.get(COMPOSITION_NAME, b"null")) or [],
-            program_info=specs.get("program_info"),
+            program_info=specs or None,
         )
 
 
