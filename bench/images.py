@@ -167,15 +167,19 @@ def ensure_base_image(*, log: Path) -> str:
     return "built"
 
 
-def build_image(kind: str, *, tag: str, log: Path, no_cache: bool = False) -> ImageBuild:
+def build_image(kind: str, *, tag: str, log: Path, no_cache: bool = False,
+                target: str | None = None) -> ImageBuild:
     """Build ``Dockerfile.<kind>`` from the checkout as ``tag`` (host network, layer cache on).
+
+    ``target`` builds that stage (``slim`` of Dockerfile.inference) instead of the last one.
 
     Raises:
         DockerError: unknown kind, or the build failed (the message has the log's tail).
     """
     if kind not in DOCKERFILES:
         raise DockerError(f"unknown image {kind!r}: choose one of {', '.join(DOCKERFILES)}")
-    args = ["build", "--network=host", "-f", str(REPO_ROOT / DOCKERFILES[kind]), "-t", tag]
+    args = ["build", "--network=host", "-f", str(REPO_ROOT / DOCKERFILES[kind]), "-t", tag,
+            *(["--target", target] if target else [])]
     started = time.monotonic()
     docker(*args, *(["--no-cache"] if no_cache else []), str(REPO_ROOT), timeout=BUILD_TIMEOUT,
            log=log)
@@ -393,3 +397,82 @@ def measure(work_dir: Path, *, reps: int = 3) -> dict[str, Any]:
                                                 "median": sorted(healthy)[len(healthy) // 2]}
     doc["model"] = case.label
     return doc
+
+
+# -- the two inference targets side by side -------------------------------------------------
+
+SLIM_TARGET = "slim"
+# A worker's imports: the serving app and the package its runtime loads the circuit with.
+WORKER_IMPORTS = {"concrete-ml": "inference.predictor, concrete.ml.deployment",
+                  "compiler": "inference.predictor, concrete.compiler"}
+_WORKER_PROBE = (
+    "import json, os, subprocess, sys, time\n"
+    "runtime = os.environ.get('FHE_RUNTIME', 'concrete-ml')\n"
+    "started = time.perf_counter()\n"
+    "subprocess.run([sys.executable, '-c', 'import ' + sys.argv[1]], check=True)\n"
+    "seconds = time.perf_counter() - started\n"
+    "rss = {}\n"
+    "for pid in filter(str.isdigit, os.listdir('/proc')):\n"
+    "    try:\n"
+    "        cmd = open(f'/proc/{pid}/cmdline', 'rb').read()\n"
+    "        status = open(f'/proc/{pid}/status').read().splitlines()\n"
+    "    except OSError:\n"
+    "        continue\n"
+    "    ppid = int(next(x for x in status if x.startswith('PPid:')).split()[1])\n"
+    "    if b'gunicorn' in cmd and b'gunicorn' in open(f'/proc/{ppid}/cmdline', 'rb').read():\n"
+    "        rss[pid] = int(next(x for x in status if x.startswith('VmRSS:')).split()[1]) * 1024\n"
+    "print(json.dumps({'runtime': runtime, 'import_seconds': seconds, 'worker_rss': rss}))\n"
+)
+
+
+def worker_probe(container: str, runtime: str) -> dict[str, Any]:
+    """Inside a serving container: a cold worker's import time, every worker's RSS."""
+    out = docker("exec", container, "python", "-c", _WORKER_PROBE, WORKER_IMPORTS[runtime],
+                 timeout=300).stdout
+    return json.loads(out.splitlines()[-1])
+
+
+def compare_serving(images: Mapping[str, str], *, model_dir: Path, request: bytes,
+                    env: Mapping[str, str], logs: Path, reps: int = 3,
+                    requests_per_run: int = 5) -> dict[str, Any]:
+    """Serve ``model_dir`` with each image (name -> tag) ``reps`` times; the numbers per image.
+
+    Each run: ``docker run IMAGE serve`` -> healthy ``/ping``; a cold worker's import time and
+    the worker's RSS after load (:func:`worker_probe`); then ``requests_per_run`` POSTs of
+    ``request`` (an /invocations body whose objects ``env``'s S3 holds), timed end to end.
+    """
+    from local_mode.processes import free_port
+
+    doc: dict[str, Any] = {}
+    for name, tag in images.items():
+        runtime = docker("image", "inspect", "--format", "{{range .Config.Env}}{{println .}}"
+                         "{{end}}", tag, timeout=60).stdout
+        runtime = "compiler" if "FHE_RUNTIME=compiler" in runtime else "concrete-ml"
+        healthy, imports, rss, latency = [], [], [], []
+        for rep in range(reps):
+            with serving_container(tag, model_dir=model_dir, port=free_port(), env=env,
+                                   log=logs / f"compare-{name}-{rep}.log") as served:
+                healthy.append(served.healthy_seconds)
+                probe = worker_probe(served.name, runtime)
+                imports.append(probe["import_seconds"])
+                for _ in range(requests_per_run):
+                    started = time.monotonic()
+                    answer = requests.post(f"{served.url}/invocations", data=request,
+                                           headers={"Content-Type": "application/json"},
+                                           timeout=600)
+                    latency.append(time.monotonic() - started)
+                    if answer.status_code != 200:
+                        raise DockerError(f"{tag}: /invocations answered {answer.status_code}:"
+                                          f" {answer.text[:300]}")
+                rss.extend(worker_probe(served.name, runtime)["worker_rss"].values())
+        doc[name] = {"tag": tag, "runtime": runtime, "size_bytes": image_size(tag),
+                     "healthy_ping_seconds": _summary(healthy),
+                     "worker_import_seconds": _summary(imports),
+                     "worker_rss_bytes": _summary(rss),
+                     "request_seconds": _summary(latency)}
+    return doc
+
+
+def _summary(values: Sequence[float]) -> dict[str, Any]:
+    ordered = sorted(values)
+    return {"runs": [round(v, 4) for v in values], "median": round(ordered[len(ordered) // 2], 4)}
