@@ -207,21 +207,49 @@ def _refuse_tfhers(path: Path, tfhers_specs: dict[str, Any]) -> None:
 def decode_configuration(data: bytes) -> dict[str, Any]:
     """``configuration.json`` (jsonpickle) -> plain values, without importing concrete.fhe.
 
-    jsonpickle writes concrete's enums as ``{"py/reduce": [{"py/type": ...}, {"py/tuple":
-    [value]}]}``: they become their values (``"multi"``, ``128``). Other objects keep their
-    jsonpickle form (only options this runtime refuses can hold one).
-    """
-    def plain(value: Any) -> Any:
-        if isinstance(value, dict) and "py/reduce" in value:
-            args = value["py/reduce"][1].get("py/tuple", [])
-            return args[0] if len(args) == 1 else value
-        return value
+    jsonpickle writes concrete's enums in one of two forms, depending on the Python that saved
+    them: by value, ``{"py/reduce": [{"py/type": E}, {"py/tuple": [value]}]}`` (3.11.7 here), or
+    by member name, ``{"py/reduce": [{"py/function": "builtins.getattr"}, {"py/tuple": [{"py/type":
+    E}, "NAME"]}]}`` (the images' Debian 3.11.2). Both become the enum's value (``"multi"``,
+    ``128``). Other objects keep their jsonpickle form (only options this runtime refuses, or
+    does not read, hold one).
 
+    Raises:
+        ModelLoadError: not JSON, or an enum member this runtime does not know.
+    """
     try:
         raw = json.loads(data)
     except ValueError as exc:
         raise ModelLoadError(f"{CONFIGURATION_NAME} is not JSON ({exc})") from exc
-    return {key: plain(value) for key, value in raw.items()}
+    return {key: _plain(key, value) for key, value in raw.items()}
+
+
+def _plain(key: str, value: Any) -> Any:
+    """One configuration value, with a jsonpickled enum replaced by its value."""
+    if not (isinstance(value, dict) and "py/reduce" in value):
+        return value
+    function, args = value["py/reduce"][0], value["py/reduce"][1].get("py/tuple", [])
+    if function.get("py/type") and len(args) == 1:  # E(value)
+        return args[0]
+    if function.get("py/function") == "builtins.getattr" and len(args) == 2:  # getattr(E, NAME)
+        enum = str(args[0].get("py/type", "")).rsplit(".", 1)[-1]
+        members = _ENUM_VALUES.get(enum)
+        if members is not None:
+            if args[1] not in members:
+                raise ModelLoadError(f"{CONFIGURATION_NAME}: {key} is {enum}.{args[1]}, which"
+                                     f" the {RUNTIME_COMPILER} runtime does not know: serve it"
+                                     f" with FHE_RUNTIME={RUNTIME_CONCRETE_ML}")
+            return members[args[1]]
+    return value
+
+
+# concrete-python 2.10's enums that compilation_options reads: member name -> value.
+_ENUM_VALUES: dict[str, dict[str, Any]] = {
+    "ParameterSelectionStrategy": {"V0": "v0", "MONO": "mono", "MULTI": "multi"},
+    "MultiParameterStrategy": {"PRECISION": "precision",
+                               "PRECISION_AND_NORM2": "precision_and_norm2"},
+    "SecurityLevel": {"SECURITY_128_BITS": 128, "SECURITY_132_BITS": 132},
+}
 
 
 def compilation_options(configuration: dict[str, Any], composition_rules: list[Any]) -> Any:

@@ -223,3 +223,27 @@ def test_a_half_written_cache_entry_is_compiled_again(
     again = CompilerRuntime.load(fixture_models["linear"].model_dir, cache_dir=cache)
     assert again.compiled and (again.library_dir / "sharedlib.so").is_file()
     assert again.name == RUNTIME_COMPILER
+
+
+def _by_name(enum: str, member: str) -> dict[str, object]:
+    """An enum as jsonpickle writes it under the images' Python (getattr by member name)."""
+    return {"py/reduce": [{"py/function": "builtins.getattr"}, {"py/tuple": [
+        {"py/type": f"concrete.fhe.compilation.configuration.{enum}"}, member]}]}
+
+
+def test_enums_pickled_by_member_name_read_like_enums_pickled_by_value(
+        fixture_models: dict[str, FixtureModel]) -> None:
+    """The training image's Python pickles concrete's enums by name, the host's by value."""
+    by_value = decode_configuration(_member(fixture_models["tree"], "configuration.json"))
+    raw = json.loads(_member(fixture_models["tree"], "configuration.json"))
+    raw.update(parameter_selection_strategy=_by_name("ParameterSelectionStrategy", "MULTI"),
+               multi_parameter_strategy=_by_name("MultiParameterStrategy", "PRECISION"),
+               security_level=_by_name("SecurityLevel", "SECURITY_128_BITS"))
+    by_name = decode_configuration(json.dumps(raw).encode())
+    assert (by_name["parameter_selection_strategy"], by_name["multi_parameter_strategy"],
+            by_name["security_level"]) == ("multi", "precision", 128)
+    assert by_name == by_value
+    raw["security_level"] = _by_name("SecurityLevel", "SECURITY_256_BITS")
+    with pytest.raises(ModelLoadError, match="security_level is SecurityLevel.SECURITY_256_BITS,"
+                                             " which the compiler runtime does not know"):
+        decode_configuration(json.dumps(raw).encode())
