@@ -334,7 +334,9 @@ def _wait_for_ping(name: str, url: str, *, started: float, timeout: float) -> fl
 # -- python -m bench --images --------------------------------------------------------------
 
 BENCH_TAGS = {"inference": "concrete-inference:bench", "training": "concrete-training:bench"}
+BENCH_SLIM_TAG = "concrete-inference:bench-slim"
 BENCH_CASE = "logreg"
+BENCH_BUCKET = "fhe-bench-images"
 
 
 def layer_sizes(tag: str) -> list[tuple[int, str]]:
@@ -353,14 +355,17 @@ def torch_layer_bytes(tag: str) -> int:
 
 
 def measure(work_dir: Path, *, reps: int = 3) -> dict[str, Any]:
-    """Build both images (no layer cache, then from cache), train, serve; return the numbers.
+    """Build the images (no layer cache, then from cache), train, serve; return the numbers.
+
+    ``inference`` and ``training`` are the default targets, ``slim`` Dockerfile.inference's
+    slim target; ``serving`` compares the two inference targets on the trained model
+    (:func:`compare_serving`).
 
     Raises:
         DockerError: Docker is unusable, or a build, the training job or the server failed.
     """
     from bench.cases import CASES, load_split
     from bench.machine import describe
-    from local_mode.processes import free_port
     from local_mode.stack import training_csv
 
     problem = docker_problem()
@@ -371,10 +376,13 @@ def measure(work_dir: Path, *, reps: int = 3) -> dict[str, Any]:
     doc: dict[str, Any] = {"base_image": BASE_IMAGE,
                            "base_image_source": ensure_base_image(log=logs / "base.log"),
                            "machine": describe()}
-    for kind, tag in BENCH_TAGS.items():
-        cold = build_image(kind, tag=tag, log=logs / f"build-{kind}.log", no_cache=True)
-        warm = build_image(kind, tag=tag, log=logs / f"build-{kind}.log")
-        doc[kind] = {"tag": tag, "size_bytes": warm.size_bytes,
+    builds = {kind: (kind, tag, None) for kind, tag in BENCH_TAGS.items()}
+    builds["slim"] = ("inference", BENCH_SLIM_TAG, SLIM_TARGET)
+    for name, (kind, tag, target) in builds.items():
+        log = logs / f"build-{name}.log"
+        cold = build_image(kind, tag=tag, log=log, no_cache=True, target=target)
+        warm = build_image(kind, tag=tag, log=log, target=target)
+        doc[name] = {"tag": tag, "size_bytes": warm.size_bytes,
                      "torch_layer_bytes": torch_layer_bytes(tag),
                      "build_seconds_no_cache": round(cold.seconds, 1),
                      "build_seconds_cached": round(warm.seconds, 1)}
@@ -388,15 +396,42 @@ def measure(work_dir: Path, *, reps: int = 3) -> dict[str, Any]:
         raise DockerError(f"the training container exited with {run.returncode}; see {run.log}")
     doc["training"]["job_seconds"] = round(run.seconds, 1)
     job.model_dir.chmod(0o755)
-    healthy = []
-    for rep in range(reps):
-        with serving_container(BENCH_TAGS["inference"], model_dir=job.model_dir,
-                               port=free_port(), env={}, log=logs / f"serve-{rep}.log") as served:
-            healthy.append(round(served.healthy_seconds, 2))
-    doc["inference"]["healthy_ping_seconds"] = {"runs": healthy,
-                                                "median": sorted(healthy)[len(healthy) // 2]}
+    doc["serving"] = serve_both(job.model_dir, split.x_held[:1], work_dir=work_dir, reps=reps)
+    doc["inference"]["healthy_ping_seconds"] = doc["serving"]["default"]["healthy_ping_seconds"]
     doc["model"] = case.label
     return doc
+
+
+def serve_both(model_dir: Path, rows: Any, *, work_dir: Path, reps: int = 3,
+               images: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """:func:`compare_serving` of the default and slim inference images on ``model_dir``, with
+    an embedded S3 holding evaluation keys and one encrypted row (``rows[:1]``, raw features:
+    the model's scaler is applied)."""
+    from concrete.ml.deployment import FHEModelClient
+
+    from common.artifact import read_manifest
+    from common.contract import build_request, sha256_hex
+    from local_mode.s3_server import LocalS3Server, local_session
+
+    images = images or {"default": BENCH_TAGS["inference"], "slim": BENCH_SLIM_TAG}
+    client = FHEModelClient(str(model_dir), key_dir=str(work_dir / "client-keys"))
+    client.generate_private_and_evaluation_keys(force=True)
+    keys = client.get_serialized_evaluation_keys()
+    scaler = read_manifest(model_dir).scaler
+    query = client.quantize_encrypt_serialize(scaler.transform(rows[:1]) if scaler else rows[:1])
+    logs = work_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    with LocalS3Server(log_path=logs / "moto-serving.log") as s3:
+        s3_client = local_session().client("s3", endpoint_url=s3.endpoint_url)
+        s3_client.create_bucket(Bucket=BENCH_BUCKET)
+        for key, body in (("fhe/keys.ekl", keys), ("fhe/query.bin", query)):
+            s3_client.put_object(Bucket=BENCH_BUCKET, Key=key, Body=body)
+        request = build_request(evaluation_keys_uri=f"s3://{BENCH_BUCKET}/fhe/keys.ekl",
+                                evaluation_keys_sha256=sha256_hex(keys),
+                                encrypted_query_uri=f"s3://{BENCH_BUCKET}/fhe/query.bin")
+        env = {**s3.env(), "FHE_ALLOWED_S3_PREFIXES": f"s3://{BENCH_BUCKET}/fhe"}
+        return compare_serving(images, model_dir=model_dir, request=request, env=env, logs=logs,
+                               reps=reps)
 
 
 # -- the two inference targets side by side -------------------------------------------------
@@ -416,10 +451,11 @@ _WORKER_PROBE = (
     "    try:\n"
     "        cmd = open(f'/proc/{pid}/cmdline', 'rb').read()\n"
     "        status = open(f'/proc/{pid}/status').read().splitlines()\n"
+    "        ppid = next(x for x in status if x.startswith('PPid:')).split()[1]\n"
+    "        parent = open(f'/proc/{ppid}/cmdline', 'rb').read()\n"
     "    except OSError:\n"
     "        continue\n"
-    "    ppid = int(next(x for x in status if x.startswith('PPid:')).split()[1])\n"
-    "    if b'gunicorn' in cmd and b'gunicorn' in open(f'/proc/{ppid}/cmdline', 'rb').read():\n"
+    "    if b'gunicorn' in cmd and b'gunicorn' in parent:  # a worker: gunicorn's child\n"
     "        rss[pid] = int(next(x for x in status if x.startswith('VmRSS:')).split()[1]) * 1024\n"
     "print(json.dumps({'runtime': runtime, 'import_seconds': seconds, 'worker_rss': rss}))\n"
 )
