@@ -104,8 +104,8 @@ def test_the_slim_target_serves_with_the_default_images_layers_minus_torch() -> 
     assert slim[1:5] == default[1:5]  # ENV, binutils, the lock
     packages = next(value for kind, value in slim if kind == "RUN" and "pip install" in value)
     assert "--no-deps concrete-python" in packages and "torch" not in packages.split("&&")[0]
-    serving = default[[n for n, i in enumerate(default) if "nginx" in i[1]][0]:]
-    tail = slim[[n for n, i in enumerate(slim) if "nginx" in i[1]][0]:]
+    serving = default[next(n for n, i in enumerate(default) if "nginx" in i[1]):]
+    tail = slim[next(n for n, i in enumerate(slim) if "nginx" in i[1]):]
     runtime_env = [i for i in tail if i[0] == "ENV" and "FHE_RUNTIME" in i[1]]
     assert runtime_env and "FHE_RUNTIME=compiler" in runtime_env[0][1]
     assert [i for i in tail if i not in runtime_env] == serving

@@ -149,8 +149,8 @@ def test_a_compile_with_other_parameters_than_the_saved_ones_is_not_served(
     specs = json.loads(_member(tree, "client.specs.json"))
     specs["keyset"]["lweSecretKeys"][1]["params"]["lweDimension"] += 1
     model_dir = _server_zip_copy(tree, tmp_path, client_specs_json=json.dumps(specs).encode())
-    with pytest.raises(ModelLoadError, match="other parameters than the one server.zip was"
-                                             " saved with"):
+    with pytest.raises(ModelLoadError, match=r"other parameters than the one server\.zip was"
+                                             r" saved with"):
         CompilerRuntime.load(model_dir, cache_dir=tmp_path / "circuits")
 
 
@@ -244,6 +244,6 @@ def test_enums_pickled_by_member_name_read_like_enums_pickled_by_value(
             by_name["security_level"]) == ("multi", "precision", 128)
     assert by_name == by_value
     raw["security_level"] = _by_name("SecurityLevel", "SECURITY_256_BITS")
-    with pytest.raises(ModelLoadError, match="security_level is SecurityLevel.SECURITY_256_BITS,"
-                                             " which the compiler runtime does not know"):
+    with pytest.raises(ModelLoadError, match=r"security_level is SecurityLevel\.SECURITY_256_BITS,"
+                                             r" which the compiler runtime does not know"):
         decode_configuration(json.dumps(raw).encode())
