@@ -395,9 +395,10 @@ def _cached_library(saved: SavedServer, cache_dir: Path) -> tuple[Path, bool]:
     file lock, into a temporary folder renamed into place), found there by the others."""
     key = f"{saved.sha256}-{CONCRETE_PYTHON}-{metadata.version(CONCRETE_PYTHON)}"
     final = cache_dir / key
+    cache_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    _check_private(cache_dir)
     if (final / "sharedlib.so").is_file():
         return final, False
-    cache_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     with _locked(cache_dir / f"{key}.lock"):
         if (final / "sharedlib.so").is_file():
             return final, False
@@ -411,6 +412,23 @@ def _cached_library(saved: SavedServer, cache_dir: Path) -> tuple[Path, bool]:
             shutil.rmtree(work, ignore_errors=True)
     logger.info("compiled the circuit into %s", final)
     return final, True
+
+
+def _check_private(folder: Path) -> None:
+    """The worker loads (runs) the shared library it finds in the cache: only this user may
+    have written there.
+
+    Raises:
+        ModelLoadError: ``folder`` belongs to another user or others may write in it.
+    """
+    info = folder.stat()
+    if info.st_uid != os.getuid() or info.st_mode & 0o022:
+        raise ModelLoadError(
+            f"the circuit cache {folder} belongs to uid {info.st_uid} with mode"
+            f" {info.st_mode & 0o777:o}: the server runs the compiled code it finds there, so"
+            " it must belong to this user and be writable by no one else; set"
+            " FHE_CIRCUIT_CACHE_DIR to such a folder (or one that does not exist yet)"
+        )
 
 
 @contextmanager

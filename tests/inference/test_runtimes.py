@@ -247,3 +247,17 @@ def test_enums_pickled_by_member_name_read_like_enums_pickled_by_value(
     with pytest.raises(ModelLoadError, match=r"security_level is SecurityLevel\.SECURITY_256_BITS,"
                                              r" which the compiler runtime does not know"):
         decode_configuration(json.dumps(raw).encode())
+
+
+def test_a_cache_others_may_write_in_is_refused(fixture_models: dict[str, FixtureModel],
+                                                tmp_path: Path) -> None:
+    """The worker dlopens what it finds in the cache: a shared folder could plant code."""
+    cache = tmp_path / "circuits"
+    cache.mkdir()
+    cache.chmod(0o777)
+    with pytest.raises(ModelLoadError, match=r"must belong to this user and be writable by no"
+                                             r" one else; set FHE_CIRCUIT_CACHE_DIR"):
+        CompilerRuntime.load(fixture_models["tree"].model_dir, cache_dir=cache)
+    assert list(cache.iterdir()) == []
+    cache.chmod(0o700)
+    assert CompilerRuntime.load(fixture_models["tree"].model_dir, cache_dir=cache).compiled
