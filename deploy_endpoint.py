@@ -66,7 +66,10 @@ class DeploySettings:
     """
 
     endpoint_name: str | None = option("endpoint (also model and config) name")
-    image_uri: str | None = option("inference image (Dockerfile.inference) in ECR")
+    image_uri: str | None = option(
+        "inference image in ECR: Dockerfile.inference's default target (concrete-ml's"
+        " FHEModelServer) or its slim target (--target slim: no torch, 0.7 GB); the image"
+        " decides the runtime (FHE_RUNTIME)")
     model_data: str | None = option("s3://…/model.tar.gz produced by training")
     training_job: str | None = option(
         "instead of --model-data: the model of this completed training job (DescribeTrainingJob)")

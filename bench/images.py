@@ -167,15 +167,19 @@ def ensure_base_image(*, log: Path) -> str:
     return "built"
 
 
-def build_image(kind: str, *, tag: str, log: Path, no_cache: bool = False) -> ImageBuild:
+def build_image(kind: str, *, tag: str, log: Path, no_cache: bool = False,
+                target: str | None = None) -> ImageBuild:
     """Build ``Dockerfile.<kind>`` from the checkout as ``tag`` (host network, layer cache on).
+
+    ``target`` builds that stage (``slim`` of Dockerfile.inference) instead of the last one.
 
     Raises:
         DockerError: unknown kind, or the build failed (the message has the log's tail).
     """
     if kind not in DOCKERFILES:
         raise DockerError(f"unknown image {kind!r}: choose one of {', '.join(DOCKERFILES)}")
-    args = ["build", "--network=host", "-f", str(REPO_ROOT / DOCKERFILES[kind]), "-t", tag]
+    args = ["build", "--network=host", "-f", str(REPO_ROOT / DOCKERFILES[kind]), "-t", tag,
+            *(["--target", target] if target else [])]
     started = time.monotonic()
     docker(*args, *(["--no-cache"] if no_cache else []), str(REPO_ROOT), timeout=BUILD_TIMEOUT,
            log=log)
@@ -330,7 +334,9 @@ def _wait_for_ping(name: str, url: str, *, started: float, timeout: float) -> fl
 # -- python -m bench --images --------------------------------------------------------------
 
 BENCH_TAGS = {"inference": "concrete-inference:bench", "training": "concrete-training:bench"}
+BENCH_SLIM_TAG = "concrete-inference:bench-slim"
 BENCH_CASE = "logreg"
+BENCH_BUCKET = "fhe-bench-images"
 
 
 def layer_sizes(tag: str) -> list[tuple[int, str]]:
@@ -349,14 +355,17 @@ def torch_layer_bytes(tag: str) -> int:
 
 
 def measure(work_dir: Path, *, reps: int = 3) -> dict[str, Any]:
-    """Build both images (no layer cache, then from cache), train, serve; return the numbers.
+    """Build the images (no layer cache, then from cache), train, serve; return the numbers.
+
+    ``inference`` and ``training`` are the default targets, ``slim`` Dockerfile.inference's
+    slim target; ``serving`` compares the two inference targets on the trained model
+    (:func:`compare_serving`).
 
     Raises:
         DockerError: Docker is unusable, or a build, the training job or the server failed.
     """
     from bench.cases import CASES, load_split
     from bench.machine import describe
-    from local_mode.processes import free_port
     from local_mode.stack import training_csv
 
     problem = docker_problem()
@@ -367,10 +376,13 @@ def measure(work_dir: Path, *, reps: int = 3) -> dict[str, Any]:
     doc: dict[str, Any] = {"base_image": BASE_IMAGE,
                            "base_image_source": ensure_base_image(log=logs / "base.log"),
                            "machine": describe()}
-    for kind, tag in BENCH_TAGS.items():
-        cold = build_image(kind, tag=tag, log=logs / f"build-{kind}.log", no_cache=True)
-        warm = build_image(kind, tag=tag, log=logs / f"build-{kind}.log")
-        doc[kind] = {"tag": tag, "size_bytes": warm.size_bytes,
+    builds = {kind: (kind, tag, None) for kind, tag in BENCH_TAGS.items()}
+    builds["slim"] = ("inference", BENCH_SLIM_TAG, SLIM_TARGET)
+    for name, (kind, tag, target) in builds.items():
+        log = logs / f"build-{name}.log"
+        cold = build_image(kind, tag=tag, log=log, no_cache=True, target=target)
+        warm = build_image(kind, tag=tag, log=log, target=target)
+        doc[name] = {"tag": tag, "size_bytes": warm.size_bytes,
                      "torch_layer_bytes": torch_layer_bytes(tag),
                      "build_seconds_no_cache": round(cold.seconds, 1),
                      "build_seconds_cached": round(warm.seconds, 1)}
@@ -384,12 +396,119 @@ def measure(work_dir: Path, *, reps: int = 3) -> dict[str, Any]:
         raise DockerError(f"the training container exited with {run.returncode}; see {run.log}")
     doc["training"]["job_seconds"] = round(run.seconds, 1)
     job.model_dir.chmod(0o755)
-    healthy = []
-    for rep in range(reps):
-        with serving_container(BENCH_TAGS["inference"], model_dir=job.model_dir,
-                               port=free_port(), env={}, log=logs / f"serve-{rep}.log") as served:
-            healthy.append(round(served.healthy_seconds, 2))
-    doc["inference"]["healthy_ping_seconds"] = {"runs": healthy,
-                                                "median": sorted(healthy)[len(healthy) // 2]}
+    doc["serving"] = serve_both(job.model_dir, split.x_held[:1], work_dir=work_dir, reps=reps)
+    doc["inference"]["healthy_ping_seconds"] = doc["serving"]["default"]["healthy_ping_seconds"]
     doc["model"] = case.label
     return doc
+
+
+def serve_both(model_dir: Path, rows: Any, *, work_dir: Path, reps: int = 3,
+               images: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """:func:`compare_serving` of the default and slim inference images on ``model_dir``, with
+    an embedded S3 holding evaluation keys and one encrypted row (``rows[:1]``, raw features:
+    the model's scaler is applied)."""
+    from concrete.ml.deployment import FHEModelClient
+
+    from common.artifact import read_manifest
+    from common.contract import build_request, sha256_hex
+    from local_mode.s3_server import LocalS3Server, local_session
+
+    images = images or {"default": BENCH_TAGS["inference"], "slim": BENCH_SLIM_TAG}
+    client = FHEModelClient(str(model_dir), key_dir=str(work_dir / "client-keys"))
+    client.generate_private_and_evaluation_keys(force=True)
+    keys = client.get_serialized_evaluation_keys()
+    scaler = read_manifest(model_dir).scaler
+    query = client.quantize_encrypt_serialize(scaler.transform(rows[:1]) if scaler else rows[:1])
+    logs = work_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    with LocalS3Server(log_path=logs / "moto-serving.log") as s3:
+        s3_client = local_session().client("s3", endpoint_url=s3.endpoint_url)
+        s3_client.create_bucket(Bucket=BENCH_BUCKET)
+        for key, body in (("fhe/keys.ekl", keys), ("fhe/query.bin", query)):
+            s3_client.put_object(Bucket=BENCH_BUCKET, Key=key, Body=body)
+        request = build_request(evaluation_keys_uri=f"s3://{BENCH_BUCKET}/fhe/keys.ekl",
+                                evaluation_keys_sha256=sha256_hex(keys),
+                                encrypted_query_uri=f"s3://{BENCH_BUCKET}/fhe/query.bin")
+        env = {**s3.env(), "FHE_ALLOWED_S3_PREFIXES": f"s3://{BENCH_BUCKET}/fhe"}
+        return compare_serving(images, model_dir=model_dir, request=request, env=env, logs=logs,
+                               reps=reps)
+
+
+# -- the two inference targets side by side -------------------------------------------------
+
+SLIM_TARGET = "slim"
+# A worker's imports: the serving app and the package its runtime loads the circuit with.
+WORKER_IMPORTS = {"concrete-ml": "inference.predictor, concrete.ml.deployment",
+                  "compiler": "inference.predictor, concrete.compiler"}
+_WORKER_PROBE = (
+    "import json, os, subprocess, sys, time\n"
+    "runtime = os.environ.get('FHE_RUNTIME', 'concrete-ml')\n"
+    "started = time.perf_counter()\n"
+    "subprocess.run([sys.executable, '-c', 'import ' + sys.argv[1]], check=True)\n"
+    "seconds = time.perf_counter() - started\n"
+    "rss = {}\n"
+    "for pid in filter(str.isdigit, os.listdir('/proc')):\n"
+    "    try:\n"
+    "        cmd = open(f'/proc/{pid}/cmdline', 'rb').read()\n"
+    "        status = open(f'/proc/{pid}/status').read().splitlines()\n"
+    "        ppid = next(x for x in status if x.startswith('PPid:')).split()[1]\n"
+    "        parent = open(f'/proc/{ppid}/cmdline', 'rb').read()\n"
+    "    except OSError:\n"
+    "        continue\n"
+    "    if b'gunicorn' in cmd and b'gunicorn' in parent:  # a worker: gunicorn's child\n"
+    "        rss[pid] = int(next(x for x in status if x.startswith('VmRSS:')).split()[1]) * 1024\n"
+    "print(json.dumps({'runtime': runtime, 'import_seconds': seconds, 'worker_rss': rss}))\n"
+)
+
+
+def worker_probe(container: str, runtime: str) -> dict[str, Any]:
+    """Inside a serving container: a cold worker's import time, every worker's RSS."""
+    out = docker("exec", container, "python", "-c", _WORKER_PROBE, WORKER_IMPORTS[runtime],
+                 timeout=300).stdout
+    return json.loads(out.splitlines()[-1])
+
+
+def compare_serving(images: Mapping[str, str], *, model_dir: Path, request: bytes,
+                    env: Mapping[str, str], logs: Path, reps: int = 3,
+                    requests_per_run: int = 5) -> dict[str, Any]:
+    """Serve ``model_dir`` with each image (name -> tag) ``reps`` times; the numbers per image.
+
+    Each run: ``docker run IMAGE serve`` -> healthy ``/ping``; a cold worker's import time and
+    the worker's RSS after load (:func:`worker_probe`); then ``requests_per_run`` POSTs of
+    ``request`` (an /invocations body whose objects ``env``'s S3 holds), timed end to end.
+    """
+    from local_mode.processes import free_port
+
+    doc: dict[str, Any] = {}
+    for name, tag in images.items():
+        runtime = docker("image", "inspect", "--format", "{{range .Config.Env}}{{println .}}"
+                         "{{end}}", tag, timeout=60).stdout
+        runtime = "compiler" if "FHE_RUNTIME=compiler" in runtime else "concrete-ml"
+        healthy, imports, rss, latency = [], [], [], []
+        for rep in range(reps):
+            with serving_container(tag, model_dir=model_dir, port=free_port(), env=env,
+                                   log=logs / f"compare-{name}-{rep}.log") as served:
+                healthy.append(served.healthy_seconds)
+                probe = worker_probe(served.name, runtime)
+                imports.append(probe["import_seconds"])
+                for _ in range(requests_per_run):
+                    started = time.monotonic()
+                    answer = requests.post(f"{served.url}/invocations", data=request,
+                                           headers={"Content-Type": "application/json"},
+                                           timeout=600)
+                    latency.append(time.monotonic() - started)
+                    if answer.status_code != 200:
+                        raise DockerError(f"{tag}: /invocations answered {answer.status_code}:"
+                                          f" {answer.text[:300]}")
+                rss.extend(worker_probe(served.name, runtime)["worker_rss"].values())
+        doc[name] = {"tag": tag, "runtime": runtime, "size_bytes": image_size(tag),
+                     "healthy_ping_seconds": _summary(healthy),
+                     "worker_import_seconds": _summary(imports),
+                     "worker_rss_bytes": _summary(rss),
+                     "request_seconds": _summary(latency)}
+    return doc
+
+
+def _summary(values: Sequence[float]) -> dict[str, Any]:
+    ordered = sorted(values)
+    return {"runs": [round(v, 4) for v in values], "median": round(ordered[len(ordered) // 2], 4)}

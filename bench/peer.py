@@ -135,7 +135,7 @@ def _invoke(body: bytes, request_id: str, model: FheModel, store: S3Store,
     fetch_seconds = time.perf_counter() - mark
     mark = time.perf_counter()
     # The peers' call: serialized keys in, so FHEModelServer.run deserialises them every time.
-    results = [model.server.run(query, key_bytes) for query in queries]
+    results = [model.runtime.server.run(query, key_bytes) for query in queries]
     fhe_seconds = time.perf_counter() - mark
     logger.info(
         "request %s ok: %d ciphertext(s), %d bytes in, %d bytes out; keys %.1f ms, fetch %.1f ms,"

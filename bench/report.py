@@ -448,8 +448,40 @@ def render_images_section(images: Mapping[str, Any],
         f" [`{json_path}`]({json_path}) (`images`) by `python -m bench --images`.",
         "",
         *rows,
+        *_serving_rows(images.get("serving")),
         IMAGES_END,
     ])
+
+
+def _serving_rows(serving: Mapping[str, Any] | None) -> list[str]:
+    """The default and slim inference images side by side (``images.serving``), if measured."""
+    if not serving:
+        return []
+    names = [name for name in ("default", "slim") if name in serving]
+
+    def cells(key: str, fmt: Callable[[float], str]) -> list[str]:
+        return [f"{fmt(serving[n][key]['median'])} (median of {len(serving[n][key]['runs'])})"
+                for n in names]
+
+    when = ""
+    if "date" in serving:
+        load = serving.get("machine", {}).get("loadavg_start")
+        when = (f"Serving measured {serving['date'][:16].replace('T', ' ')} UTC (load average at"
+                f" start {load}), model: {serving.get('model', '?')}; each request: one"
+                " ciphertext, keys cached.")
+    return [
+        *(["", when] if when else []),
+        "",
+        _row("serving", [f"{n} (`FHE_RUNTIME={serving[n]['runtime']}`)" for n in names]),
+        _row("---", ["---"] * len(names)),
+        _row("image size", [f"{serving[n]['size_bytes'] / 1e9:.2f} GB" for n in names]),
+        _row("`docker run IMAGE serve` → healthy `/ping` (s)",
+             cells("healthy_ping_seconds", lambda v: f"{v:.1f}")),
+        _row("worker imports, fresh interpreter (s)",
+             cells("worker_import_seconds", lambda v: f"{v:.2f}")),
+        _row("worker RSS after load (MB)", cells("worker_rss_bytes", lambda v: f"{v / 1e6:.0f}")),
+        _row("one request, end to end (s)", cells("request_seconds", lambda v: f"{v:.3f}")),
+    ]
 
 
 def update_readme(readme: Path, section: str, *, begin: str = README_BEGIN,

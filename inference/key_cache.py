@@ -61,7 +61,8 @@ class KeyCache:
         max_bytes: Bound of the memory the in-memory LRU may hold, estimated as
             ``RESIDENT_BYTES_PER_SERIALIZED_BYTE`` x the serialized size of each key set. A key
             set bigger than the bound is still used for its request, then dropped.
-        deserialize: Turns serialized bytes into the runtime object (``fhe.EvaluationKeys``).
+        deserialize: Turns serialized bytes into the runtime's key object (``fhe.EvaluationKeys``
+            or concrete's ``ServerKeyset``, see :mod:`inference.runtimes`).
         max_uri_entries: Most URI index entries held in memory (least recently used go first;
             the on-disk copy stays, so an evicted entry costs a small file read, not a download).
     """

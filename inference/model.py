@@ -1,4 +1,8 @@
-"""The loaded FHE circuit: key checks, one-row runs, the model fingerprint."""
+"""The loaded FHE circuit: key checks, one-row runs, the model fingerprint.
+
+How the circuit runs (concrete-ml's FHEModelServer, or concrete's compiler runtime alone) is the
+runtime's business (:mod:`inference.runtimes`); the checks here are the same for both.
+"""
 
 from __future__ import annotations
 
@@ -23,12 +27,16 @@ from inference.keyset import (
     circuit_keyset_shape,
     serialized_keyset_shape,
 )
+from inference.runtimes import (
+    RUNTIME_CONCRETE_ML,
+    CircuitRuntime,
+    ModelLoadError,
+    load_runtime,
+)
 
 logger = logging.getLogger(__name__)
 
-
-class ModelLoadError(RuntimeError):
-    """The model directory cannot be served (missing server.zip, version mismatch, bad manifest)."""
+__all__ = ["FheModel", "ModelLoadError"]
 
 
 @dataclass(frozen=True)
@@ -36,26 +44,31 @@ class FheModel:
     """A compiled concrete-ml circuit ready to run.
 
     Attributes:
-        server: The ``concrete.ml.deployment.FHEModelServer``.
+        runtime: What runs the circuit (:mod:`inference.runtimes`).
         keyset_shape: The keys the circuit needs.
         fingerprint: sha256 of the model's client.zip (what clients send), or None if unknown.
-        load_seconds: How long loading took (concrete recompiles the MLIR at load).
+        load_seconds: How long loading took (concrete compiles the MLIR at load).
     """
 
-    server: Any
+    runtime: CircuitRuntime
     keyset_shape: KeysetShape
     fingerprint: str | None
     load_seconds: float
 
     @classmethod
-    def load(cls, model_dir: Path) -> FheModel:
+    def load(cls, model_dir: Path, *, runtime: str = RUNTIME_CONCRETE_ML,
+             circuit_cache_dir: Path | None = None) -> FheModel:
         """Load ``model_dir/server.zip`` (and the fingerprint from the manifest or client.zip).
+
+        Args:
+            model_dir: Holds server.zip (and client.zip, manifest.json).
+            runtime: One of :data:`inference.runtimes.RUNTIMES`.
+            circuit_cache_dir: Where the ``compiler`` runtime keeps compiled circuits (shared by
+                a container's workers).
 
         Raises:
             ModelLoadError: the directory cannot be served.
         """
-        from concrete.ml.deployment import FHEModelServer
-
         model_dir = Path(model_dir)
         if not (model_dir / SERVER_ZIP).is_file():
             raise ModelLoadError(
@@ -64,15 +77,12 @@ class FheModel:
             )
         fingerprint = _fingerprint(model_dir)
         started = time.perf_counter()
-        try:
-            server = FHEModelServer(str(model_dir))
-        except Exception as exc:
-            raise ModelLoadError(f"cannot load {model_dir / SERVER_ZIP}: {exc}") from exc
+        loaded = load_runtime(runtime, model_dir, cache_dir=circuit_cache_dir)
         load_seconds = time.perf_counter() - started
-        shape = circuit_keyset_shape(server.server.client_specs.program_info.serialize())
-        logger.info("loaded %s in %.2f s (circuit needs %s)", model_dir / SERVER_ZIP,
-                    load_seconds, shape.describe())
-        return cls(server, shape, fingerprint, load_seconds)
+        shape = circuit_keyset_shape(loaded.program_info_json())
+        logger.info("loaded %s with the %s runtime in %.2f s (circuit needs %s)",
+                    model_dir / SERVER_ZIP, loaded.name, load_seconds, shape.describe())
+        return cls(loaded, shape, fingerprint, load_seconds)
 
     def check_fingerprint(self, fingerprint: str | None) -> None:
         """Refuse a request made with another model's client.zip.
@@ -99,8 +109,6 @@ class FheModel:
         Raises:
             ModelMismatch: not concrete evaluation keys, or keys of another circuit.
         """
-        from concrete import fhe
-
         try:
             shape = serialized_keyset_shape(data)
         except KeysetFormatError as exc:
@@ -115,7 +123,7 @@ class FheModel:
                 " generate keys with this endpoint's client.zip"
             )
         try:
-            return fhe.EvaluationKeys.deserialize(data)
+            return self.runtime.deserialize_keys(data)
         except RuntimeError as exc:
             raise ModelMismatch(
                 f"the evaluation keys cannot be deserialised ({exc}): upload the bytes of"
@@ -129,7 +137,7 @@ class FheModel:
             ModelMismatch: the ciphertext cannot be read or does not fit the circuit/keys.
         """
         try:
-            return self.server.run(ciphertext, keys)
+            return self.runtime.run(ciphertext, keys)
         except RuntimeError as exc:
             raise ModelMismatch(
                 f"ciphertext {index} does not fit this model ({str(exc).splitlines()[0]}):"

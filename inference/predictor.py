@@ -64,7 +64,8 @@ class ModelSlot:
         """Load the model from ``settings.model_dir``; remember a failure instead of raising."""
         try:
             self._sizes = _circuit_sizes(settings)
-            self._model = FheModel.load(settings.model_dir)
+            self._model = FheModel.load(settings.model_dir, runtime=settings.runtime,
+                                        circuit_cache_dir=settings.circuit_cache_dir)
         except Exception as exc:
             logger.exception("model load failed")
             self._error = exc

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from common import sagemaker_layout
 from common.s3_location import S3LocationError, S3Prefix, parse_s3_prefix
+from inference.runtimes import RUNTIME_CONCRETE_ML, RUNTIMES
 
 ENV_PORT = "SAGEMAKER_BIND_TO_PORT"
 ENV_HOST = "FHE_BIND_HOST"
@@ -21,6 +22,8 @@ ENV_MODEL_DIR = "FHE_MODEL_DIR"
 ENV_SM_MODEL_DIR = sagemaker_layout.ENV_MODEL_DIR
 ENV_ALLOWED_PREFIXES = "FHE_ALLOWED_S3_PREFIXES"
 ENV_KEY_CACHE_DIR = "FHE_KEY_CACHE_DIR"
+ENV_RUNTIME = "FHE_RUNTIME"
+ENV_CIRCUIT_CACHE_DIR = "FHE_CIRCUIT_CACHE_DIR"
 ENV_KEY_CACHE_MAX_BYTES = "FHE_KEY_CACHE_MAX_BYTES"
 ENV_MAX_REQUEST_BYTES = "FHE_MAX_REQUEST_BYTES"
 ENV_MAX_OBJECT_BYTES = "FHE_MAX_OBJECT_BYTES"
@@ -35,6 +38,8 @@ DEFAULT_WORKERS = 1  # one FHE run already uses every core
 DEFAULT_TIMEOUT = 600
 DEFAULT_MODEL_DIR = str(sagemaker_layout.JobLayout().model_dir)
 DEFAULT_KEY_CACHE_DIR = "/tmp/fhe-key-cache"
+DEFAULT_RUNTIME = RUNTIME_CONCRETE_ML
+DEFAULT_CIRCUIT_CACHE_DIR = "/tmp/fhe-circuit-cache"
 DEFAULT_KEY_CACHE_MAX_BYTES = 2 << 30
 DEFAULT_MAX_REQUEST_BYTES = 64 << 10
 DEFAULT_MAX_OBJECT_BYTES = 1 << 30
@@ -98,6 +103,16 @@ class _EnvReader:
                 self.problems.append(str(exc))
         return tuple(prefixes)
 
+    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+        """``name`` if it is one of ``choices``; ``default`` when unset (or bad: a problem)."""
+        raw = self.env.get(name, "").strip()
+        if not raw:
+            return default
+        if raw not in choices:
+            self.problems.append(f"{name}={raw!r} is not one of {', '.join(choices)}")
+            return default
+        return raw
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -122,6 +137,11 @@ class Settings:
         s3_endpoint_url: S3 endpoint override (local mode, tests); None = AWS.
         s3_connect_timeout: Seconds to connect to S3.
         s3_read_timeout: Seconds to wait on an S3 read.
+        runtime: What runs the circuit (``FHE_RUNTIME``): ``concrete-ml`` (FHEModelServer, the
+            default image) or ``compiler`` (concrete's compiler alone, the slim image); see
+            :mod:`inference.runtimes`.
+        circuit_cache_dir: Where the ``compiler`` runtime keeps the compiled circuit, shared by
+            the container's workers.
     """
 
     port: int = DEFAULT_PORT
@@ -138,6 +158,8 @@ class Settings:
     s3_endpoint_url: str | None = None
     s3_connect_timeout: float = DEFAULT_S3_CONNECT_TIMEOUT
     s3_read_timeout: float = DEFAULT_S3_READ_TIMEOUT
+    runtime: str = DEFAULT_RUNTIME
+    circuit_cache_dir: Path = Path(DEFAULT_CIRCUIT_CACHE_DIR)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -168,6 +190,8 @@ class Settings:
             s3_connect_timeout=number(
                 ENV_S3_CONNECT_TIMEOUT, DEFAULT_S3_CONNECT_TIMEOUT, float, 0.1),
             s3_read_timeout=number(ENV_S3_READ_TIMEOUT, DEFAULT_S3_READ_TIMEOUT, float, 0.1),
+            runtime=reader.choice(ENV_RUNTIME, DEFAULT_RUNTIME, RUNTIMES),
+            circuit_cache_dir=Path(env.get(ENV_CIRCUIT_CACHE_DIR) or DEFAULT_CIRCUIT_CACHE_DIR),
         )
         if reader.problems:
             raise SettingsError("invalid server environment: " + "; ".join(reader.problems))
@@ -189,6 +213,8 @@ class Settings:
             ENV_MAX_BATCH_SIZE: str(self.max_batch_size),
             ENV_S3_CONNECT_TIMEOUT: str(self.s3_connect_timeout),
             ENV_S3_READ_TIMEOUT: str(self.s3_read_timeout),
+            ENV_RUNTIME: self.runtime,
+            ENV_CIRCUIT_CACHE_DIR: str(self.circuit_cache_dir),
         }
         if self.s3_endpoint_url:
             env[ENV_S3_ENDPOINT] = self.s3_endpoint_url

@@ -63,3 +63,27 @@ def test_images_section_renders_the_measurements(tmp_path: Path) -> None:
 def test_benchmark_page_has_one_images_section() -> None:
     text = (REPO_ROOT / "docs" / "benchmark.md").read_text()
     assert text.count(IMAGES_BEGIN) == text.count(IMAGES_END) == 1
+
+
+def _summary(*runs: float) -> dict[str, object]:
+    return {"runs": list(runs), "median": sorted(runs)[len(runs) // 2]}
+
+
+def test_images_section_compares_the_two_inference_images() -> None:
+    serving = {name: {"runtime": runtime, "size_bytes": size,
+                      "healthy_ping_seconds": _summary(ping, ping + 1, ping - 1),
+                      "worker_import_seconds": _summary(imports),
+                      "worker_rss_bytes": _summary(rss), "request_seconds": _summary(latency)}
+               for name, runtime, size, ping, imports, rss, latency in (
+                   ("default", "concrete-ml", 6_140_000_000, 9.9, 9.25, 850e6, 0.2616),
+                   ("slim", "compiler", 707_000_000, 2.4, 1.15, 325e6, 0.224))}
+    section = render_images_section({**IMAGES, "serving": serving})
+    assert "| serving | default (`FHE_RUNTIME=concrete-ml`) | slim (`FHE_RUNTIME=compiler`) |" \
+        in section
+    assert "| image size | 6.14 GB | 0.71 GB |" in section
+    assert "| `docker run IMAGE serve` → healthy `/ping` (s) | 9.9 (median of 3) |" \
+           " 2.4 (median of 3) |" in section
+    assert "| worker RSS after load (MB) | 850 (median of 1) | 325 (median of 1) |" in section
+    assert "| one request, end to end (s) | 0.262 (median of 1) | 0.224 (median of 1) |" \
+        in section
+    assert "serving" not in render_images_section(IMAGES)

@@ -33,7 +33,9 @@ ENV_CI = "CI"
 # Checkouts that share one Docker daemon (worktrees testing at once) give each its own tags.
 ENV_IMAGE_TAG = "KIT_TEST_IMAGE_TAG"
 _TAG = os.environ.get(ENV_IMAGE_TAG, "").strip() or "test"
-IMAGE_TAGS = {"inference": f"concrete-inference:{_TAG}", "training": f"concrete-training:{_TAG}"}
+IMAGE_TAGS = {"inference": f"concrete-inference:{_TAG}", "training": f"concrete-training:{_TAG}",
+              "slim": f"concrete-inference:{_TAG}-slim"}
+SLIM_TARGET = "slim"
 GOOD_JOB = {"model": "LogisticRegression", "n_bits": 8, "C": 1.0}
 MEASURED: dict[str, float | str] = {}
 # Seconds per test: enough for the cold builds (base image, then an image) in its setup.
@@ -73,12 +75,15 @@ def docker_ready(container_logs: Path) -> str:
     return how
 
 
-def _build(kind: str, logs: Path) -> ImageBuild:
+def _build(kind: str, logs: Path, *, target: str | None = None) -> ImageBuild:
+    name = target or kind
     try:
-        build = build_image(kind, tag=IMAGE_TAGS[kind], log=logs / f"build-{kind}.log")
+        build = build_image(kind, tag=IMAGE_TAGS[name], log=logs / f"build-{name}.log",
+                            target=target)
     except DockerError as exc:
-        pytest.fail(f"Dockerfile.{kind} does not build: {exc}", pytrace=False)
-    MEASURED[f"{kind} image"] = (f"{build.size_bytes / 1e9:.2f} GB, built in "
+        pytest.fail(f"Dockerfile.{kind} (target {target or 'default'}) does not build: {exc}",
+                    pytrace=False)
+    MEASURED[f"{name} image"] = (f"{build.size_bytes / 1e9:.2f} GB, built in "
                                  f"{build.seconds:.0f} s")
     return build
 
@@ -87,6 +92,12 @@ def _build(kind: str, logs: Path) -> ImageBuild:
 def inference_image(docker_ready: str, container_logs: Path) -> ImageBuild:
     """Dockerfile.inference built from this checkout (once per session, layer cache on)."""
     return _build("inference", container_logs)
+
+
+@pytest.fixture(scope="session")
+def slim_image(docker_ready: str, container_logs: Path) -> ImageBuild:
+    """Dockerfile.inference's ``slim`` target (no torch, concrete-ml or scikit-learn)."""
+    return _build("inference", container_logs, target=SLIM_TARGET)
 
 
 @pytest.fixture(scope="session")

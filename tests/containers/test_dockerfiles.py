@@ -82,3 +82,30 @@ def test_context_rules_do_exclude(tmp_path: Path) -> None:
                 if line.strip() and not line.startswith("#")]
     kept = {name for name in exclude_paths(str(tmp_path), patterns) if (tmp_path / name).is_file()}
     assert kept - {".dockerignore"} == {"inference/serve.py", "requirements/lock.txt"}
+
+
+def _stages(dockerfile: str) -> dict[str, list[tuple[str, str]]]:
+    """Each stage's instructions, by name (``default`` for the last, unnamed one)."""
+    instructions = _instructions(dockerfile)
+    starts = [n for n, (kind, _) in enumerate(instructions) if kind == "FROM"]
+    stages = {}
+    for start, end in zip(starts, [*starts[1:], len(instructions)], strict=True):
+        words = instructions[start][1].split()
+        stages[words[2] if len(words) == 3 else "default"] = instructions[start:end]
+    return stages
+
+
+def test_the_slim_target_serves_with_the_default_images_layers_minus_torch() -> None:
+    """Same base, same first layers, same serving layers; only the packages and runtime differ."""
+    stages = _stages(DOCKERFILES["inference"])
+    assert list(stages) == ["slim", "default"]  # the default image is the last stage
+    slim, default = stages["slim"], stages["default"]
+    assert slim[0][1] == f"{default[0][1]} AS slim"
+    assert slim[1:5] == default[1:5]  # ENV, binutils, the lock
+    packages = next(value for kind, value in slim if kind == "RUN" and "pip install" in value)
+    assert "--no-deps concrete-python" in packages and "torch" not in packages.split("&&")[0]
+    serving = default[next(n for n, i in enumerate(default) if "nginx" in i[1]):]
+    tail = slim[next(n for n, i in enumerate(slim) if "nginx" in i[1]):]
+    runtime_env = [i for i in tail if i[0] == "ENV" and "FHE_RUNTIME" in i[1]]
+    assert runtime_env and "FHE_RUNTIME=compiler" in runtime_env[0][1]
+    assert [i for i in tail if i not in runtime_env] == serving

@@ -67,3 +67,32 @@ def test_image_has_the_lock_versions_a_linker_no_compiler_and_torch(kind: str, r
         assert extra == set()
     else:  # the toolkit and what it brings (gevent, paramiko, ...), none of it in the lock
         assert "sagemaker-training" in extra
+
+
+# What the slim target installs: concrete-python without its declared dependencies, numpy, the
+# serving stack and their dependencies; none of the frontend's or concrete-ml's packages.
+SLIM_ROOTS = {"concrete-python", "numpy", "flask", "gunicorn", "boto3", "requests"}
+NOT_IN_SLIM = {"torch", "concrete-ml", "scikit-learn", "scipy", "jsonpickle", "networkx",
+               "z3-solver", "pandas", "skorch", "brevitas", "onnx"}
+SLIM_PROBE = ("pip freeze; echo '-- ld'; ld --version | head -n 1; echo '-- compilers';"
+              " command -v gcc cc g++ clang cmake; echo '-- import';"
+              " python -c 'import concrete.compiler, inference.runtimes, sys;"
+              " print(sorted(m for m in (\"torch\", \"sklearn\", \"concrete.ml\", \"concrete.fhe\")"
+              " if m in sys.modules))';"
+              " python -c 'import torch' 2>&1 | tail -n 1; python -c 'import concrete.ml' 2>&1"
+              " | tail -n 1; echo '-- env'; echo $FHE_RUNTIME")
+
+
+def test_slim_image_has_no_torch_concrete_ml_or_scikit_learn(slim_image: ImageBuild) -> None:
+    out = docker("run", "--rm", "--network", "none", "--entrypoint", "sh", slim_image.tag, "-c",
+                 SLIM_PROBE, timeout=300).stdout
+    freeze, rest = out.split("-- ld\n", 1)
+    installed, lock = _pins(freeze), _pins(LOCK.read_text())
+    assert rest.startswith("GNU ld")
+    assert "-- compilers\n-- import\n[]\n" in rest
+    assert "No module named 'torch'" in rest and "No module named 'concrete.ml'" in rest
+    assert rest.endswith("-- env\ncompiler\n")
+    assert NOT_IN_SLIM & set(installed) == set()
+    assert set(installed) >= SLIM_ROOTS
+    assert {name: version for name, version in installed.items()
+            if lock.get(name) != version} == {}

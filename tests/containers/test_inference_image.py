@@ -1,4 +1,7 @@
-"""The inference image, run as SageMaker runs it: ``docker run IMAGE serve``.
+"""The inference images, run as SageMaker runs them: ``docker run IMAGE serve``.
+
+Every test runs on both targets of Dockerfile.inference: the default (FHEModelServer) and
+``slim`` (concrete's compiler runtime alone).
 
 It serves the model the training image made (the deployed form end to end), with the model
 mounted read-only at /opt/ml/model and an embedded S3 on loopback. Encrypted predictions, sent
@@ -68,15 +71,23 @@ def model_dir(trained_job: tuple[JobLayout, TrainingRun]) -> Path:
     return job.model_dir
 
 
+@pytest.fixture(scope="module", params=["inference_image", "slim_image"],
+                ids=["default", "slim"])
+def image(request: pytest.FixtureRequest) -> ImageBuild:
+    """Each target of Dockerfile.inference in turn."""
+    return request.getfixturevalue(request.param)
+
+
 @pytest.fixture(scope="module")
-def served(inference_image: ImageBuild, model_dir: Path, s3: tuple[LocalS3Server, Path],
+def served(image: ImageBuild, model_dir: Path, s3: tuple[LocalS3Server, Path],
            container_logs: Path) -> Iterator[ServingContainer]:
     """``docker run IMAGE serve``, healthy."""
     server, _ = s3
     env = {**server.env(), "FHE_ALLOWED_S3_PREFIXES": f"s3://{BUCKET}/client"}
-    with serving_container(inference_image.tag, model_dir=model_dir, port=free_port(), env=env,
-                           log=container_logs / "serve.log") as container:
-        MEASURED["inference container: docker run -> healthy /ping"] = (
+    name = image.tag.rsplit(":", 1)[-1]
+    with serving_container(image.tag, model_dir=model_dir, port=free_port(), env=env,
+                           log=container_logs / f"serve-{name}.log") as container:
+        MEASURED[f"{image.tag} container: docker run -> healthy /ping"] = (
             f"{container.healthy_seconds:.1f} s")
         yield container
 

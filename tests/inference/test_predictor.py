@@ -29,6 +29,7 @@ from common.contract import (
     unpack_batch,
 )
 from inference.predictor import create_app
+from inference.runtimes import RUNTIMES
 from inference.s3_store import make_s3_client
 from inference.settings import parse_allowed_prefix
 from local_mode.processes import free_port
@@ -52,6 +53,7 @@ def make_client(fixture_models: dict[str, FixtureModel], s3_server: LocalS3Serve
     """Build a test client of an app serving fixture model ``kind``, with setting overrides."""
 
     def make(kind: str = "tree", **overrides: Any) -> FlaskClient:
+        overrides.setdefault("circuit_cache_dir", tmp_path / "circuits")
         settings = server_settings(fixture_models[kind], s3_server, serving_bucket,
                                    tmp_path / f"cache-{uuid.uuid4().hex[:6]}", **overrides)
         return create_app(settings).test_client()
@@ -76,11 +78,12 @@ def metrics(client: FlaskClient) -> dict[str, Any]:
     return json.loads(client.get("/metrics").data)
 
 
+@pytest.mark.parametrize("runtime", RUNTIMES)
 @pytest.mark.parametrize("kind", ["linear", "tree"])
 def test_single_query_decrypts_to_clear_quantised_prediction(
-        kind: str, make_client: AppFactory, keyed: dict[str, KeyedClient], uploader: Uploader
-) -> None:
-    client, fhe = make_client(kind), keyed[kind]
+        kind: str, runtime: str, make_client: AppFactory, keyed: dict[str, KeyedClient],
+        uploader: Uploader) -> None:
+    client, fhe = make_client(kind, runtime=runtime), keyed[kind]
     row = fhe.model.scaled_test[0]
     response = invoke(client, uploader.request(fhe, row[None, :],
                                                model_fingerprint=fhe.model.manifest.client_fingerprint))
@@ -89,11 +92,12 @@ def test_single_query_decrypts_to_clear_quantised_prediction(
     np.testing.assert_allclose(fhe.decrypt(response.data), fhe.expected(row))
 
 
+@pytest.mark.parametrize("runtime", RUNTIMES)
 @pytest.mark.parametrize("kind", ["linear", "tree"])
 def test_batch_of_uris_returns_one_result_per_row_in_order(
-        kind: str, make_client: AppFactory, keyed: dict[str, KeyedClient], uploader: Uploader
-) -> None:
-    client, fhe = make_client(kind), keyed[kind]
+        kind: str, runtime: str, make_client: AppFactory, keyed: dict[str, KeyedClient],
+        uploader: Uploader) -> None:
+    client, fhe = make_client(kind, runtime=runtime), keyed[kind]
     rows = fhe.model.scaled_test[:3]
     response = invoke(client, uploader.request(fhe, rows, batch=True))
     assert response.status_code == 200, response.data[:300]
@@ -325,23 +329,26 @@ BAD_BODIES: list[tuple[str, Callable[[KeyedClient, Uploader], bytes], int, str, 
 ]
 
 
+@pytest.mark.parametrize("runtime", RUNTIMES)
 @pytest.mark.parametrize(("case", "make_body", "status", "code", "message"), BAD_BODIES,
                          ids=[case[0] for case in BAD_BODIES])
 def test_bad_input_gets_exact_error_and_server_keeps_serving(
         case: str, make_body: Callable[[KeyedClient, Uploader], bytes], status: int, code: str,
-        message: str, make_client: AppFactory, keyed: dict[str, KeyedClient],
+        message: str, runtime: str, make_client: AppFactory, keyed: dict[str, KeyedClient],
         uploader: Uploader) -> None:
-    client, fhe = make_client("tree"), keyed["tree"]
+    client, fhe = make_client("tree", runtime=runtime), keyed["tree"]
     assert_error(invoke(client, make_body(fhe, uploader)), status, code, message)
     response = invoke(client, _good(fhe, uploader))
     assert response.status_code == 200
     np.testing.assert_allclose(fhe.decrypt(response.data), fhe.expected(fhe.model.scaled_test[0]))
 
 
+@pytest.mark.parametrize("runtime", RUNTIMES)
 def test_keys_of_another_circuit_are_refused_before_running(
-        make_client: AppFactory, keyed: dict[str, KeyedClient], uploader: Uploader) -> None:
+        runtime: str, make_client: AppFactory, keyed: dict[str, KeyedClient],
+        uploader: Uploader) -> None:
     """Linear keys (no bootstrap keys) on the tree circuit abort concrete's runtime (SIGSEGV)."""
-    client, tree, linear = make_client("tree"), keyed["tree"], keyed["linear"]
+    client, tree, linear = make_client("tree", runtime=runtime), keyed["tree"], keyed["linear"]
     query = uploader.put("q", tree.encrypt(tree.model.scaled_test[0]))
     body = build_request(evaluation_keys_uri=uploader.keys(linear),
                          encrypted_query_uri=query)
@@ -351,9 +358,11 @@ def test_keys_of_another_circuit_are_refused_before_running(
     assert invoke(client, _good(tree, uploader)).status_code == 200
 
 
+@pytest.mark.parametrize("runtime", RUNTIMES)
 def test_ciphertext_of_another_circuit_is_refused(
-        make_client: AppFactory, keyed: dict[str, KeyedClient], uploader: Uploader) -> None:
-    client, tree, linear = make_client("linear"), keyed["tree"], keyed["linear"]
+        runtime: str, make_client: AppFactory, keyed: dict[str, KeyedClient],
+        uploader: Uploader) -> None:
+    client, tree, linear = make_client("linear", runtime=runtime), keyed["tree"], keyed["linear"]
     query = uploader.put("q", tree.encrypt(tree.model.scaled_test[0]))
     body = build_request(evaluation_keys_uri=uploader.keys(linear),
                          encrypted_query_uri=query)
@@ -454,9 +463,9 @@ def test_ping_is_503_while_the_model_is_loading(
 
     release, real_load = threading.Event(), FheModel.load.__func__
 
-    def slow_load(cls: type[FheModel], model_dir: Path) -> FheModel:
+    def slow_load(cls: type[FheModel], model_dir: Path, **options: Any) -> FheModel:
         assert release.wait(60)
-        return real_load(cls, model_dir)
+        return real_load(cls, model_dir, **options)
 
     monkeypatch.setattr(FheModel, "load", classmethod(slow_load))
     settings = server_settings(fixture_models["tree"], s3_server, serving_bucket, tmp_path)

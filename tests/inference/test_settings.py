@@ -78,3 +78,17 @@ def test_a_bad_sample_variable_is_named_in_the_error() -> None:
     with pytest.raises(SettingsError, match=r"environment: MODEL_SERVER_WORKERS='0' must be >= 1; "
                                             r"MODEL_SERVER_TIMEOUT='1h' is not a whole number$"):
         Settings.from_env({"MODEL_SERVER_TIMEOUT": "1h", "MODEL_SERVER_WORKERS": "0"})
+
+
+def test_the_runtime_and_its_circuit_cache_are_read_and_round_trip() -> None:
+    assert Settings.from_env({}).runtime == "concrete-ml"
+    settings = Settings.from_env({"FHE_RUNTIME": "compiler", "FHE_CIRCUIT_CACHE_DIR": "/c"})
+    assert (settings.runtime, settings.circuit_cache_dir) == ("compiler", Path("/c"))
+    assert Settings.from_env(settings.to_env()) == settings
+
+
+def test_an_unknown_runtime_is_named_with_the_choices() -> None:
+    with pytest.raises(SettingsError, match=r"SAGEMAKER_MODEL_SERVER_WORKERS='0' must be >= 1;"
+                                            r" FHE_RUNTIME='torch' is not one of concrete-ml,"
+                                            r" compiler$"):
+        Settings.from_env({"FHE_RUNTIME": "torch", "SAGEMAKER_MODEL_SERVER_WORKERS": "0"})
