@@ -34,6 +34,9 @@ UNUSUAL = np.append(np.linspace(-7.654321, 98.7654321, 29) + np.arange(29) * 1e-
 _REQUEST_LOG = re.compile(
     r"request [0-9a-zA-Z\-]+ (ok: \d+ ciphertext\(s\), \d+ bytes in, \d+ bytes out; keys [\d.]+ ms,"
     r" fetch [\d.]+ ms, fhe [\d.]+ ms|-> \d+ \w+ in [\d.]+ ms)$"
+    # once, at model load: the circuit's own sizes (no request, no tenant data)
+    r"|S3 objects bounded by the circuit: evaluation keys \d+ bytes, one encrypted row \d+ bytes"
+    r" \(\+1% \+\d+ accepted\)$"
 )
 
 
