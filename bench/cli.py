@@ -121,7 +121,7 @@ def _parser() -> argparse.ArgumentParser:
     add = parser.add_argument
     add("--models", default=",".join(DEFAULT_MODELS), metavar="NAME[,NAME...]",
         help=f"models to measure side by side, of {', '.join(CASES)} or all (default:"
-        f" {','.join(DEFAULT_MODELS)}; mnist, the sample's 784-input network, adds ~15 minutes)")
+        f" {','.join(DEFAULT_MODELS)}; mnist, the sample's 784-input network, +~30 min with P8)")
     add("--quick", action="store_true",
         help="smoke run: 1 repetition, 4-row batch, 1 key set; results go to the work dir and"
         " the committed results and docs stay untouched")
