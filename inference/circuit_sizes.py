@@ -1,7 +1,8 @@
 """How big this circuit's evaluation keys and encrypted rows are, from the model directory alone.
 
-The server refuses an S3 object bigger than what its circuit can use (plus a small margin) by
-its HEAD size, before any byte of it is read. The sizes come from the ``ProgramInfo`` that
+The server refuses an S3 object bigger than what its circuit can use (plus a small margin)
+before its body is read: keys by their HEAD size, ciphertexts by the whole size a ranged GET
+(at most the limit plus one byte) reports. The sizes come from the ``ProgramInfo`` that
 server.zip carries as ``client.specs.json`` (plain JSON: no concrete, no torch):
 
 * evaluation keys are a serialized ``ServerKeyset``: the bootstrap and keyswitch keys the

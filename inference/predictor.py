@@ -401,7 +401,8 @@ def _ciphertexts(services: Services, req: contract.InferenceRequest) -> list[byt
     limits = services.read_limits()
     limit = limits.batch if req.packed else limits.row
     objects = [
-        services.store.read(uri, expected_sha256=sha, what=f"ciphertext {i}", limit=limit)
+        services.store.read_ranged(uri, expected_sha256=sha, what=f"ciphertext {i}",
+                                   limit=limit)
         for i, (uri, sha) in enumerate(zip(req.query_uris, hashes, strict=True))
     ]
     if not req.packed:

@@ -25,6 +25,8 @@ from inference.errors import (
 )
 from inference.settings import ENV_ALLOWED_PREFIXES, Settings
 
+INVALID_RANGE = "InvalidRange"  # S3's 416 error code
+
 
 @dataclass(frozen=True)
 class ObjectVersion:
@@ -64,7 +66,7 @@ class SizeLimit:
     """The largest object a read accepts, and what the caller should do about a bigger one.
 
     Attributes:
-        max_bytes: Objects of more bytes are refused (413) by their HEAD, before any GET.
+        max_bytes: Objects of more bytes are refused (413) before their body is read.
         fix: The end of the refusal's message: why the limit, how to send a fitting object.
     """
 
@@ -125,19 +127,31 @@ class S3Store:
              limit: SizeLimit | None = None) -> bytes:
         """Read one allowed object within ``limit``, verifying its sha256 when given.
 
-        A HEAD comes first: an object over the limit is refused before any byte is read.
+        A HEAD comes first: an object over the limit is refused before any GET (no byte of it
+        leaves S3). For objects read once per key set; per-request objects use
+        :meth:`read_ranged`.
 
         Raises:
             AccessDenied, ObjectNotFound, PayloadTooLarge, IntegrityError, StorageUnavailable.
         """
         self.version(uri, what=what, limit=limit)
         data, _ = self.read_versioned(uri, what=what, limit=limit)
-        if expected_sha256 is not None and sha256_hex(data) != expected_sha256:
-            raise IntegrityError(
-                f"{what} {uri} has sha256 {sha256_hex(data)}, the request says {expected_sha256}:"
-                " re-upload the object or send the sha256 of the bytes you uploaded"
-            )
-        return data
+        return _verified(uri, data, expected_sha256, what)
+
+    def read_ranged(self, uri: S3Uri, *, expected_sha256: str | None = None,
+                    what: str = "object", limit: SizeLimit | None = None) -> bytes:
+        """Read one allowed object within ``limit`` in one round trip (a ranged GET).
+
+        The GET asks for the first ``limit + 1`` bytes only, so S3 never sends more than that;
+        its ``Content-Range`` names the whole object's size, and an object over the limit is
+        refused before its body is read. What :meth:`read` does with a HEAD and a GET, for the
+        objects every request reads (ciphertexts).
+
+        Raises:
+            AccessDenied, ObjectNotFound, PayloadTooLarge, IntegrityError, StorageUnavailable.
+        """
+        data, _ = self._get(uri, what=what, limit=limit or self.default_limit, ranged=True)
+        return _verified(uri, data, expected_sha256, what)
 
     def read_versioned(self, uri: S3Uri, *, what: str = "object",
                        limit: SizeLimit | None = None) -> tuple[bytes, ObjectVersion]:
@@ -149,19 +163,31 @@ class S3Store:
         Raises:
             AccessDenied, ObjectNotFound, PayloadTooLarge, StorageUnavailable.
         """
-        limit = limit or self.default_limit
+        return self._get(uri, what=what, limit=limit or self.default_limit, ranged=False)
+
+    def _get(self, uri: S3Uri, *, what: str, limit: SizeLimit,
+             ranged: bool) -> tuple[bytes, ObjectVersion]:
         self.check_allowed([uri])
         with _translated(uri, what):
-            response = self._client.get_object(Bucket=uri.bucket, Key=uri.key)
-            version = ObjectVersion.of(response)
-            if version.size > limit.max_bytes:
+            try:
+                response = self._client.get_object(
+                    Bucket=uri.bucket, Key=uri.key,
+                    **({"Range": f"bytes=0-{limit.max_bytes}"} if ranged else {}))
+            except ClientError as exc:
+                if not (ranged and error_code(exc) == INVALID_RANGE):
+                    raise
+                # S3 answers a range on an empty object with 416: read it whole (still bounded).
+                response = self._client.get_object(Bucket=uri.bucket, Key=uri.key)
+            size = _whole_size(response)
+            if size > limit.max_bytes:
                 response["Body"].close()
-                raise _too_large(uri, what, version.size, limit)
+                raise _too_large(uri, what, size, limit)
             data = response["Body"].read(limit.max_bytes + 1)
             response["Body"].close()
         if len(data) > limit.max_bytes:
             raise _too_large(uri, what, len(data), limit)
-        return data, version
+        return data, ObjectVersion(etag=str(response.get("ETag", "")),
+                                   version_id=response.get("VersionId"), size=size)
 
     def version(self, uri: S3Uri, *, what: str = "object",
                 limit: SizeLimit | None = None) -> ObjectVersion:
@@ -177,6 +203,25 @@ class S3Store:
         if version.size > limit.max_bytes:
             raise _too_large(uri, what, version.size, limit)
         return version
+
+
+def _whole_size(response: Mapping[str, Any]) -> int:
+    """The object's size from a GET answer: ``Content-Range``'s total for a ranged one."""
+    content_range = response.get("ContentRange") or ""
+    total = content_range.rpartition("/")[2]
+    if total.isdigit():
+        return int(total)
+    return int(response.get("ContentLength", 0))
+
+
+def _verified(uri: S3Uri, data: bytes, expected_sha256: str | None, what: str) -> bytes:
+    """``data``, unless its sha256 differs from the one the request names."""
+    if expected_sha256 is not None and sha256_hex(data) != expected_sha256:
+        raise IntegrityError(
+            f"{what} {uri} has sha256 {sha256_hex(data)}, the request says {expected_sha256}:"
+            " re-upload the object or send the sha256 of the bytes you uploaded"
+        )
+    return data
 
 
 def _too_large(uri: S3Uri, what: str, size: int, limit: SizeLimit) -> PayloadTooLarge:

@@ -194,38 +194,33 @@ ROUNDINGS: tuple[tuple[int | None, str], ...] = (
 _NN_CIRCUIT_GRID: tuple[tuple[str, tuple[Any, ...]], ...] = (
     ("rounding", ROUNDINGS), (P_ERROR, P_ERRORS))
 _TREE_CIRCUIT_GRID: tuple[tuple[str, tuple[Any, ...]], ...] = ((P_ERROR, P_ERRORS),)
+_XGB_DEPTH = Param("max_depth", int, 3, 1, 10, target="max_depth", doc="tree depth")
+
+
+def _tree(class_name: str, task: str, params: tuple[Param, ...]) -> ModelSpec:
+    """A tree family: searched over ``n_bits`` (retraining) and ``p_error`` (compile time)."""
+    return ModelSpec(class_name, task, params, tune_grid=_BITS_GRID,
+                     circuit_grid=_TREE_CIRCUIT_GRID)
+
 
 MODELS: dict[str, ModelSpec] = {spec.class_name: spec for spec in (
     ModelSpec("LogisticRegression", CLASSIFICATION, (
         _n_bits(8), _C, Param("max_iter", int, 100, 1, 100000, target="max_iter",
                               doc="solver iterations")), tune_grid=_BITS_GRID),
     ModelSpec("LinearSVC", CLASSIFICATION, (_n_bits(8), _C), seeded=True, tune_grid=_BITS_GRID),
-    ModelSpec("DecisionTreeClassifier", CLASSIFICATION, (_n_bits(6), _MAX_DEPTH, _P_ERROR),
-              tune_grid=_BITS_GRID,
-              circuit_grid=_TREE_CIRCUIT_GRID),
-    ModelSpec("RandomForestClassifier", CLASSIFICATION,
-              (_n_bits(6), _MAX_DEPTH, _N_ESTIMATORS, _P_ERROR),
-              tune_grid=_BITS_GRID,
-              circuit_grid=_TREE_CIRCUIT_GRID),
-    ModelSpec("XGBClassifier", CLASSIFICATION, (
-        _n_bits(6), Param("max_depth", int, 3, 1, 10, target="max_depth", doc="tree depth"),
-        _N_ESTIMATORS, _P_ERROR), tune_grid=_BITS_GRID, circuit_grid=_TREE_CIRCUIT_GRID),
+    _tree("DecisionTreeClassifier", CLASSIFICATION, (_n_bits(6), _MAX_DEPTH, _P_ERROR)),
+    _tree("RandomForestClassifier", CLASSIFICATION,
+          (_n_bits(6), _MAX_DEPTH, _N_ESTIMATORS, _P_ERROR)),
+    _tree("XGBClassifier", CLASSIFICATION, (_n_bits(6), _XGB_DEPTH, _N_ESTIMATORS, _P_ERROR)),
     ModelSpec("NeuralNetClassifier", CLASSIFICATION, _NN_PARAMS, seeded=False,
               default_scaler=SCALER_NONE, tune_grid=_NN_GRID, circuit_grid=_NN_CIRCUIT_GRID),
     ModelSpec("LinearRegression", REGRESSION, (_n_bits(8),), seeded=False, tune_grid=_BITS_GRID),
     ModelSpec("Ridge", REGRESSION, (
         _n_bits(8), Param("alpha", float, 1.0, 0.0, 1e9, target="alpha",
                           doc="L2 regularisation")), seeded=False, tune_grid=_BITS_GRID),
-    ModelSpec("DecisionTreeRegressor", REGRESSION, (_n_bits(6), _MAX_DEPTH, _P_ERROR),
-              tune_grid=_BITS_GRID,
-              circuit_grid=_TREE_CIRCUIT_GRID),
-    ModelSpec("RandomForestRegressor", REGRESSION,
-              (_n_bits(6), _MAX_DEPTH, _N_ESTIMATORS, _P_ERROR),
-              tune_grid=_BITS_GRID,
-              circuit_grid=_TREE_CIRCUIT_GRID),
-    ModelSpec("XGBRegressor", REGRESSION, (
-        _n_bits(6), Param("max_depth", int, 3, 1, 10, target="max_depth", doc="tree depth"),
-        _N_ESTIMATORS, _P_ERROR), tune_grid=_BITS_GRID, circuit_grid=_TREE_CIRCUIT_GRID),
+    _tree("DecisionTreeRegressor", REGRESSION, (_n_bits(6), _MAX_DEPTH, _P_ERROR)),
+    _tree("RandomForestRegressor", REGRESSION, (_n_bits(6), _MAX_DEPTH, _N_ESTIMATORS, _P_ERROR)),
+    _tree("XGBRegressor", REGRESSION, (_n_bits(6), _XGB_DEPTH, _N_ESTIMATORS, _P_ERROR)),
 )}
 
 # Job-level hyperparameters, valid with every model.

@@ -16,6 +16,7 @@ import signal
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +93,25 @@ def served(image: ImageBuild, model_dir: Path, s3: tuple[LocalS3Server, Path],
         yield container
 
 
+@contextmanager
+def _async_predictor(server: LocalS3Server, container_url: str, model_dir: Path, tmp_path: Path,
+                     *, batch_size: int) -> Iterator[EncryptedPredictor]:
+    """The kit's client, through a local InvokeEndpointAsync runtime, to the container."""
+    s3_client = local_session().client("s3", endpoint_url=server.endpoint_url)
+    with (
+        LocalAsyncRuntime(endpoint_name=ENDPOINT, container_url=container_url,
+                          output_path=f"s3://{BUCKET}/async-out",
+                          failure_path=f"s3://{BUCKET}/async-fail",
+                          s3_client=s3_client) as runtime,
+        EncryptedPredictor(ENDPOINT, model_dir, f"s3://{BUCKET}/client",
+                           session=local_session(), s3_endpoint_url=server.endpoint_url,
+                           runtime_endpoint_url=runtime.url, key_dir=tmp_path / "keys",
+                           cache_dir=tmp_path / "cache", batch_size=batch_size, timeout=300,
+                           progress=False) as predictor,
+    ):
+        yield predictor
+
+
 def _processes(container: ServingContainer) -> list[dict[str, Any]]:
     """Every process in the container: pid, real/effective uid, command line."""
     script = (
@@ -139,18 +159,7 @@ def test_encrypted_predictions_equal_the_clear_quantised_model(
     server, _ = s3
     job, _ = trained_job
     x = breast_cancer[1][:6]
-    s3_client = local_session().client("s3", endpoint_url=server.endpoint_url)
-    with (
-        LocalAsyncRuntime(endpoint_name=ENDPOINT, container_url=served.url,
-                          output_path=f"s3://{BUCKET}/async-out",
-                          failure_path=f"s3://{BUCKET}/async-fail",
-                          s3_client=s3_client) as runtime,
-        EncryptedPredictor(ENDPOINT, model_dir, f"s3://{BUCKET}/client",
-                           session=local_session(), s3_endpoint_url=server.endpoint_url,
-                           runtime_endpoint_url=runtime.url, key_dir=tmp_path / "keys",
-                           cache_dir=tmp_path / "cache", batch_size=4, timeout=300,
-                           progress=False) as predictor,
-    ):
+    with _async_predictor(server, served.url, model_dir, tmp_path, batch_size=4) as predictor:
         proba = predictor.predict_proba(x)
         assert predictor.last_timings.requests == 2
     reference = loads((job.output_data_dir / "reference_model.json").read_text())
@@ -212,19 +221,10 @@ def test_a_rounded_circuit_is_served_and_meets_its_statistical_oracle(
     assert manifest.circuit["exact"] is False and manifest.circuit["p_error"] == 0.1
     x = breast_cancer[1][:12]
     env = {**server.env(), "FHE_ALLOWED_S3_PREFIXES": f"s3://{BUCKET}/client"}
-    s3_client = local_session().client("s3", endpoint_url=server.endpoint_url)
     with (
         serving_container(inference_image.tag, model_dir=model_dir, port=free_port(), env=env,
                           log=container_logs / "serve-rounded.log") as container,
-        LocalAsyncRuntime(endpoint_name=ENDPOINT, container_url=container.url,
-                          output_path=f"s3://{BUCKET}/async-out",
-                          failure_path=f"s3://{BUCKET}/async-fail",
-                          s3_client=s3_client) as runtime,
-        EncryptedPredictor(ENDPOINT, model_dir, f"s3://{BUCKET}/client",
-                           session=local_session(), s3_endpoint_url=server.endpoint_url,
-                           runtime_endpoint_url=runtime.url, key_dir=tmp_path / "keys",
-                           cache_dir=tmp_path / "cache", batch_size=6, timeout=300,
-                           progress=False) as predictor,
+        _async_predictor(server, container.url, model_dir, tmp_path, batch_size=6) as predictor,
     ):
         proba = predictor.predict_proba(x)
         assert predictor.circuit == manifest.circuit

@@ -1,13 +1,16 @@
-"""S3 objects are bounded by the circuit: an oversized one is refused by its HEAD, never read.
+"""S3 objects are bounded by the circuit: an oversized one is refused before its body is read.
 
-The sizes come from server.zip's client.specs.json (inference/circuit_sizes.py); the oracle
-of "never read" is the S3 server's own request log (no GET of the planted object), and the
-worker's peak RSS (VmHWM) does not move while a 600 MB keys object is offered.
+The sizes come from server.zip's client.specs.json (inference/circuit_sizes.py). Keys are sized
+by a HEAD before any GET; ciphertexts, read on every request, by one ranged GET that asks S3 for
+the limit plus one byte at the most. The oracles are the S3 server's own request log (no GET of
+an oversized keys object; one ranged GET, answered 206, of an oversized ciphertext) and the
+worker's peak RSS (VmHWM), which does not move while a 600 MB keys object is offered.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import uuid
@@ -132,7 +135,15 @@ def test_keys_just_over_the_circuit_bound_are_refused(
     assert s3_requests(s3_server, "GET", over) == 0
 
 
-def test_oversized_ciphertexts_are_refused_by_head_unread(
+def _partial_gets(server: LocalS3Server, uri: str) -> int:
+    """GETs of ``uri`` the S3 server answered 206 Partial Content (a ranged read)."""
+    assert server.log_path is not None
+    bucket, key = uri.removeprefix("s3://").split("/", 1)
+    line = re.compile(re.escape(f"GET /{bucket}/{key} HTTP/") + r'[\d.]+(?:\x1b\[[\d;]*m)*" 206 ')
+    return len(line.findall(server.log_path.read_text(errors="replace")))
+
+
+def test_oversized_ciphertexts_are_refused_by_one_ranged_get(
         running_serve: RunningServe, keyed: dict[str, KeyedClient], uploader: Uploader,
         s3_server: LocalS3Server, tmp_path: Path) -> None:
     fhe = keyed["tree"]
@@ -151,7 +162,8 @@ def test_oversized_ciphertexts_are_refused_by_head_unread(
         status, code, message = parse_error_body(response.content)
         assert (status, code) == (413, "PayloadTooLarge"), message
         assert "this endpoint's client.zip" in message
-        assert s3_requests(s3_server, "GET", uri) == 0, uri
+        assert s3_requests(s3_server, "HEAD", uri) == 0, uri
+        assert s3_requests(s3_server, "GET", uri) == _partial_gets(s3_server, uri) == 1, uri
     # A batch object of real rows is within the bound.
     rows = fhe.model.scaled_test[:2]
     packed = uploader.put("queries/ok.fheb", pack_batch([fhe.encrypt(r) for r in rows]))
