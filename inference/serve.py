@@ -142,7 +142,10 @@ class Supervisor:
     (:func:`common.process.die_with_parent`; nginx SIGTERM, a fast stop that also ends its
     workers; the gunicorn master SIGKILL) and each gunicorn worker gets SIGKILL when its
     master dies (``post_fork`` in :mod:`inference.gunicorn_conf`). So ``kill -9`` of ``serve``
-    (or of whatever started it) leaves no process and no held port behind.
+    (or of whatever started it) leaves no process and no held port behind. Each child leads its
+    own process group, and once it has exited whatever is left of that group is killed: nginx's
+    workers have no parent-death signal, so a master killed alone would leave them holding the
+    port.
     """
 
     STOP_SECONDS = GRACEFUL_SECONDS + 5
@@ -163,7 +166,7 @@ class Supervisor:
         """Start a child process that dies with this one."""
         logger.info("starting %s", name)
         self.children[name] = subprocess.Popen(
-            argv, env=env,
+            argv, env=env, process_group=0,
             preexec_fn=die_with_parent(self.PARENT_DEATH_SIGNALS.get(name, signal.SIGTERM)))
 
     def wait(self) -> int:
@@ -193,8 +196,23 @@ class Supervisor:
                                self.STOP_SECONDS)
                 child.kill()
                 child.wait()
+            _kill_process_group(name, child.pid)
         if self.children:
             logger.info("stopped in %.1f s", time.monotonic() - started)
+
+
+def _kill_process_group(name: str, pgid: int) -> None:
+    """SIGKILL what is left of a stopped child's process group (it has exited by now).
+
+    Each child leads its own group, so its own children stay in it even when it dies first:
+    nginx's workers have no parent-death signal, and a master killed alone would leave them
+    holding the port.
+    """
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    logger.warning("killed what %s left behind (process group %d)", name, pgid)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -3,7 +3,9 @@
 ``kill -9`` of ``serve``: the gunicorn master (parent-death SIGKILL), its worker (SIGKILL when
 its master dies, ``post_fork``) and nginx (parent-death SIGTERM: a fast stop that ends its
 workers too) all exit, and the port is free. ``kill -9`` of the gunicorn master alone: its
-worker exits with it, and ``serve`` stops nginx and exits non-zero.
+worker exits with it, and ``serve`` stops nginx and exits non-zero. ``kill -9`` of the nginx
+master alone: ``serve`` kills what is left of its process group (the orphaned workers, which
+still hold the port) and exits non-zero.
 """
 
 from __future__ import annotations
@@ -59,6 +61,19 @@ def test_kill_9_of_the_gunicorn_master_takes_its_worker(serve) -> None:
     [worker] = master.children()
     master.kill()
     assert_gone([worker], timeout=5)
+    code = running.process.wait(timeout=Supervisor.STOP_SECONDS)
+    assert code != 0
+    port = int(running.url.rsplit(":", 1)[1])
+    assert_gone(tree, ports=[port], timeout=5)
+
+
+def test_kill_9_of_the_nginx_master_takes_its_workers_and_frees_the_port(serve) -> None:
+    """nginx's workers have no parent-death signal: orphaned, they would keep the port."""
+    running, tree = serve
+    master = next(p for p in _named(tree, "nginx") if p.ppid() == running.process.pid)
+    workers = master.children()
+    assert workers, "nginx started no worker"
+    master.kill()
     code = running.process.wait(timeout=Supervisor.STOP_SECONDS)
     assert code != 0
     port = int(running.url.rsplit(":", 1)[1])
