@@ -23,6 +23,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -136,10 +137,8 @@ def _summary(metrics: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    """The whole flow; returns the results document (oracle failures are recorded in it)."""
-    work = Path(args.work_dir or tempfile.mkdtemp(prefix="fhe-tuned-sample-")).resolve()
-    work.mkdir(parents=True, exist_ok=True)
+def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """The whole flow in ``work``; returns the results document (oracle failures recorded)."""
     started = time.perf_counter()
     doc: dict[str, Any] = {"date": datetime.now(UTC).isoformat(timespec="seconds"),
                            "machine": machine.describe(), "work_dir": str(work)}
@@ -228,7 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="held-out images sent one by one by the plain client (default 4)")
     parser.add_argument("-H", "--hyperparameter", action="append", default=[],
                         metavar="KEY=VALUE", help="added to tune=true (e.g. tune_budget=0.5)")
-    parser.add_argument("--work-dir", help="logs, model and keys (default: a temporary folder)")
+    parser.add_argument("--work-dir", help="logs, model and keys (default: a temporary folder,"
+                        " removed unless --keep)")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary work folder")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
                         help=f"results file (default {DEFAULT_OUT.relative_to(REPO_ROOT)})")
     return parser
@@ -238,7 +239,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run, write the results, exit 0 only if both clients met the oracle."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    doc = run(args)
+    temporary = args.work_dir is None
+    work = Path(args.work_dir or tempfile.mkdtemp(prefix="fhe-tuned-sample-")).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        doc = run(args, work)
+    finally:
+        if temporary and not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
     atomic_write_bytes(args.out, (json.dumps(doc, indent=2, sort_keys=True, default=str)
                                   + "\n").encode())
     met = doc["kit_client"]["met"] and doc["plain_client"]["met"]

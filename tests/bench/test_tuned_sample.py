@@ -71,4 +71,5 @@ def test_server_seconds_come_from_the_request_lines(tmp_path: Path) -> None:
 def test_the_command_line_defaults() -> None:
     args = tuned_sample.build_parser().parse_args(["-H", "tune_budget=0.5"])
     assert (args.rows, args.plain_rows, args.hyperparameter) == (24, 4, ["tune_budget=0.5"])
+    assert args.work_dir is None and args.keep is False
     assert args.out == tuned_sample.DEFAULT_OUT
