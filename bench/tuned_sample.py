@@ -42,11 +42,11 @@ from bench.stack import parse_requests
 from bench.unnamed import UnnamedKeysClient
 from client.storage import S3Storage
 from common.artifact import read_manifest
-from common.contract import S3Uri
+from common.contract import S3Uri, parse_s3_uri
 from common.files import atomic_write_bytes
 from common.process import EXIT_FAILED, run_main
 from local_mode.endpoint import extract_model
-from local_mode.s3_server import LOCAL_REGION, LocalS3Server
+from local_mode.s3_server import LocalS3Server, local_session
 from local_mode.stack import (
     REPO_ROOT,
     deploy_command,
@@ -54,6 +54,7 @@ from local_mode.stack import (
     run_local_training,
     running_endpoint,
 )
+from prepare_data import TESTING_DIR, TESTING_FEATURES, TESTING_LABELS
 
 logger = logging.getLogger("bench.tuned_sample")
 
@@ -61,7 +62,6 @@ BUCKET = "fhe-sample"
 PREFIX = "MNIST"  # the sample's MNIST_PREFIX
 ENDPOINT = "concrete-fhe-mnist-tuned"
 DEFAULT_OUT = REPO_ROOT / "bench" / "results" / "tuned-sample.json"
-TESTING = Path("testing_data")
 
 
 def _prepare_data(work: Path, env: dict[str, str]) -> Path:
@@ -82,7 +82,6 @@ def _kit_client(ready: dict[str, str], model_data: str, s3_url: str, work: Path,
                 rows: np.ndarray) -> dict[str, Any]:
     """The kit's client on ``rows``: probabilities and its timings."""
     from client.predictor import EncryptedPredictor
-    from local_mode.s3_server import local_session
 
     with EncryptedPredictor(ENDPOINT, model_data, f"s3://{BUCKET}/client",
                             session=local_session(), s3_endpoint_url=s3_url,
@@ -99,7 +98,6 @@ def _kit_client(ready: dict[str, str], model_data: str, s3_url: str, work: Path,
 def _plain_client(ready: dict[str, str], model_dir: Path, scaled: np.ndarray, s3: Any,
                   work: Path) -> dict[str, Any]:
     """The sample's client: plain ``FHEModelClient``, one two-field request per image."""
-    import boto3
     from concrete.ml.deployment import FHEModelClient
 
     fhe_client = FHEModelClient(str(model_dir), key_dir=str(work / "plain-keys"))
@@ -107,9 +105,7 @@ def _plain_client(ready: dict[str, str], model_dir: Path, scaled: np.ndarray, s3
     fhe_client.generate_private_and_evaluation_keys()
     keygen = time.perf_counter() - started
     keys = fhe_client.get_serialized_evaluation_keys()
-    runtime = boto3.client("sagemaker-runtime", endpoint_url=ready["runtime_url"],
-                           region_name=LOCAL_REGION, aws_access_key_id="testing",
-                           aws_secret_access_key="testing")
+    runtime = local_session().client("sagemaker-runtime", endpoint_url=ready["runtime_url"])
     client = UnnamedKeysClient(fhe_client, keys, S3Storage(s3), runtime, ENDPOINT,
                                S3Uri(BUCKET, "plain"))
     client.upload_keys()
@@ -158,11 +154,12 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         reference, metrics = reference_model(result["output_data"], s3=s3)
         doc["training"] = _summary(metrics)
         archive = work / "model.tar.gz"
-        s3.download_file(BUCKET, result["model_data"].split(f"s3://{BUCKET}/", 1)[1], str(archive))
+        model = parse_s3_uri(result["model_data"], field="model_data")
+        s3.download_file(model.bucket, model.key, str(archive))
         model_dir = extract_model(archive, work / "model")
         manifest = read_manifest(model_dir)
-        x_test = np.load(data / TESTING / "mnist_testing_features.npy")
-        y_test = np.load(data / TESTING / "mnist_testing_labels.npy")
+        x_test = np.load(data / TESTING_DIR / TESTING_FEATURES)
+        y_test = np.load(data / TESTING_DIR / TESTING_LABELS)
         kit_rows = x_test[:args.rows]
         plain_rows = x_test[args.rows:args.rows + args.plain_rows]
         with running_endpoint(

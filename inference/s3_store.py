@@ -42,9 +42,9 @@ class ObjectVersion:
 
     @classmethod
     def of(cls, response: Mapping[str, Any]) -> ObjectVersion:
-        """The version described by a ``head_object`` / ``get_object`` response."""
+        """The version described by a ``head_object`` / ``get_object`` response (ranged too)."""
         return cls(etag=str(response.get("ETag", "")), version_id=response.get("VersionId"),
-                   size=int(response.get("ContentLength", 0)))
+                   size=_whole_size(response))
 
     @property
     def token(self) -> str:
@@ -178,16 +178,15 @@ class S3Store:
                     raise
                 # S3 answers a range on an empty object with 416: read it whole (still bounded).
                 response = self._client.get_object(Bucket=uri.bucket, Key=uri.key)
-            size = _whole_size(response)
-            if size > limit.max_bytes:
+            version = ObjectVersion.of(response)
+            if version.size > limit.max_bytes:
                 response["Body"].close()
-                raise _too_large(uri, what, size, limit)
+                raise _too_large(uri, what, version.size, limit)
             data = response["Body"].read(limit.max_bytes + 1)
             response["Body"].close()
         if len(data) > limit.max_bytes:
             raise _too_large(uri, what, len(data), limit)
-        return data, ObjectVersion(etag=str(response.get("ETag", "")),
-                                   version_id=response.get("VersionId"), size=size)
+        return data, version
 
     def version(self, uri: S3Uri, *, what: str = "object",
                 limit: SizeLimit | None = None) -> ObjectVersion:
@@ -206,7 +205,7 @@ class S3Store:
 
 
 def _whole_size(response: Mapping[str, Any]) -> int:
-    """The object's size from a GET answer: ``Content-Range``'s total for a ranged one."""
+    """The object's size from a HEAD or GET answer: ``Content-Range``'s total for a ranged GET."""
     content_range = response.get("ContentRange") or ""
     total = content_range.rpartition("/")[2]
     if total.isdigit():
